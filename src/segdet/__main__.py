@@ -1,0 +1,5 @@
+import sys
+
+from segdet.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""``segdet`` entry point: a table of sub-commands, each a module with ``add_arguments`` and ``run``.
+
+Sub-command modules are imported only when their command runs, so ``segdet --help`` stays fast
+(importing torchvision alone costs about a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from segdet.errors import SegdetError
+
+# command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("segdet.cli.demo", "generate the synthetic shapes set, check it, draw it (the main job)"),
+    "data": ("segdet.cli.data", "check, describe, draw and convert datasets"),
+    "metrics": ("segdet.cli.metrics", "evaluate predictions: COCO / VOC detection AP, segmentation IoU"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segdet",
+        description="Semantic segmentation, object detection and instance segmentation toolkit.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped record")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except SegdetError as e:
+        print(f"segdet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segdet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
