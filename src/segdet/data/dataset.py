@@ -155,8 +155,9 @@ class SegDetDataset(Dataset):
         bad = (sem >= len(self.annotations.semantic_classes)) & (sem != ignore) | (sem < 0)
         if bool(bad.any()):
             values = sorted(set(sem[bad].unique().tolist()))[:5]
+            n = len(self.annotations.semantic_classes)
             raise DataError(
-                f"label mask has values {values} outside the {len(self.annotations.semantic_classes)} classes",
+                f"label mask has values {values} outside the {n} classes",
                 record.semantic if not isinstance(record.semantic, np.ndarray) else record.path,
             )
         return sem

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class InstancePNG:
 #   dict               COCO RLE, {"size": [h, w], "counts": str | list[int]}
 #   np.ndarray         H x W bitmap (bool or 0/1)
 #   InstancePNG        pixels of one value in a PNG, decoded on demand
-Mask = Union[list, dict, np.ndarray, InstancePNG]
+Mask = list | dict | np.ndarray | InstancePNG
 
 
 @dataclass
