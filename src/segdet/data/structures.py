@@ -54,6 +54,7 @@ class Instance:
     difficult: bool = False
     id: int | None = None
     score: float | None = None  # set for predictions, None for ground truth
+    area: float | None = None  # the source's own area (COCO's polygon area); None: computed when needed
 
 
 @dataclass
