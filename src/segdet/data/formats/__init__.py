@@ -44,3 +44,22 @@ def read_dataset(fmt: str, path: str | Path, **options) -> AnnotationSet:
 def write_dataset(fmt: str, dataset: AnnotationSet, out: str | Path, **options) -> Path:
     """Write ``dataset`` in format ``fmt`` under ``out``; returns the path ``read_dataset`` takes."""
     return format_module(fmt).write(dataset, Path(out), **options)
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format of a dataset from its usual layout (what ``--format`` may leave out)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" or (path.is_dir() and any(path.glob("annotations/*.json"))):
+        return "coco"
+    if path.is_dir():
+        if (path / "Annotations").is_dir() or (path / "SegmentationClass").is_dir():
+            return "voc"
+        if (path / "PedMasks").is_dir():
+            return "pennfudan"
+        if (path / "data.yaml").is_file() or (
+            (path / "labels").is_dir() and not (path / "classes.txt").is_file()
+        ):
+            return "yolo"
+        if (path / "classes.txt").is_file():
+            return "masks"
+    raise DataError("cannot tell the dataset's format from its layout; give --format", path)
