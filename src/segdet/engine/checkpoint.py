@@ -1,0 +1,143 @@
+"""Checkpoints: one safetensors file per checkpoint, written atomically, read without unpickling.
+
+A checkpoint holds a nested *state* (the model's, optimiser's, scheduler's and EMA's state dicts, RNG
+states, step, config, class names): its tensors are stored as safetensors tensors under their dotted
+path, everything else as JSON in the file's metadata. Writing goes to a temporary file in the same
+folder which is fsync'ed and then renamed over the target (``os.replace`` is atomic on POSIX), so a
+run killed at any moment leaves either the old checkpoint or the new one, never a torn file. Reading
+uses ``safetensors`` only: nothing a user hands us is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from segdet.errors import SegdetError
+
+_META_KEY = "segdet"
+_FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    meta = json.dumps({"version": _FORMAT_VERSION, "state": skeleton})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: meta})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a bad file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegdetError(f"{path}: checkpoint not found")
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get(_META_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SegdetError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if meta is None:
+        raise SegdetError(f"{path}: a safetensors file without segdet checkpoint metadata")
+    try:
+        skeleton = json.loads(meta)["state"]
+        return _unflatten(skeleton, tensors)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise SegdetError(f"{path}: corrupt checkpoint metadata ({e})") from None
+
+
+def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        # safetensors refuses tensors sharing storage; a contiguous CPU copy is also what we want to store
+        tensors[prefix] = value.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(value, dict):
+        # keys keep their type (optimiser state is keyed by int parameter indices)
+        items = [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in value.items()]
+        if not all(isinstance(k, str | int) and not isinstance(k, bool) for k, _ in items):
+            raise TypeError(f"checkpoint state keys must be str or int at {prefix!r}")
+        return {"__dict__": items}
+    if isinstance(value, list | tuple):
+        kind = "__tuple__" if isinstance(value, tuple) else "__list__"
+        return {kind: [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, np.ndarray):
+        return _flatten(torch.from_numpy(np.ascontiguousarray(value)), prefix, tensors)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} at {prefix!r} in a checkpoint")
+
+
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
+        if "__list__" in node:
+            return [_unflatten(v, tensors) for v in node["__list__"]]
+        if "__tuple__" in node:
+            return tuple(_unflatten(v, tensors) for v in node["__tuple__"])
+        raise ValueError(f"unknown node {list(node)}")
+    return node
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state (Python, NumPy's global, torch CPU and CUDA)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 -- user transforms may draw from the global RNG
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "keys": np_state[1].astype(np.int64),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", keys.astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])

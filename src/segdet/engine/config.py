@@ -1,0 +1,275 @@
+"""Run configuration: a YAML file validated against typed dataclasses before anything runs.
+
+Every section is a plain dataclass whose fields are the only keys allowed. :func:`load_config` reads a
+YAML file, applies ``key.sub=value`` overrides from the command line, and validates the result: an
+unknown or mistyped key, or a value of the wrong type, is a :class:`~segdet.errors.ConfigError` naming
+its dotted path and, for a near-miss key, the key that was probably meant. The resolved config is
+saved with every run (:func:`save_config`) so a run can always be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from segdet.errors import ConfigError
+
+
+@dataclass
+class DataSplit:
+    """Where one split of a dataset is (see ``segdet.data.formats``)."""
+
+    path: str = ""
+    images: str | None = None
+    labels: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """The dataset and how it is loaded."""
+
+    format: str = "coco"
+    train: DataSplit = field(default_factory=DataSplit)
+    val: DataSplit | None = None
+    # When ``val`` is not given, this fraction of the training images is held out (deterministically).
+    val_fraction: float = 0.0
+    # Synthetic shapes instead of files: number of training images (0 = use ``train``).
+    synthetic: int = 0
+    synthetic_size: int = 128
+    batch_size: int = 4
+    val_batch_size: int | None = None
+    workers: int = 0
+    strict: bool = False
+    # Training-time image size: crop size for segmentation, shorter side for detection.
+    size: int = 512
+    max_size: int = 1333
+    hflip: float = 0.5
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    photometric: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """``segdet.models.build(name, num_classes=..., **kwargs)``.
+
+    Keys of the ``model`` section other than these fields are the constructor's keyword arguments
+    (``backbone: resnet34``); ``segdet.models.build`` checks them against the constructor's signature.
+    """
+
+    name: str = "unet"
+    num_classes: int | None = None  # None: taken from the dataset
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # torchvision weights name, local file or URL
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warm-up, then cosine, step or poly decay (per optimiser step)."""
+
+    name: Literal["cosine", "step", "poly", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+    milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of the run (step)
+    gamma: float = 0.1
+    power: float = 0.9  # poly
+    min_lr_ratio: float = 0.0  # cosine floor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    ema_decay: float | None = None  # e.g. 0.9998; None disables EMA
+    eval_every: int = 1  # epochs
+    best_metric: str = "mIoU"
+    best_mode: Literal["max", "min"] = "max"
+    log_every: int = 10  # steps
+    progress: bool = True
+    channels_last: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    task: Literal["segmentation", "detection", "instance"] = "segmentation"
+    name: str = "run"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (``None``: the defaults), apply ``key.sub=value`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
+            )
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``lr=0.1``, ``amp=bf16``)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.01)")
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = parsed
+
+
+def from_dict(raw: dict) -> Config:
+    """Validate a nested dict against :class:`Config`."""
+    return _build(Config, raw, "")
+
+
+def to_dict(config: Config) -> dict:
+    def convert(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _build(cls: type, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if cls is ModelConfig:  # the model's own keyword arguments sit beside name / num_classes
+        extra = {k: v for k, v in raw.items() if k not in names}
+        raw = {k: v for k, v in raw.items() if k in names}
+        raw["kwargs"] = {**dict(raw.get("kwargs") or {}), **extra}
+    for key in raw:
+        if key not in names:
+            guess = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{_join(where, key)}: unknown key{hint}")
+    values = {k: _coerce(hints[k], v, _join(where, k)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if tp is Any:
+        return value
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(
+                _coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        item = args[0] if args else Any
+        return origin(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config type {tp} at {where} is not supported")
+    raise ConfigError(f"{where}: expected {tp.__name__}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
