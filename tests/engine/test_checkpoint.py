@@ -1,0 +1,83 @@
+"""Checkpoints: exact round trip of every state, atomic replacement, no unpickling, clear errors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segdet.errors import SegdetError
+
+
+def _trained_state():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+    return model, opt
+
+
+def test_round_trip_is_exact(tmp_path):
+    model, opt = _trained_state()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": 7,
+        "best": 0.5,
+        "classes": ["a", "b"],
+        "history": [{"loss": 1.25}],
+        "shape": (3, 4),
+        "none": None,
+    }
+    path = save_checkpoint(tmp_path / "last.safetensors", state)
+    back = load_checkpoint(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back["model"][k], v) and back["model"][k].dtype == v.dtype
+    assert back["step"] == 7 and back["classes"] == ["a", "b"] and back["shape"] == (3, 4)
+    assert back["history"] == [{"loss": 1.25}] and back["none"] is None
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])  # int-keyed optimiser state survives
+    for i, s in opt.state_dict()["state"].items():
+        for key, value in s.items():
+            assert torch.equal(opt2.state_dict()["state"][i][key], value)
+
+
+def test_rng_state_restores_every_generator(tmp_path):
+    save_checkpoint(tmp_path / "rng.safetensors", {"rng": rng_state()})
+    expected = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    set_rng_state(load_checkpoint(tmp_path / "rng.safetensors")["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1]
+    assert np.random.rand() == expected[2]  # noqa: NPY002
+
+
+def test_replacement_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact and no temporary file behind."""
+    path = save_checkpoint(tmp_path / "last.safetensors", {"step": 1, "w": torch.ones(2)})
+
+    import segdet.engine.checkpoint as ckpt
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(2)})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_pickles_are_refused(tmp_path):
+    """A torch.save pickle is not read (it could run code); the error names the file."""
+    bad = tmp_path / "evil.safetensors"
+    torch.save({"x": torch.ones(1)}, bad)
+    with pytest.raises(SegdetError, match=r"evil\.safetensors"):
+        load_checkpoint(bad)
+    with pytest.raises(SegdetError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")

@@ -1,0 +1,63 @@
+"""Config validation: every bad key or value is named by its dotted path, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from segdet.engine.config import Config, load_config, save_config, to_dict
+from segdet.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    c = load_config(
+        None, ["optim.lr=0.1", "train.amp=bf16", "data.scale_range=[0.5, 1.5]", "model.backbone=r18"]
+    )
+    assert c.optim.lr == 0.1 and isinstance(c.optim.lr, float)
+    assert c.train.amp == "bf16"
+    assert c.data.scale_range == (0.5, 1.5)
+    assert c.model.kwargs == {"backbone": "r18"}
+
+
+def test_yaml_file_round_trip(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("task: segmentation\nmodel:\n  name: unet\n  base_width: 8\ntrain:\n  epochs: 3\n")
+    c = load_config(path, ["train.epochs=5"])
+    assert c.train.epochs == 5 and c.model.kwargs == {"base_width": 8}
+    save_config(c, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert to_dict(again) == to_dict(c)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", "optim.lrr: unknown key; did you mean 'lr'?"),
+        ("train.epochs=ten", "train.epochs: expected int, got str 'ten'"),
+        ("train.epochs=2.5", "train.epochs: expected int, got float 2.5"),
+        ("train.amp=fp8", "train.amp: 'fp8' is not one of 'none', 'bf16', 'fp16'"),
+        ("data.train=3", "data.train: expected a mapping of keys, got int 3"),
+        ("data.scale_range=[1]", "data.scale_range: expected 2 values, got 1"),
+        ("trian.epochs=1", "trian: unknown key; did you mean 'train'?"),
+        ("train.deterministic=yes please", "train.deterministic: expected bool"),
+        ("noequals", "is not of the form key=value"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+
+
+def test_run_dir():
+    c = Config(name="x", output_dir="out")
+    assert str(c.run_dir) == "out/x"
