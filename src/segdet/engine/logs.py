@@ -1,0 +1,118 @@
+"""Run logs: every metric as JSONL and CSV, as TensorBoard scalars, and as PNG curves at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from segdet.engine.tensorboard import EventWriter
+
+
+class MetricLog:
+    """Appends ``{"step", "epoch", "split", <metric>: value}`` records to ``metrics.jsonl`` and
+    ``metrics.csv`` and to TensorBoard under ``<split>/<metric>``. Reopening a run appends."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.csv = self.run_dir / "metrics.csv"
+        self.events = EventWriter(self.run_dir / "tensorboard") if tensorboard else None
+
+    def log(self, split: str, step: int, epoch: float, values: dict[str, float]) -> None:
+        record = {"split": split, "step": step, "epoch": round(epoch, 4), **values}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["split", "step", "epoch", "metric", "value"])
+            for k, v in values.items():
+                writer.writerow([split, step, record["epoch"], k, v])
+        if self.events is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self.events.add_scalar(f"{split}/{k}", v, step)
+            self.events.flush()
+
+    def records(self) -> list[dict]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+
+def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
+    """One PNG per metric (``loss.png``, ``mIoU.png``...), train and val series on the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series: dict[str, dict[str, tuple[list, list]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k in ("split", "step", "epoch") or not isinstance(v, int | float):
+                continue
+            xs, ys = series.setdefault(k, {}).setdefault(r["split"], ([], []))
+            xs.append(r["epoch"])
+            ys.append(v)
+    written = []
+    for metric, by_split in series.items():
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for split, (xs, ys) in by_split.items():
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{metric.replace('/', '_')}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+class Progress:
+    """A one-line progress bar with ETA and the running loss, on stderr (quiet when not a TTY unless
+    forced: CI logs get one line per ``every`` steps instead of carriage returns)."""
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, every: int = 10) -> None:
+        self.total, self.desc, self.enabled, self.every = total, desc, enabled, max(1, every)
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, **values: float) -> None:
+        if not self.enabled or (not self.tty and done % self.every and done != self.total):
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        width = 20
+        filled = int(width * done / max(self.total, 1))
+        line = (
+            f"{self.desc} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+            f"{_fmt_time(elapsed)}<{_fmt_time(eta)} {shown}"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
