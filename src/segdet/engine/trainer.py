@@ -1,0 +1,377 @@
+"""The training loop shared by every task.
+
+What it owns: devices and processes (one CPU, one GPU, or torchrun's DDP group), the optimiser and the
+warm-up + decay schedule, mixed precision, gradient accumulation and clipping, the EMA of the weights,
+detection of a non-finite loss, periodic evaluation, logs, and checkpoints that resume exactly.
+What it does not own: what a batch is, how the loss is computed and how a model is evaluated — those
+belong to a *task* (:class:`Task`), e.g. :class:`segdet.engine.segmentation.SegmentationTask`.
+
+Exact resume: a checkpoint is written at the end of every epoch with the model, optimiser, scheduler,
+EMA and every RNG state; the sampler's order is a pure function of ``(seed, epoch)``. On the CPU with
+``train.deterministic``, a run killed at any moment and resumed from its last checkpoint ends with the
+same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from segdet.engine import distributed as dist_utils
+from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segdet.engine.config import Config, save_config, to_dict
+from segdet.engine.ema import ModelEMA
+from segdet.engine.logs import MetricLog, Progress, plot_curves
+from segdet.engine.schedule import build_scheduler
+from segdet.errors import SegdetError
+
+
+class Task(Protocol):
+    """What the trainer needs from a task."""
+
+    classes: list[str]
+
+    def build_model(self) -> nn.Module: ...
+    def train_dataset(self) -> Dataset: ...
+    def val_dataset(self) -> Dataset | None: ...
+    def collate(self, batch: list) -> Any: ...
+    def val_collate(self, batch: list) -> Any: ...
+    def to_device(self, batch: Any, device: torch.device) -> Any: ...
+    def batch_image_ids(self, batch: Any) -> list: ...
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order that is a pure function of ``(seed, epoch)``: resuming at an epoch boundary
+    replays exactly the order the uninterrupted run would have used."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps done
+    best: float | None = None
+    best_epoch: int | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SegdetError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- user code may draw from the global RNG
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``task`` as ``config`` says. ``resume``: continue from the run's ``last.safetensors``."""
+
+    def __init__(self, config: Config, task: Task, *, resume: bool = False) -> None:
+        self.cfg = config
+        self.task = task
+        self.device = select_device(config.train.device)
+        self.dist = dist_utils.init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.run_dir = config.run_dir
+        self.resume = resume
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(config.train.seed + self.dist.rank)
+
+        self.model = task.build_model().to(self.device)
+        if config.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_set = task.train_dataset()
+        self.val_set = task.val_dataset()
+        self.train_loader = self._loader(self.train_set, train=True)
+        self.val_loader = self._loader(self.val_set, train=False) if self.val_set is not None else None
+
+        self.optimizer = build_optimizer(self.model, config)
+        accumulate = max(1, config.train.accumulate)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / accumulate)
+        self.total_steps = self.steps_per_epoch * config.train.epochs
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, config.schedule)
+        self.ema = ModelEMA(self.model, config.train.ema_decay) if config.train.ema_decay else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.amp == "fp16")
+        self.state = TrainState()
+        self.ddp_model: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.log = MetricLog(self.run_dir, tensorboard=True) if self.dist.is_main else None
+        if resume:
+            self._load_last()
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        cfg = self.cfg.data
+        batch = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
+        if self.dist.enabled:
+            if cfg.batch_size % self.dist.world_size:
+                raise SegdetError(
+                    f"data.batch_size={cfg.batch_size} (the global batch) is not divisible by the "
+                    f"{self.dist.world_size} processes"
+                )
+            batch = batch // self.dist.world_size if train else batch
+            sampler: Sampler = DistributedSampler(
+                dataset,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=train,
+                seed=self.cfg.train.seed,
+                drop_last=False,
+            )
+        elif train:
+            sampler = EpochSampler(len(dataset), self.cfg.train.seed)
+        else:
+            sampler = torch.utils.data.SequentialSampler(dataset)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            collate_fn=self.task.collate if train else self.task.val_collate,
+            drop_last=False,
+            persistent_workers=False,
+            generator=generator,
+            worker_init_fn=_seed_worker,
+        )
+
+    # ---------------------------------------------------------------------------------------- train
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.epochs``; returns the final summary (also written to ``summary.json``)."""
+        cfg = self.cfg
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        start = time.perf_counter()
+        try:
+            for epoch in range(self.state.epoch, cfg.train.epochs):
+                self._train_epoch(epoch)
+                self.state.epoch = epoch + 1
+                evaluate = self.val_loader is not None and (
+                    (epoch + 1) % max(1, cfg.train.eval_every) == 0 or epoch + 1 == cfg.train.epochs
+                )
+                improved = False
+                if evaluate:
+                    metrics = self.evaluate()
+                    self.state.last_metrics = metrics
+                    if self.log is not None:
+                        self.log.log("val", self.state.step, epoch + 1, metrics)
+                    improved = self._update_best(metrics)
+                    self._print(
+                        f"epoch {epoch + 1}/{cfg.train.epochs}: "
+                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                    )
+                self._save("last.safetensors")
+                if improved:
+                    self._save("best.safetensors")
+        finally:
+            if self.log is not None:
+                self.log.close()
+        summary = {
+            "epochs": self.state.epoch,
+            "steps": self.state.step,
+            "best": self.state.best,
+            "best_epoch": self.state.best_epoch,
+            "best_metric": cfg.train.best_metric,
+            "last_metrics": self.state.last_metrics,
+            "seconds": round(time.perf_counter() - start, 2),
+            "run_dir": str(self.run_dir),
+        }
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            plot_curves(MetricLog(self.run_dir, tensorboard=False).records(), self.run_dir / "plots")
+        dist_utils.barrier()
+        return summary
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.cfg.train
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        self.ddp_model.train()
+        accumulate = max(1, cfg.accumulate)
+        n = len(self.train_loader)
+        progress = Progress(
+            n,
+            f"epoch {epoch + 1}/{cfg.epochs}",
+            enabled=cfg.progress and self.dist.is_main,
+            every=cfg.log_every,
+        )
+        running: float | None = None
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.train_loader):
+            batch = self.task.to_device(batch, self.device)
+            last_micro = (i + 1) % accumulate == 0 or i + 1 == n
+            sync = (
+                contextlib.nullcontext() if last_micro or not self.dist.enabled else self.ddp_model.no_sync()
+            )
+            with sync:
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, parts = self.task.loss(self.ddp_model, batch)
+                self._check_finite(loss, batch, epoch, i)
+                micro = min(accumulate, n - (i // accumulate) * accumulate)
+                self.scaler.scale(loss / micro).backward()
+            if not last_micro:
+                continue
+            if cfg.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.state.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model)
+            value = float(loss.detach())
+            running = value if running is None else 0.9 * running + 0.1 * value
+            progress.update(i + 1, loss=running, lr=self.optimizer.param_groups[0]["lr"])
+            if self.log is not None and (self.state.step % max(1, cfg.log_every) == 0 or i + 1 == n):
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.log.log(
+                    "train", self.state.step, epoch + (i + 1) / n, {"loss": value, "lr": lr, **parts}
+                )
+        progress.close()
+
+    def _check_finite(self, loss: torch.Tensor, batch: Any, epoch: int, index: int) -> None:
+        """Stop before a NaN/inf loss reaches the weights, naming the step and the batch's images.
+        Under DDP every process learns of it (one all-reduce), so none is left waiting."""
+        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+        if self.dist.enabled:
+            dist_utils.all_reduce_sum(bad)
+        if bad.item() == 0:
+            return
+        ids = self.task.batch_image_ids(batch)
+        raise SegdetError(
+            f"the loss became {loss.item()} at step {self.state.step} (epoch {epoch + 1}, batch {index}, "
+            f"images {ids}); the weights were not updated and {self.run_dir / 'last.safetensors'} holds "
+            "the last good state: lower optim.lr or set train.clip_grad_norm"
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        with torch.no_grad():
+            return self.task.evaluate(model, self.val_loader, self.device)
+
+    def _update_best(self, metrics: dict[str, float]) -> bool:
+        key = self.cfg.train.best_metric
+        if key not in metrics:
+            raise SegdetError(f"train.best_metric={key!r} is not among the metrics {sorted(metrics)}")
+        value = float(metrics[key])
+        better = self.state.best is None or (
+            value > self.state.best if self.cfg.train.best_mode == "max" else value < self.state.best
+        )
+        if better:
+            self.state.best, self.state.best_epoch = value, self.state.epoch
+        return better
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "best": self.state.best,
+            "best_epoch": self.state.best_epoch,
+            "last_metrics": self.state.last_metrics,
+            "config": to_dict(self.cfg),
+            "classes": list(self.task.classes),
+            "task": self.cfg.task,
+        }
+
+    def _save(self, name: str) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / name, self.checkpoint_state())
+        dist_utils.barrier()
+
+    def _load_last(self) -> None:
+        path = self.run_dir / "last.safetensors"
+        if not path.exists():
+            raise SegdetError(f"{path}: no checkpoint to resume from")
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state = TrainState(
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            best=ckpt["best"],
+            best_epoch=ckpt["best_epoch"],
+            last_metrics=ckpt.get("last_metrics") or {},
+        )
+        rng = ckpt["rng"]
+        rng["torch"] = rng["torch"].cpu()
+        set_rng_state(rng)
+        self._print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.step}")
+
+    def _print(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, flush=True)
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW. Weight decay is not applied to biases and
+    normalisation parameters (1-D tensors), as in timm and most detection recipes: decaying them
+    only fights the normalisation."""
+    cfg = config.optim
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; NumPy and random follow it
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
