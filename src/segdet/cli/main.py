@@ -17,7 +17,11 @@ from segdet.errors import SegdetError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("segdet.cli.demo", "generate the synthetic shapes set, check it, draw it (the main job)"),
     "data": ("segdet.cli.data", "check, describe, draw and convert datasets"),
+    "train": ("segdet.cli.train", "train a model from a YAML config (torchrun for several processes)"),
+    "eval": ("segdet.cli.evaluate", "evaluate a trained checkpoint on a dataset"),
+    "predict": ("segdet.cli.predict", "run a trained checkpoint on images: label PNGs and overlays"),
     "metrics": ("segdet.cli.metrics", "evaluate predictions: COCO / VOC detection AP, segmentation IoU"),
+    "models": ("segdet.cli.models", "list the models with parameter counts and GFLOPs"),
 }
 
 

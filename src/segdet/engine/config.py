@@ -71,6 +71,18 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """Segmentation loss: cross-entropy (``ce``), ``ce_dice`` (CE + soft Dice), ``dice`` or ``focal``
+    (softmax form), with optional per-class weights (one per class)."""
+
+    name: Literal["ce", "ce_dice", "dice", "focal"] = "ce"
+    class_weights: list[float] | None = None
+    dice_weight: float = 1.0
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
@@ -120,6 +132,7 @@ class Config:
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

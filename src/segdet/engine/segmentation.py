@@ -1,0 +1,220 @@
+"""The semantic segmentation task: data, loss and evaluation for the trainer.
+
+Data come from any format reader (``data.format`` + ``data.train``/``data.val``) or from the synthetic
+shapes generator (``data.synthetic: N``). Training samples are randomly scaled, cropped to
+``data.size`` and flipped; evaluation runs on whole images (padded within a batch, the padding
+labelled ``ignore`` so it is never counted). Metrics come from a streaming confusion matrix, summed
+over processes under DDP: mIoU, mean Dice, pixel accuracy, mean class accuracy, frequency-weighted
+IoU, and per-class IoU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from segdet.data.collate import collate_segmentation
+from segdet.data.dataset import SegDetDataset
+from segdet.data.structures import AnnotationSet
+from segdet.engine.config import Config
+from segdet.errors import ConfigError
+
+
+def load_split(cfg: Config, which: str) -> AnnotationSet | None:
+    """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
+    from segdet.data.formats import read_dataset
+
+    split = getattr(cfg.data, which)
+    if split is None or not split.path:
+        return None
+    options = {k: getattr(split, k) for k in ("images", "labels", "split") if getattr(split, k) is not None}
+    return read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
+
+
+def synthetic_split(cfg: Config, which: str) -> AnnotationSet:
+    """Synthetic shapes: ``data.synthetic`` training images, and a quarter as many (at least 4) for
+    validation drawn with another seed, cached under the run folder."""
+    from segdet.data import shapes
+
+    n = cfg.data.synthetic if which == "train" else max(4, cfg.data.synthetic // 4)
+    seed = cfg.train.seed if which == "train" else cfg.train.seed + 1_000_003
+    return shapes.generate(cfg.run_dir / "synthetic" / which, n, seed=seed, size=cfg.data.synthetic_size)
+
+
+def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[AnnotationSet, AnnotationSet]:
+    """Split off ``fraction`` of the images, chosen by a seeded permutation, as a validation set."""
+    order = np.random.default_rng(seed).permutation(len(dataset.images))
+    n_val = max(1, round(fraction * len(order)))
+    val_idx, train_idx = set(order[:n_val].tolist()), order[n_val:]
+
+    def subset(indices) -> AnnotationSet:
+        return AnnotationSet(
+            [dataset.images[i] for i in sorted(indices)],
+            dataset.classes,
+            dataset.category_ids,
+            dataset.semantic_classes,
+            dataset.ignore_index,
+            [],
+            dataset.source,
+        )
+
+    return subset(train_idx), subset(val_idx)
+
+
+def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Stack whole images of different sizes: pad images with 0 and labels with ``ignore_index`` at
+    the bottom/right (so padding is never scored), and keep the image ids."""
+    h = max(s[0].shape[-2] for s in batch)
+    w = max(s[0].shape[-1] for s in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], h, w)
+    labels = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+    for k, (image, target) in enumerate(batch):
+        ih, iw = image.shape[-2:]
+        images[k, :, :ih, :iw] = image
+        labels[k, :ih, :iw] = target["semantic"]
+    return images, labels, [t["image_id"] for _, t in batch]
+
+
+class SegmentationTask:
+    """Plugs semantic segmentation into :class:`segdet.engine.trainer.Trainer`."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        if cfg.data.synthetic:
+            self.train_ann = synthetic_split(cfg, "train")
+            self.val_ann: AnnotationSet | None = synthetic_split(cfg, "val")
+        else:
+            train = load_split(cfg, "train")
+            if train is None:
+                raise ConfigError("data.train.path: no training data given (or set data.synthetic: N)")
+            self.val_ann = load_split(cfg, "val")
+            if self.val_ann is None and cfg.data.val_fraction > 0:
+                train, self.val_ann = holdout(train, cfg.data.val_fraction, cfg.train.seed)
+            self.train_ann = train
+        self.ignore_index = self.train_ann.ignore_index
+        self.classes = list(self.train_ann.semantic_classes)
+        self.num_classes = cfg.model.num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but the dataset has {len(self.classes)} classes"
+            )
+        weights = cfg.loss.class_weights
+        if weights is not None and len(weights) != self.num_classes:
+            raise ConfigError(f"loss.class_weights: {len(weights)} weights for {self.num_classes} classes")
+        self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+    # ------------------------------------------------------------------------------------ components
+    def build_model(self) -> nn.Module:
+        from segdet.models import build
+
+        model = build(self.cfg.model.name, num_classes=self.num_classes, **self.cfg.model.kwargs)
+        if self.cfg.model.weights:
+            from segdet.models.weights import load_weights
+
+            load_weights(model, self.cfg.model.weights)
+        return model
+
+    def train_dataset(self) -> Dataset:
+        from segdet.data import transforms as T
+
+        d = self.cfg.data
+        tf = T.segmentation_train(
+            d.size,
+            scale_range=d.scale_range,
+            hflip=d.hflip,
+            photometric=d.photometric,
+            ignore_index=self.ignore_index,
+        )
+        return SegDetDataset(self.train_ann, tf, semantic=True, strict=d.strict)
+
+    def val_dataset(self) -> Dataset | None:
+        from segdet.data import transforms as T
+
+        if self.val_ann is None or not self.val_ann.images:
+            return None
+        return SegDetDataset(self.val_ann, T.segmentation_eval(), semantic=True, strict=self.cfg.data.strict)
+
+    def collate(self, batch: list) -> Any:
+        images, labels = collate_segmentation(batch)
+        return images, labels, [t["image_id"] for _, t in batch]
+
+    def val_collate(self, batch: list) -> Any:
+        return collate_padded(batch, self.ignore_index)
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        images, labels, ids = batch
+        memory = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        return (
+            images.to(device, non_blocking=True, memory_format=memory),
+            labels.to(device, non_blocking=True),
+            ids,
+        )
+
+    def batch_image_ids(self, batch: Any) -> list:
+        return list(batch[2])
+
+    # ------------------------------------------------------------------------------------------ loss
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels, _ = batch
+        logits = model(images)
+        return self.criterion(logits, labels), {}
+
+    def criterion(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from segdet import losses
+
+        cfg = self.cfg.loss
+        logits = logits.float()  # losses in float32 under autocast
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        if cfg.name == "ce":
+            return losses.cross_entropy_loss(
+                logits,
+                labels,
+                weight=weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=cfg.label_smoothing,
+            )
+        if cfg.name == "focal":
+            return losses.softmax_focal_loss(
+                logits, labels, gamma=cfg.focal_gamma, weight=weight, ignore_index=self.ignore_index
+            )
+        if cfg.name == "dice":
+            return losses.dice_loss(logits, labels, mode="multiclass", ignore_index=self.ignore_index)
+        return losses.ce_dice_loss(
+            logits,
+            labels,
+            mode="multiclass",
+            dice_weight=cfg.dice_weight,
+            class_weight=weight,
+            ignore_index=self.ignore_index,
+        )
+
+    # ------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        from segdet.metrics.confusion import ConfusionMatrix
+
+        cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
+        for batch in loader:
+            images, labels, _ = self.to_device(batch, device)
+            logits = model(images)
+            if logits.shape[-2:] != labels.shape[-2:]:
+                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            cm.update(logits.argmax(1), labels)
+        cm.all_reduce()
+        m = cm.compute()
+        out = {
+            "mIoU": float(m.mean_iou),
+            "mDice": float(m.mean_dice),
+            "pixel_acc": float(m.pixel_accuracy),
+            "mean_class_acc": float(m.mean_class_accuracy),
+            "fwIoU": float(m.fw_iou),
+        }
+        for name, iou in zip(self.classes, np.asarray(m.iou)[: len(self.classes)], strict=True):
+            out[f"IoU/{name}"] = float(iou)
+        return out
