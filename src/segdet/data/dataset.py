@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from segdet.data.io import load_image
 from segdet.data.masks import mask_to_bitmap, read_label_png
 from segdet.data.structures import AnnotationSet, ImageRecord
+from segdet.data.transforms import SemanticMask
 from segdet.errors import DataError
 
 logger = logging.getLogger("segdet.data")
@@ -116,7 +117,7 @@ class SegDetDataset(Dataset):
         if self.masks:
             target["masks"] = tv_tensors.Mask(self._masks(record, insts))
         if self.semantic:
-            target["semantic"] = tv_tensors.Mask(self._semantic(record))
+            target["semantic"] = SemanticMask(self._semantic(record))
         return target
 
     def _masks(self, record: ImageRecord, insts: list) -> torch.Tensor:

@@ -55,7 +55,8 @@ class Task(Protocol):
 
 class EpochSampler(Sampler[int]):
     """A shuffled order that is a pure function of ``(seed, epoch)``: resuming at an epoch boundary
-    replays exactly the order the uninterrupted run would have used."""
+    replays exactly the order the uninterrupted run would have used. It is the permutation
+    ``DistributedSampler`` draws, so N processes see, batch for batch, the same global batches as one."""
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
@@ -64,7 +65,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.size, generator=g).tolist())
 
     def __len__(self) -> int:
