@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 from segdet.data.io import load_image
 from segdet.data.masks import mask_to_bitmap, read_label_png
 from segdet.data.structures import AnnotationSet, ImageRecord
-from segdet.data.transforms import SemanticMask
+from segdet.data.target_transforms import SemanticMask
 from segdet.errors import DataError
 
 logger = logging.getLogger("segdet.data")

@@ -1,0 +1,271 @@
+"""Pascal VOC detection average precision.
+
+The protocol of Everingham et al., "The PASCAL Visual Object Classes (VOC) Challenge" (IJCV 2010,
+section 4.2) and of the VOC devkit's ``VOCevaldet.m`` / ``VOCap.m``:
+
+1. Per class, detections are sorted by descending score and matched greedily: each one is compared with
+   the ground-truth objects of its image and class and takes the one of highest IoU. If that IoU is
+   above the threshold (strictly, ``> 0.5`` as in the devkit), the detection is a true positive when the
+   object is not yet matched and a false positive (a duplicate) when it is; below the threshold it is a
+   false positive. A detection whose best object is ``difficult`` is neither: it is dropped, and
+   difficult objects do not count among the positives ``npos``.
+2. ``recall = cumsum(TP) / npos`` and ``precision = cumsum(TP) / (cumsum(TP) + cumsum(FP))``.
+3. AP is either the VOC2007 11-point interpolated AP or the VOC2010+ all-point AP (:func:`voc_ap`).
+
+IoU is computed on continuous coordinates (``area = (x2 - x1) * (y2 - y1)``), the convention of
+:mod:`segdet.data.structures`. The devkit adds 1 to widths and heights because its boxes are inclusive
+integer pixel indices (a box from pixel 10 to pixel 19 is 10 pixels wide); our readers convert those
+boxes to continuous coordinates (``x1 = xmin - 1, x2 = xmax``), so the same boxes give the same IoU
+without the +1.
+
+Crowd regions (``iscrowd``, from COCO-style ground truth) are treated like ``difficult`` objects: VOC
+has no crowd annotations and ignoring detections on them is the closest equivalent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segdet.data.structures import AnnotationSet, ImageRecord
+from segdet.errors import DataError
+
+
+def voc_ap(
+    recall: np.ndarray | Sequence[float], precision: np.ndarray | Sequence[float], use_07_metric: bool
+) -> float:
+    """Average precision of one precision/recall curve (points in detection-rank order).
+
+    * ``use_07_metric=True`` (VOC2007, 11-point): ``AP = 1/11 sum_{t in {0, 0.1, ..., 1}} max_{r >= t} p(r)``
+      (0 for thresholds no point reaches). The thresholds are exactly ``k / 10``; the Python devkit's
+      ``np.arange(0, 1.1, 0.1)`` makes 0.3, 0.6 and 0.7 a hair larger, so a recall of exactly 3/10 would
+      miss the 0.3 threshold there.
+    * ``use_07_metric=False`` (VOC2010+, all-point): the area under the precision envelope made
+      monotonically non-increasing from the right, ``p_interp(r) = max_{r' >= r} p(r')``, summed over
+      the recall values where recall changes (``VOCap.m``).
+    """
+    rec = np.asarray(recall, dtype=np.float64).reshape(-1)
+    prec = np.asarray(precision, dtype=np.float64).reshape(-1)
+    if rec.shape != prec.shape:
+        raise ValueError(f"recall has {rec.size} points, precision {prec.size}")
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(11) / 10:
+            reached = prec[rec >= t]
+            ap += (reached.max() if reached.size else 0.0) / 11
+        return float(ap)
+    # Sentinels: recall runs from 0 to 1, with precision 0 beyond the last point.
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    change = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[change + 1] - mrec[change]) * mpre[change + 1]))
+
+
+@dataclass
+class VocResult:
+    """Per-class AP (NaN for classes without non-difficult ground truth), their mean over the other
+    classes, and the per-class precision/recall points (detection-rank order) for curves."""
+
+    ap: dict[str, float]
+    map: float
+    precision: dict[str, np.ndarray]
+    recall: dict[str, np.ndarray]
+    npos: dict[str, int]
+    use_07_metric: bool = False
+    iou_threshold: float = 0.5
+    num_detections: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (NaN as ``None``)."""
+
+        def f(x: float) -> float | None:
+            return None if math.isnan(x) else float(x)
+
+        return {
+            "mAP": f(self.map),
+            "metric": "VOC2007 11-point" if self.use_07_metric else "VOC2010 all-point",
+            "iou_threshold": self.iou_threshold,
+            "per_class": {name: f(ap) for name, ap in self.ap.items()},
+            "npos": dict(self.npos),
+        }
+
+    def curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{class: (recall, precision)}`` for :func:`segdet.metrics.plots.plot_pr_curves`."""
+        return {name: (self.recall[name], self.precision[name]) for name in self.ap}
+
+
+# One detection: (image id, label, score, box xyxy).
+_Detection = tuple[int, int, float, tuple[float, float, float, float]]
+
+
+def _image_index(ground_truth: AnnotationSet) -> dict[object, int]:
+    """Maps each image's id, file name and file stem to its id, so results may name images either way
+    (the VOC devkit names them by file stem, COCO by integer id)."""
+    index: dict[object, int] = {}
+    for im in ground_truth.images:
+        stem = im.file_name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        index.setdefault(stem, im.id)
+        index.setdefault(im.file_name, im.id)
+    for im in ground_truth.images:  # ids win over names
+        index[im.id] = im.id
+    return index
+
+
+def _detections_from_results(ground_truth: AnnotationSet, results: Sequence[Mapping]) -> list[_Detection]:
+    """Parse COCO results dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
+    label_of = ground_truth.label_of_category()
+    label_of_name = {name: i for i, name in enumerate(ground_truth.classes)}
+    images = _image_index(ground_truth)
+    out: list[_Detection] = []
+    for i, r in enumerate(results):
+        where = f"detection {i}"
+        if not isinstance(r, Mapping):
+            raise DataError(f"expected an object, got {type(r).__name__}", record=where)
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
+        if missing:
+            raise DataError(f"missing key(s) {', '.join(missing)}", record=where)
+        image_id, cat = r["image_id"], r["category_id"]
+        if not isinstance(image_id, int | str) or image_id not in images:
+            raise DataError(f"image_id {image_id!r} is not in the ground truth", record=where)
+        if not isinstance(cat, int | str):
+            raise DataError(f"category_id {cat!r} is not an id or a class name", record=where)
+        label = label_of_name.get(cat) if isinstance(cat, str) else label_of.get(cat)
+        if label is None:
+            raise DataError(f"category_id {cat!r} is not a ground-truth category", record=where)
+        try:
+            x, y, w, h = (float(v) for v in r["bbox"])
+            score = float(r["score"])
+        except (TypeError, ValueError):
+            raise DataError(
+                f"bbox {r['bbox']!r} / score {r['score']!r} are not numbers", record=where
+            ) from None
+        if not all(math.isfinite(v) for v in (x, y, w, h, score)):
+            raise DataError("bbox or score is not finite", record=where)
+        out.append((images[image_id], label, score, (x, y, x + w, y + h)))
+    return out
+
+
+def _detections_from_set(ground_truth: AnnotationSet, detections: AnnotationSet) -> list[_Detection]:
+    """Take the scored instances of a prediction set, mapping its classes to the ground truth's by name."""
+    label_of_name = {name: i for i, name in enumerate(ground_truth.classes)}
+    images = {im.id for im in ground_truth.images}
+    out: list[_Detection] = []
+    for im in detections.images:
+        if im.id not in images:
+            raise DataError(f"image id {im.id} is not in the ground truth", record=im.file_name)
+        for k, inst in enumerate(im.instances):
+            name = detections.classes[inst.label]
+            if name not in label_of_name:
+                raise DataError(f"class {name!r} is not a ground-truth class", record=f"{im.file_name}#{k}")
+            if inst.score is None:
+                raise DataError("detection has no score", record=f"{im.file_name}#{k}")
+            out.append((im.id, label_of_name[name], float(inst.score), tuple(map(float, inst.box))))
+    return out
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``xyxy`` box with each row of ``boxes`` (continuous coordinates, no +1)."""
+    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = iw * ih
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _class_gt(images: Sequence[ImageRecord], label: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per image: the boxes of class ``label`` and whether each is ignored (difficult or crowd)."""
+    out = {}
+    for im in images:
+        objs = [o for o in im.instances if o.label == label]
+        boxes = np.array([o.box for o in objs], dtype=np.float64).reshape(-1, 4)
+        ignored = np.array([o.difficult or o.iscrowd for o in objs], dtype=bool)
+        out[im.id] = (boxes, ignored)
+    return out
+
+
+def _match_class(
+    gt: dict[int, tuple[np.ndarray, np.ndarray]], dets: list[_Detection], iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy VOC matching of one class's detections; returns TP and FP flags in rank order (detections
+    on difficult objects are removed)."""
+    scores = np.array([d[2] for d in dets], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")  # ties keep the input order, as the devkit's sort does
+    matched = {image_id: np.zeros(len(boxes), dtype=bool) for image_id, (boxes, _) in gt.items()}
+    tp = np.zeros(len(dets), dtype=bool)
+    fp = np.zeros(len(dets), dtype=bool)
+    for rank, i in enumerate(order):
+        image_id, _, _, box = dets[i]
+        boxes, ignored = gt[image_id]
+        if len(boxes) == 0:
+            fp[rank] = True
+            continue
+        ious = _iou_one_to_many(np.asarray(box), boxes)
+        j = int(np.argmax(ious))
+        if ious[j] > iou_threshold:
+            if ignored[j]:
+                continue  # neither TP nor FP
+            if matched[image_id][j]:
+                fp[rank] = True  # duplicate detection
+            else:
+                matched[image_id][j] = True
+                tp[rank] = True
+        else:
+            fp[rank] = True
+    keep = tp | fp
+    return tp[keep], fp[keep]
+
+
+def evaluate_voc(
+    ground_truth: AnnotationSet,
+    detections: AnnotationSet | Sequence[Mapping],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = False,
+) -> VocResult:
+    """Pascal VOC AP per class and its mean (protocol in the module docstring).
+
+    ``detections`` is either an :class:`AnnotationSet` of scored instances (classes matched to the
+    ground truth's by name, images by id) or a list of COCO results dicts ``{"image_id", "category_id",
+    "bbox": [x, y, w, h], "score"}`` whose ``category_id`` is mapped through
+    ``ground_truth.category_ids`` (a class name is accepted too) and whose ``image_id`` is an image id,
+    file name or file stem. Classes without non-difficult ground truth get AP NaN and are left out of
+    the mean. Malformed detections raise :class:`~segdet.errors.DataError`.
+    """
+    if isinstance(detections, AnnotationSet):
+        dets = _detections_from_set(ground_truth, detections)
+    else:
+        dets = _detections_from_results(ground_truth, detections)
+
+    by_label: dict[int, list[_Detection]] = {k: [] for k in range(len(ground_truth.classes))}
+    for d in dets:
+        by_label[d[1]].append(d)
+
+    result = VocResult(
+        ap={},
+        map=math.nan,
+        precision={},
+        recall={},
+        npos={},
+        use_07_metric=use_07_metric,
+        iou_threshold=iou_threshold,
+    )
+    for label, name in enumerate(ground_truth.classes):
+        gt = _class_gt(ground_truth.images, label)
+        npos = int(sum(int((~ignored).sum()) for _, ignored in gt.values()))
+        tp, fp = _match_class(gt, by_label[label], iou_threshold)
+        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        recall = ctp / npos if npos > 0 else np.full(len(ctp), math.nan)
+        precision = ctp / np.maximum(ctp + cfp, 1)
+        result.npos[name] = npos
+        result.num_detections[name] = len(by_label[label])
+        result.recall[name] = recall
+        result.precision[name] = precision
+        result.ap[name] = voc_ap(recall, precision, use_07_metric) if npos > 0 else math.nan
+    aps = np.array(list(result.ap.values()), dtype=np.float64)
+    result.map = float(np.nanmean(aps)) if np.isfinite(aps).any() else math.nan
+    return result

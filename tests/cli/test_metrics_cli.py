@@ -1,0 +1,375 @@
+"""Tests of ``segdet metrics coco|voc|seg``: exit codes, printed numbers against the library functions
+(segdet.metrics.*, exact to the 4 printed decimals), the ``--out`` JSON keys, the ``--plots`` files,
+and one-line errors (no traceback) on malformed input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdet.cli.main import main
+from segdet.data.structures import AnnotationSet, ImageRecord, Instance
+from segdet.metrics.confusion import ConfusionMatrix
+
+COCO_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}
+
+
+def assert_one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("segdet: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ----------------------------------------------------------------------------------------------- seg
+
+
+def write_labels(folder, arrays: dict[str, np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, a in arrays.items():
+        Image.fromarray(a.astype(np.uint8), mode="L").save(folder / f"{stem}.png")
+
+
+def seg_case(tmp_path, seed=0):
+    rng = np.random.default_rng(seed)
+    gts, preds = {}, {}
+    for k, shape in enumerate([(32, 40), (24, 24), (16, 48)]):
+        t = rng.integers(0, 3, shape)  # class 3 of 4 never appears: NaN row
+        t[rng.random(shape) < 0.05] = 255
+        p = np.where(rng.random(shape) < 0.7, np.where(t == 255, 0, t), rng.integers(0, 3, shape))
+        gts[f"im{k}"], preds[f"im{k}"] = t, p
+    write_labels(tmp_path / "gt", gts)
+    write_labels(tmp_path / "pred", preds)
+    cm = ConfusionMatrix(4, ignore_index=255)
+    for stem in gts:
+        cm.update(preds[stem], gts[stem])
+    return cm
+
+
+def test_seg_prints_library_numbers_and_writes_json(tmp_path, capsys) -> None:
+    """Printed per-class IoU/Dice/Acc and means equal ConfusionMatrix.compute() on the same arrays."""
+    cm = seg_case(tmp_path)
+    (tmp_path / "names.txt").write_text("bg\ncat\ndog\nbird\n")
+    code = main(
+        [
+            "metrics",
+            "seg",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--num-classes",
+            "4",
+            "--class-names",
+            str(tmp_path / "names.txt"),
+            "--out",
+            str(tmp_path / "seg.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    m = cm.compute()
+    for i, name in enumerate(["bg", "cat", "dog"]):
+        row = re.search(rf"^{name}\s+(\S+)\s+(\S+)\s+(\S+)$", out, re.M)
+        assert row, out
+        assert [float(v) for v in row.groups()] == pytest.approx(
+            [m.iou[i], m.dice[i], m.class_accuracy[i]], abs=5e-5
+        )
+    assert re.search(r"^bird\s+-\s+-\s+-$", out, re.M), out
+    mean = re.search(r"^mean\s+(\S+)\s+(\S+)\s+(\S+)$", out, re.M)
+    assert [float(v) for v in mean.groups()] == pytest.approx(
+        [m.mean_iou, m.mean_dice, m.mean_class_accuracy], abs=5e-5
+    )
+    assert float(re.search(r"pixel accuracy: (\S+)", out)[1]) == pytest.approx(m.pixel_accuracy, abs=5e-5)
+    assert float(re.search(r"frequency-weighted IoU: (\S+)", out)[1]) == pytest.approx(m.fw_iou, abs=5e-5)
+
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["mean_iou"] == pytest.approx(m.mean_iou, abs=1e-12)
+    assert report["per_class"]["bird"]["iou"] is None
+    assert report["confusion_matrix"] == cm.matrix.tolist()
+    with Image.open(tmp_path / "plots" / "confusion_matrix.png") as im:
+        assert im.format == "PNG"
+
+
+def test_seg_missing_pair_names_the_file(tmp_path, capsys) -> None:
+    seg_case(tmp_path)
+    (tmp_path / "pred" / "im1.png").unlink()
+    code = main(
+        [
+            "metrics",
+            "seg",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--num-classes",
+            "4",
+        ]
+    )
+    assert code == 1
+    assert_one_line_error(capsys, "im1.png", "no prediction")
+
+
+def test_seg_size_mismatch_names_both_files(tmp_path, capsys) -> None:
+    seg_case(tmp_path)
+    write_labels(tmp_path / "pred", {"im0": np.zeros((10, 10))})
+    code = main(
+        [
+            "metrics",
+            "seg",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--num-classes",
+            "4",
+        ]
+    )
+    assert code == 1
+    assert_one_line_error(capsys, str(tmp_path / "gt" / "im0.png"), str(tmp_path / "pred" / "im0.png"))
+
+
+def test_seg_out_of_range_label_names_value_and_file(tmp_path, capsys) -> None:
+    seg_case(tmp_path)
+    write_labels(tmp_path / "gt", {"im2": np.full((16, 48), 9)})
+    code = main(
+        [
+            "metrics",
+            "seg",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--num-classes",
+            "4",
+        ]
+    )
+    assert code == 1
+    assert_one_line_error(capsys, "im2.png", "value 9")
+
+
+def test_seg_malformed_png(tmp_path, capsys) -> None:
+    seg_case(tmp_path)
+    (tmp_path / "pred" / "im0.png").write_bytes(b"not a png")
+    code = main(
+        [
+            "metrics",
+            "seg",
+            "--gt",
+            str(tmp_path / "gt"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--num-classes",
+            "4",
+        ]
+    )
+    assert code == 1
+    assert_one_line_error(capsys, "im0.png")
+
+
+# ----------------------------------------------------------------------------------------------- voc
+
+
+def detection_gt(tmp_path) -> AnnotationSet:
+    """Two tiny images with boxes (one difficult), real image files so readers can size them."""
+    images = []
+    objects = {
+        "a": [Instance(box=(4, 4, 30, 30), label=0), Instance(box=(40, 10, 60, 50), label=1)],
+        "b": [
+            Instance(box=(10, 10, 50, 40), label=0),
+            Instance(box=(0, 40, 20, 60), label=0, difficult=True),
+        ],
+    }
+    for k, (stem, inst) in enumerate(objects.items(), start=1):
+        path = tmp_path / "src" / f"{stem}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (k * 40, 90, 120)).save(path)
+        images.append(ImageRecord(id=k, path=path, width=64, height=64, instances=inst))
+    return AnnotationSet(images=images, classes=["cat", "dog"])
+
+
+def detections_for(gt: AnnotationSet, name_images_by_stem: bool) -> list[dict]:
+    label_of_file = {im.file_name.rsplit(".", 1)[0]: im for im in gt.images}
+    a, b = label_of_file["a"], label_of_file["b"]
+    cat, dog = gt.category_ids[gt.classes.index("cat")], gt.category_ids[gt.classes.index("dog")]
+
+    def ref(im):
+        return im.file_name.rsplit(".", 1)[0] if name_images_by_stem else im.id
+
+    return [
+        {"image_id": ref(a), "category_id": cat, "bbox": [5, 5, 25, 25], "score": 0.9},
+        {"image_id": ref(b), "category_id": cat, "bbox": [0, 0, 10, 10], "score": 0.8},
+        {"image_id": ref(b), "category_id": cat, "bbox": [0, 40, 20, 20], "score": 0.7},
+        {"image_id": ref(b), "category_id": cat, "bbox": [12, 10, 38, 30], "score": 0.6},
+        {"image_id": ref(a), "category_id": dog, "bbox": [40, 12, 20, 36], "score": 0.5},
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco"])
+@pytest.mark.parametrize("metric", ["07", "10"])
+def test_voc_prints_library_numbers(tmp_path, capsys, fmt: str, metric: str) -> None:
+    """Ground truth written with the format's writer and read back: printed per-class AP and mAP equal
+    evaluate_voc on the same files (4 decimals); --out JSON and --plots PNG are written."""
+    formats = pytest.importorskip("segdet.data.formats")
+    try:
+        root = formats.write_dataset(fmt, detection_gt(tmp_path), tmp_path / fmt)
+        gt = formats.read_dataset(fmt, root)
+    except ImportError:
+        pytest.skip(f"the {fmt} reader/writer is not there yet")
+    from segdet.metrics.voc_eval import evaluate_voc
+
+    dets = detections_for(gt, name_images_by_stem=fmt == "voc")
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    code = main(
+        [
+            "metrics",
+            "voc",
+            "--gt",
+            str(root),
+            "--format",
+            fmt,
+            "--dt",
+            str(tmp_path / "dt.json"),
+            "--metric",
+            metric,
+            "--out",
+            str(tmp_path / "voc.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    expected = evaluate_voc(gt, dets, use_07_metric=metric == "07")
+    for name in ("cat", "dog"):
+        row = re.search(rf"^{name}\s+(\S+)\s+(\d+)\s+(\d+)$", out, re.M)
+        assert float(row[1]) == pytest.approx(expected.ap[name], abs=5e-5)
+        assert int(row[2]) == expected.npos[name]
+    assert float(re.search(r"^mAP .*: (\S+)$", out, re.M)[1]) == pytest.approx(expected.map, abs=5e-5)
+    # cat: npos 2, ranked TP FP (difficult dropped) TP -> 10: 1*.5 + 2/3*.5; dog: exact -> 1
+    assert expected.ap["dog"] == pytest.approx(1.0)
+    if metric == "10":
+        assert expected.ap["cat"] == pytest.approx(0.5 + 1 / 3)
+    report = json.loads((tmp_path / "voc.json").read_text())
+    assert report["mAP"] == pytest.approx(expected.map) and set(report["per_class"]) == {"cat", "dog"}
+    assert (tmp_path / "plots" / "pr_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('[{"image_id": 1, ', "not valid JSON"),
+        ('{"a": 1}', "expected a JSON list"),
+        ('[{"image_id": 1, "category_id": 77, "bbox": [0, 0, 1, 1], "score": 1}]', "category_id 77"),
+    ],
+)
+def test_voc_malformed_detections_one_line(tmp_path, capsys, content: str, needle: str) -> None:
+    formats = pytest.importorskip("segdet.data.formats")
+    try:
+        root = formats.write_dataset("coco", detection_gt(tmp_path), tmp_path / "coco")
+    except ImportError:
+        pytest.skip("the coco writer is not there yet")
+    (tmp_path / "dt.json").write_text(content)
+    code = main(["metrics", "voc", "--gt", str(root), "--format", "coco", "--dt", str(tmp_path / "dt.json")])
+    assert code == 1
+    assert_one_line_error(capsys, needle, "dt.json")
+
+
+# ---------------------------------------------------------------------------------------------- coco
+
+
+def write_coco_pair(tmp_path) -> tuple:
+    rng = np.random.default_rng(0)
+    images, anns, dets = [], [], []
+    for i in range(1, 4):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100})
+        for _ in range(3):
+            x, y = rng.uniform(0, 60, 2)
+            w, h = rng.uniform(8, 40, 2)
+            cat = int(rng.integers(1, 3))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
+            j = rng.normal(0, 2, 4)
+            bx, by, bw, bh = x + j[0], y + j[1], w + j[2], h + j[3]
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [bx, by, bw, bh],
+                    "score": float(rng.random()),
+                    "segmentation": [[bx, by, bx + bw, by, bx + bw, by + bh, bx, by + bh]],
+                }
+            )
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    return tmp_path / "gt.json", tmp_path / "dt.json"
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_prints_summary_and_writes_keys(tmp_path, capsys, iou_type: str) -> None:
+    """The 12 summary lines are printed and --out holds the 12 keys with evaluate_coco's numbers."""
+    coco_eval = pytest.importorskip("segdet.metrics.coco_eval")
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    code = main(
+        [
+            "metrics",
+            "coco",
+            "--gt",
+            str(gt_path),
+            "--dt",
+            str(dt_path),
+            "--iou-type",
+            iou_type,
+            "--out",
+            str(tmp_path / "coco.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len(re.findall(r"Average (Precision|Recall) +\(A[PR]\) @\[ IoU=", out)) == 12, out
+    report = json.loads((tmp_path / "coco.json").read_text())
+    assert COCO_KEYS <= set(report)
+    expected = coco_eval.evaluate_coco(gt_path, dt_path, iou_type)
+    assert report["AP"] == pytest.approx(float(expected.stats[0]), abs=1e-12)
+    assert report["AR100"] == pytest.approx(float(expected.stats[8]), abs=1e-12)
+    assert (tmp_path / "plots" / "pr_curves_iou50.png").is_file()
+
+
+def test_coco_malformed_file_one_line(tmp_path, capsys) -> None:
+    pytest.importorskip("segdet.metrics.coco_eval")
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    dt_path.write_text("[{]")
+    code = main(["metrics", "coco", "--gt", str(gt_path), "--dt", str(dt_path), "--iou-type", "bbox"])
+    assert code == 1
+    assert_one_line_error(capsys, "dt.json")
+
+
+def test_coco_missing_file_one_line(tmp_path, capsys) -> None:
+    pytest.importorskip("segdet.metrics.coco_eval")
+    code = main(["metrics", "coco", "--gt", str(tmp_path / "nope.json"), "--dt", str(tmp_path / "dt.json")])
+    assert code == 1
+    assert_one_line_error(capsys, "nope.json")
