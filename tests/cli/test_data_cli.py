@@ -144,7 +144,7 @@ def test_real_coco128_yolo(capsys, shared_dataset):
     assert code == 0, out
     # The YOLO labels leave out COCO's 10 crowd objects; 2 label files have no image (warned), 2 images
     # have no label file (background images).
-    assert _summary(out) == (128, 927, 80)
+    assert _summary(out) == (128, 929, 80)
     assert "0 errors, 2 warnings" in out
 
 

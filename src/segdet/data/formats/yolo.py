@@ -1,0 +1,398 @@
+"""YOLO (Ultralytics / Darknet) text labels (https://docs.ultralytics.com/datasets/detect/,
+https://docs.ultralytics.com/datasets/segment/).
+
+Layout::
+
+    root/data.yaml            names: {0: person, 1: bicycle, ...} (or a list); path, train, val keys
+      or root/classes.txt     one class name per line (the LabelImg / Darknet form)
+    root/images/[<split>/]<name>.jpg
+    root/labels/[<split>/]<name>.txt
+
+One row per object, coordinates normalised by the image width and height:
+
+* ``cls cx cy w h`` - a box (centre and size);
+* ``cls x1 y1 x2 y2 x3 y3 ...`` - a polygon of at least 3 points (segmentation); its box is its
+  bounding box, and it is kept as a COCO-style absolute polygon ``[[x1, y1, x2, y2, ...]]``.
+
+An image without a label file is a background image; a label file without an image is reported (a
+warning) and ignored. The label folder of an image folder is found as Ultralytics does: the last
+``images`` component of its path replaced by ``labels``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from segdet.data.contours import bitmap_to_polygons, merge_polygons
+from segdet.data.dataset import SegDetDataset
+from segdet.data.formats.image_files import place_image, safe_relative
+from segdet.data.io import image_size
+from segdet.data.masks import mask_to_bitmap, read_label_png
+from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
+from segdet.data.validate import ProblemLog, check_box, check_label
+from segdet.errors import DataError
+
+logger = logging.getLogger("segdet.data")
+
+# Image suffixes Ultralytics reads (``IMG_FORMATS``), lower case.
+IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
+CONFIG_NAMES = ("data.yaml", "data.yml", "classes.txt")
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read(
+    path: str | Path,
+    *,
+    images: str | Path | None = None,
+    labels: str | Path | None = None,
+    strict: bool = False,
+    split: str | None = None,
+) -> AnnotationSet:
+    """Read a YOLO dataset.
+
+    Args:
+        path: the dataset root (holding ``data.yaml`` or ``classes.txt``), or that file itself.
+        images: the image folder; by default the folder ``data.yaml``'s ``split`` key names when
+            ``split`` is given (else ``images/<split>``), and ``images/`` otherwise (split folders
+            below it are read too).
+        labels: the label folder; by default the image folder with its last ``images`` replaced by
+            ``labels``.
+        strict: raise :class:`DataError` on the first bad row or image instead of dropping it.
+        split: ``"train"``, ``"val"``, ... (see ``images``).
+
+    Raises:
+        DataError: no or a malformed ``data.yaml`` / ``classes.txt``, a missing image or label folder;
+            with ``strict``, any bad row or unreadable image.
+    """
+    root, config = read_config(Path(path))
+    classes = config["names"]
+    image_dir, label_dir = _folders(root, config, images, labels, split)
+    log = ProblemLog()
+
+    image_files = sorted(
+        p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    rels = [p.relative_to(image_dir) for p in image_files]
+    ids = _image_ids(rels)
+    records = []
+    for img, rel, iid in zip(image_files, rels, ids, strict=True):
+        try:
+            width, height = image_size(img)
+        except DataError as e:
+            log.error(img, "", e.problem)
+            continue
+        record = ImageRecord(iid, img, width, height, file_name=rel.as_posix())
+        label_file = label_dir / rel.with_suffix(".txt")
+        if label_file.is_file() and not _read_label_file(label_file, record, len(classes), log):
+            continue
+        records.append(record)
+
+    stems = {rel.with_suffix("").as_posix() for rel in rels}
+    for txt in sorted(label_dir.rglob("*.txt")):
+        rel = txt.relative_to(label_dir)
+        if rel.with_suffix("").as_posix() not in stems and rel.name not in CONFIG_NAMES:
+            log.warning(
+                txt,
+                "",
+                f"label file has no image '{rel.with_suffix('').as_posix()}.*' in {image_dir}; ignored",
+            )
+
+    dataset = AnnotationSet(images=records, classes=classes, source=str(root))
+    return log.finish(dataset, strict)
+
+
+def read_config(path: Path) -> tuple[Path, dict]:
+    """The dataset root and its configuration (``data.yaml`` keys, with ``names`` as a list of class
+    names in label order); ``classes.txt`` gives ``{"names": [...]}``."""
+    if path.is_dir():
+        found = [path / n for n in CONFIG_NAMES if (path / n).is_file()]
+        if not found:
+            raise DataError("no data.yaml or classes.txt with the class names", path)
+        path = found[0]
+    elif not path.is_file():
+        raise DataError("file or folder not found", path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read file ({e})", path) from None
+    if path.suffix == ".txt":
+        return path.parent, {"names": _names_from_lines(text, path)}
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise DataError(f"not valid YAML: {getattr(e, 'problem', None) or e}{where}", path) from None
+    except RecursionError:
+        raise DataError("not valid YAML: nesting too deep", path) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        # PyYAML's constructors let these through for malformed tagged scalars (a 13th month, an
+        # "!!int 0x_", a "!!bool maybe"), so they are part of "not valid YAML" too.
+        raise DataError(f"not valid YAML: {type(e).__name__}: {e}", path) from None
+    if not isinstance(config, dict):
+        raise DataError("top level is not a mapping of keys (names, path, train, val)", path)
+    config = dict(config)
+    config["names"] = _names_from_yaml(config.get("names"), config.get("nc"), path)
+    return path.parent, config
+
+
+def _names_from_lines(text: str, path: Path) -> list[str]:
+    lines = [line.strip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    for n, name in enumerate(lines, 1):
+        if not name:
+            raise DataError(
+                "blank class name (class ids are line numbers, so blank lines are ambiguous)",
+                path,
+                f"line {n}",
+            )
+    if not lines:
+        raise DataError("no class names", path)
+    return lines
+
+
+def _names_from_yaml(names: object, nc: object, path: Path) -> list[str]:
+    """``names`` as a list: a list of names, or a dict ``{id: name}`` with ids exactly ``0..K-1``."""
+    if isinstance(names, dict):
+        keys = list(names)
+        if not all(type(k) is int for k in keys) or sorted(keys) != list(range(len(keys))):
+            raise DataError(f"'names' keys must be the class ids 0..{len(keys) - 1}, got {keys[:10]!r}", path)
+        names = [names[k] for k in range(len(keys))]
+    if not isinstance(names, list) or not names:
+        raise DataError("'names' is missing or not a non-empty list or {id: name} mapping", path)
+    if not all(type(n) in (str, int, float) for n in names):
+        raise DataError("'names' holds values that are not class names", path)
+    if nc is not None and nc != len(names):
+        raise DataError(f"'nc' is {nc!r} but 'names' has {len(names)} classes", path)
+    return [str(n) for n in names]
+
+
+def _folders(
+    root: Path, config: dict, images: str | Path | None, labels: str | Path | None, split: str | None
+) -> tuple[Path, Path]:
+    if images is not None:
+        image_dir = Path(images)
+    elif split is not None:
+        entry = config.get(split)
+        if entry is None:
+            image_dir = root / "images" / split
+        elif isinstance(entry, str) and not entry.endswith(".txt"):
+            image_dir = _base(root, config) / entry
+        else:
+            raise DataError(f"'{split}' is {entry!r}; only a single image folder is supported", root)
+    else:
+        image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DataError("image folder not found", image_dir)
+    label_dir = Path(labels) if labels is not None else label_dir_for(image_dir)
+    if not label_dir.is_dir():
+        raise DataError("label folder not found", label_dir)
+    return image_dir, label_dir
+
+
+def _base(root: Path, config: dict) -> Path:
+    """The folder ``data.yaml``'s split entries are relative to: its ``path`` key (relative to the
+    YAML's folder) when that exists, else the YAML's folder (``path`` often names the author's disk)."""
+    p = config.get("path")
+    if isinstance(p, str) and p:
+        base = Path(p) if Path(p).is_absolute() else root / p
+        if base.is_dir():
+            return base
+    return root
+
+
+def label_dir_for(image_dir: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` component of the path replaced by ``labels`` (the image
+    folder itself when there is none: labels beside the images)."""
+    parts = list(image_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    return image_dir
+
+
+def _image_ids(rels: list[Path]) -> list[int]:
+    """Image ids: the file stems when they are all distinct integers (COCO-style names such as
+    ``000000000009.jpg`` keep their COCO id), else positions in sorted order."""
+    stems = [r.stem for r in rels]
+    if stems and all(s.isdigit() and s.isascii() for s in stems):
+        ids = [int(s) for s in stems]
+        if len(set(ids)) == len(ids):
+            return ids
+    return list(range(len(rels)))
+
+
+def _read_label_file(path: Path, record: ImageRecord, num_classes: int, log: ProblemLog) -> bool:
+    """Append the valid rows of ``path`` to ``record``; False when the file cannot be read at all."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        log.error(path, "", f"cannot read label file ({e})")
+        return False
+    for n, line in enumerate(text.split("\n"), 1):
+        inst = parse_row(line, record.width, record.height, num_classes, log, path, f"line {n}")
+        if inst is not None:
+            record.instances.append(inst)
+    return True
+
+
+def parse_row(
+    line: str, width: int, height: int, num_classes: int, log: ProblemLog, file: object, record: str
+) -> Instance | None:
+    """One label row as an :class:`Instance` (None for a blank line or, after logging, a bad row).
+
+    Box row: ``x1 = (cx - w/2) * W``, ``x2 = (cx + w/2) * W`` (same for y with H). Polygon row: points
+    ``(x_i * W, y_i * H)``, box = their bounding box; points are clipped to the image along with the box.
+    """
+    tokens = line.split()
+    if not tokens:
+        return None
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        bad = next(t for t in tokens if not _is_float(t))
+        log.error(file, record, f"value {bad[:20]!r} is not a number")
+        return None
+    if not all(math.isfinite(v) for v in values):
+        log.error(file, record, "row has non-finite values")
+        return None
+    n = len(values) - 1
+    if n != 4 and (n < 6 or n % 2):
+        log.error(
+            file,
+            record,
+            f"expected 5 values (class cx cy w h) or a class and at least 3 x y points, got {len(values)}",
+        )
+        return None
+    if not values[0].is_integer():
+        log.error(file, record, f"class {tokens[0][:20]!r} is not an integer")
+        return None
+    label = check_label(int(values[0]), num_classes, log, file, record)
+    if label is None:
+        return None
+    if n == 4:
+        cx, cy, w, h = values[1:]
+        raw = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+        box = check_box(raw, width, height, log, file, record)
+        return None if box is None else Instance(box=box, label=label)
+    points = np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * (width, height)
+    raw = (*points.min(axis=0), *points.max(axis=0))
+    box = check_box(raw, width, height, log, file, record)
+    if box is None:
+        return None
+    points = np.clip(points, 0.0, (width, height))
+    return Instance(box=box, label=label, mask=[points.ravel().tolist()])
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def write(dataset: AnnotationSet, out: str | Path, *, copy_images: bool = True) -> Path:
+    """Write ``out/images/``, ``out/labels/`` and ``out/data.yaml``; returns ``out`` (what :func:`read`
+    takes back).
+
+    Objects with a mask become polygon rows (bitmap, RLE and instance-PNG masks traced with
+    :func:`segdet.data.contours.bitmap_to_polygons`, several parts joined by
+    :func:`~segdet.data.contours.merge_polygons`), others box rows; coordinates have 6 decimals. Crowd
+    objects have no YOLO form and are skipped with a logged warning.
+    """
+    out = Path(out)
+    written: set[Path] = set()
+    for im in dataset.images:
+        rel = safe_relative(im.file_name, f"image id={im.id}")
+        label_rel = rel.with_suffix(".txt")
+        if label_rel in written:
+            raise DataError(
+                f"two images share the label file {label_rel}", dataset.source, f"image id={im.id}"
+            )
+        written.add(label_rel)
+        rows = image_rows(im, dataset.source)
+        label_file = out / "labels" / label_rel
+        label_file.parent.mkdir(parents=True, exist_ok=True)
+        label_file.write_text("".join(r + "\n" for r in rows))
+        if copy_images:
+            place_image(im.path, out / "images" / rel)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    config = {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(dataset.classes))}
+    (out / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return out
+
+
+def image_rows(im: ImageRecord, source: str = "") -> list[str]:
+    """The label rows of one image."""
+    rows = []
+    pngs: dict = {}  # instance-id PNGs decoded once per image
+    w, h = im.width, im.height
+    for o in im.instances:
+        if o.iscrowd:
+            logger.warning(
+                "%s: image id=%s: crowd object (id %s) has no YOLO form; skipped", source, im.id, o.id
+            )
+            continue
+        poly = None
+        if o.mask is not None:
+            poly = _mask_polygon(o.mask, im, pngs, source)
+            if poly is None:
+                logger.warning("%s: image id=%s: empty mask (id %s) written as a box", source, im.id, o.id)
+        if poly is not None:
+            coords = (np.clip(poly, 0.0, (w, h)) / (w, h)).ravel()
+        else:
+            x1, y1, x2, y2 = (float(v) for v in o.box)
+            coords = np.array([(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h])
+        rows.append(" ".join([str(int(o.label)), *(f"{v:.6f}" for v in coords)]))
+    return rows
+
+
+def _mask_polygon(mask: object, im: ImageRecord, pngs: dict, source: str) -> np.ndarray | None:
+    """One absolute ``N x 2`` polygon for a mask (None when the mask is empty)."""
+    if isinstance(mask, list):
+        parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in mask if len(p) >= 6]
+    else:
+        try:
+            if isinstance(mask, InstancePNG):
+                if mask.path not in pngs:
+                    pngs[mask.path] = read_label_png(mask.path)
+                mask = pngs[mask.path] == mask.value
+            bitmap = mask_to_bitmap(mask, im.height, im.width)
+        except DataError as e:
+            raise DataError(e.problem, e.file or source, f"image id={im.id}") from None
+        parts = bitmap_to_polygons(bitmap)
+    return merge_polygons(parts) if parts else None
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+class YoloDetection(SegDetDataset):
+    """A YOLO dataset as a torch ``Dataset`` (samples as in :class:`SegDetDataset`)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        images: str | Path | None = None,
+        transforms: Callable | None = None,
+        *,
+        labels: str | Path | None = None,
+        split: str | None = None,
+        masks: bool = False,
+        strict: bool = False,
+    ) -> None:
+        annotations = read(root, images=images, labels=labels, strict=strict, split=split)
+        super().__init__(annotations, transforms, masks=masks, strict=strict)
