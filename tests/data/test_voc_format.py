@@ -1,0 +1,310 @@
+"""Pascal VOC reader and writer (segdet.data.formats.voc) and the VOC palette.
+
+References: the hand-written fixture in tests/data/fixtures/voc (expected values computed by hand from
+the VOC devkit's conventions: 1-based inclusive bndbox -> x1 = xmin - 1, x2 = xmax; SegmentationObject
+value k = k-th <object>), and the VOC devkit's labelcolormap for the palette. Comparisons are exact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdet.data.formats import voc
+from segdet.data.formats.voc_write import voc_box
+from segdet.data.masks import read_label_png
+from segdet.data.palette import voc_palette, write_palette_png
+from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
+from segdet.errors import DataError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "voc"
+
+
+def _image(path: Path, width: int, height: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def _semantic_img1() -> np.ndarray:
+    sem = np.zeros((48, 64), dtype=np.int64)
+    sem[9:30, 4:20] = 12  # dog = class 11, value 12
+    sem[4:40, 29:60] = 15  # person = class 14, value 15
+    sem[9:30, 3] = 255  # a void border
+    return sem
+
+
+def _objects_img1() -> np.ndarray:
+    ids = np.zeros((48, 64), dtype=np.int64)
+    ids[9:30, 4:20] = 1
+    ids[4:40, 29:60] = 2
+    return ids
+
+
+@pytest.fixture
+def voc_root(tmp_path: Path) -> Path:
+    """The fixture's XML and split files plus generated images and palette PNGs."""
+    root = tmp_path / "VOC"
+    shutil.copytree(FIXTURE, root)
+    _image(root / "JPEGImages" / "img1.jpg", 64, 48)
+    _image(root / "JPEGImages" / "img2.png", 50, 40)  # VOC readers must accept .png images
+    _image(root / "JPEGImages" / "seg3.jpg", 32, 24)
+    write_palette_png(root / "SegmentationClass" / "img1.png", _semantic_img1())
+    write_palette_png(root / "SegmentationObject" / "img1.png", _objects_img1())
+    seg3 = np.zeros((24, 32), dtype=np.int64)
+    seg3[5:10, 5:10] = 8
+    write_palette_png(root / "SegmentationClass" / "seg3.png", seg3)
+    return root
+
+
+def test_palette_matches_devkit_colours():
+    """VOC devkit labelcolormap: 0 black, 1 (128,0,0), 2 (0,128,0), 3 (128,128,0), 15 person
+    (192,128,128), 20 tvmonitor (0,64,128), 255 void (224,224,192). Exact."""
+    pal = voc_palette()
+    assert pal.shape == (256, 3) and pal.dtype == np.uint8
+    expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 15: (192, 128, 128),
+                20: (0, 64, 128), 255: (224, 224, 192)}  # fmt: skip
+    for index, rgb in expected.items():
+        assert tuple(pal[index]) == rgb
+
+
+def test_read_fixture_every_xml(voc_root: Path):
+    """split=None: every XML plus the segmentation-only PNG; boxes converted by hand from 1-based
+    inclusive indices, difficult flags, instance PNG values, size from the header when <size> is absent."""
+    ds = voc.read(voc_root)
+    assert ds.problems == []
+    assert ds.classes == list(voc.VOC_CLASSES)
+    assert ds.semantic_classes == ["background", *voc.VOC_CLASSES]
+    assert ds.ignore_index == 255
+    by_name = {r.file_name: r for r in ds.images}
+    assert set(by_name) == {"img1.jpg", "img2.png", "seg3.jpg"}
+
+    img1 = by_name["img1.jpg"]
+    assert (img1.width, img1.height) == (64, 48)
+    assert [o.box for o in img1.instances] == [(4.0, 9.0, 20.0, 30.0), (29.0, 4.0, 60.0, 40.0)]
+    assert [ds.classes[o.label] for o in img1.instances] == ["dog", "person"]
+    assert [o.difficult for o in img1.instances] == [True, False]
+    objects = voc_root / "SegmentationObject" / "img1.png"
+    assert [o.mask for o in img1.instances] == [InstancePNG(objects, 1), InstancePNG(objects, 2)]
+    assert img1.semantic == voc_root / "SegmentationClass" / "img1.png"
+
+    img2 = by_name["img2.png"]
+    assert (img2.width, img2.height) == (50, 40)  # no <size>: read from the PNG header
+    assert [o.box for o in img2.instances] == [(0.0, 0.0, 50.0, 40.0)]
+    assert img2.instances[0].mask is None and img2.semantic is None
+
+    seg3 = by_name["seg3.jpg"]
+    assert seg3.instances == [] and (seg3.width, seg3.height) == (32, 24)
+
+
+def test_split_selection(voc_root: Path):
+    """ImageSets/Main/<split>.txt selects ids; ImageSets/Segmentation/<split>.txt is used when Main has no
+    such split, and keeps listed ids that only have a SegmentationClass PNG."""
+    assert [r.file_name for r in voc.read(voc_root, split="train").images] == ["img1.jpg"]
+    assert [r.file_name for r in voc.read(voc_root, split="val").images] == ["img2.png"]
+    seg = voc.read(voc_root, split="segtrain")
+    assert [r.file_name for r in seg.images] == ["img1.jpg", "seg3.jpg"]
+    assert seg.images[1].instances == []
+    with pytest.raises(DataError, match="split 'nope' not found"):
+        voc.read(voc_root, split="nope")
+
+
+def test_palette_pngs_decode_to_indices(voc_root: Path):
+    """The torch datasets give the palette indices (255 = void kept) and the k-th object's pixels
+    (SegmentationObject == k), equal to the arrays written."""
+    seg = voc.VOCSegmentation(voc_root, split="segtrain")
+    assert len(seg) == 2
+    _, target = seg[0]
+    assert np.array_equal(target["semantic"].numpy(), _semantic_img1())
+    assert (target["semantic"] == 255).sum() == 21
+
+    det = voc.VOCDetection(voc_root, split="train", masks=True)
+    _, target = det[0]
+    ids = _objects_img1()
+    assert np.array_equal(target["masks"].numpy(), np.stack([ids == 1, ids == 2]).astype(np.uint8))
+    assert target["difficult"].tolist() == [True, False]
+
+
+def _tiny_dataset(tmp_path: Path) -> AnnotationSet:
+    _image(tmp_path / "src" / "a.png", 64, 48, seed=1)
+    _image(tmp_path / "src" / "b.jpg", 40, 32, seed=2)
+    m1 = np.zeros((48, 64), dtype=bool)
+    m1[5:20, 10:30] = True
+    m2 = np.zeros((48, 64), dtype=bool)
+    m2[15:40, 25:60] = True  # overlaps m1: the later object wins there
+    sem = np.zeros((48, 64), dtype=np.int64)
+    sem[m1], sem[m2], sem[0, :] = 1, 2, 9  # 9 = this set's ignore value
+    images = [
+        ImageRecord(1, tmp_path / "src" / "a.png", 64, 48,
+                    [Instance((10.0, 5.0, 30.0, 20.0), 0, m1), Instance((25.0, 15.0, 60.0, 40.0), 1, m2,
+                                                                       difficult=True)], sem),
+        ImageRecord(2, tmp_path / "src" / "b.jpg", 40, 32, [Instance((0.0, 0.0, 40.0, 32.0), 1)]),
+    ]  # fmt: skip
+    return AnnotationSet(images, ["cat", "dog"], ignore_index=9)
+
+
+def test_round_trip(tmp_path: Path):
+    """write -> read gives the same boxes, classes, difficult flags; SegmentationObject holds value k for
+    object k with the later object winning overlaps; the semantic mask comes back with the ignore value
+    written as VOC's 255. Exact."""
+    ds = _tiny_dataset(tmp_path)
+    root = voc.write(ds, tmp_path / "out")
+    assert (root / "classes.txt").read_text().split() == ["cat", "dog"]
+    assert (root / "ImageSets" / "Main" / "all.txt").read_text().split() == ["a", "b"]
+    assert (root / "ImageSets" / "Segmentation" / "all.txt").read_text().split() == ["a"]
+    back = voc.read(root)
+    assert back.problems == [] and back.classes == ["cat", "dog"]
+    assert [r.file_name for r in back.images] == ["a.png", "b.jpg"]
+    for src, got in zip(ds.images, back.images, strict=True):
+        assert (got.width, got.height) == (src.width, src.height)
+        assert [o.box for o in got.instances] == [o.box for o in src.instances]
+        assert [o.label for o in got.instances] == [o.label for o in src.instances]
+        assert [o.difficult for o in got.instances] == [o.difficult for o in src.instances]
+    a = back.images[0]
+    ids = read_label_png(a.instances[0].mask.path)
+    m1, m2 = ds.images[0].instances[0].mask, ds.images[0].instances[1].mask
+    assert np.array_equal(ids == 2, m2) and np.array_equal(ids == 1, m1 & ~m2)
+    expected_sem = np.where(ds.images[0].semantic == 9, 255, ds.images[0].semantic)
+    assert np.array_equal(read_label_png(a.semantic), expected_sem)
+    assert Image.open(a.semantic).mode == "P"
+    assert back.images[1].instances[0].mask is None  # b has no masks: no SegmentationObject PNG
+    assert not (root / "SegmentationObject" / "b.png").exists()
+
+
+def test_write_hard_links_when_not_copying(tmp_path: Path):
+    """copy_images=False hard-links: the written image is the source's inode."""
+    ds = _tiny_dataset(tmp_path)
+    root = voc.write(ds, tmp_path / "out", copy_images=False)
+    assert os.stat(root / "JPEGImages" / "a.png").st_ino == os.stat(ds.images[0].path).st_ino
+
+
+def test_voc_box_rounding():
+    """Hand-computed: round half up, +1 on the minimum, clipped to the image, at least one pixel."""
+    assert voc_box((10.0, 5.0, 30.0, 20.0), 64, 48) == (11, 6, 30, 20)
+    assert voc_box((10.4, 5.5, 29.5, 15.2), 64, 48) == (11, 7, 30, 15)
+    assert voc_box((-3.0, -1.0, 70.0, 50.0), 64, 48) == (1, 1, 64, 48)
+    assert voc_box((10.2, 10.2, 10.3, 10.3), 64, 48) == (11, 11, 11, 11)
+
+
+def _xml(objects: str, size: str = "<size><width>64</width><height>48</height></size>") -> str:
+    return f"<annotation><filename>x.jpg</filename>{size}{objects}</annotation>"
+
+
+def _obj(name: str, box: tuple) -> str:
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
+    return f"<object><name>{name}</name><bndbox>{coords}</bndbox></object>"
+
+
+def _planted(tmp_path: Path, xml: str, stem: str = "x") -> Path:
+    root = tmp_path / "bad"
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations" / f"{stem}.xml").write_text(xml)
+    _image(root / "JPEGImages" / "x.jpg", 64, 48)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("objects", "record", "message"),
+    [
+        (_obj("unicorn", (1, 1, 5, 5)), "object 2", "unknown class 'unicorn'"),
+        (_obj("dog", ("nan", 1, 5, 5)), "object 2", "non-finite"),
+        (_obj("dog", (10, 1, 5, 5)), "object 2", "non-positive width"),
+        (_obj("dog", ("abc", 1, 5, 5)), "object 2", "is not a number"),
+        (_obj("dog", (-80, 1, -70, 5)), "object 2", "outside"),
+        ("<object><name>dog</name></object>", "object 2", "no <bndbox>"),
+        ("<object><bndbox><xmin>1</xmin></bndbox></object>", "object 2", "no <name>"),
+    ],
+)
+def test_planted_object_errors(tmp_path: Path, objects: str, record: str, message: str):
+    """Each bad object is one error naming the XML and the object; good objects are kept; strict
+    raises DataError with the same location."""
+    root = _planted(tmp_path, _xml(_obj("cat", (1, 1, 10, 10)) + objects))
+    ds = voc.read(root)
+    errors = ds.errors
+    assert len(errors) == 1
+    assert errors[0].file == str(root / "Annotations" / "x.xml") and errors[0].record == record
+    assert message in errors[0].message
+    assert ds.classes[ds.images[0].instances[0].label] == "cat"
+    with pytest.raises(DataError, match=record):
+        voc.read(root, strict=True)
+
+
+def test_malformed_xml_reports_line(tmp_path: Path):
+    """An XML parse error is one error naming the file and the parser's line; the image is dropped."""
+    root = _planted(tmp_path, "<annotation>\n<filename>x.jpg</filename>\n<object>\n</annotation>\n")
+    ds = voc.read(root)
+    assert ds.images == []
+    assert len(ds.errors) == 1 and ds.errors[0].record == "line 4"
+    assert "malformed XML" in ds.errors[0].message
+    with pytest.raises(DataError, match=r"x\.xml: line 4: malformed XML"):
+        voc.read(root, strict=True)
+
+
+def test_missing_image_and_bad_size(tmp_path: Path):
+    """An XML whose image is missing is an error naming the image; an unusable <size> falls back to the
+    image header with a warning."""
+    root = _planted(tmp_path, _xml(_obj("dog", (1, 1, 5, 5))))
+    (root / "Annotations" / "y.xml").write_text(
+        "<annotation><filename>missing.jpg</filename>" + _obj("dog", (1, 1, 5, 5)) + "</annotation>"
+    )
+    (root / "Annotations" / "x.xml").write_text(
+        _xml(_obj("dog", (1, 1, 5, 5)), size="<size><width>sixty</width><height>48</height></size>")
+    )
+    ds = voc.read(root)
+    assert [r.file_name for r in ds.images] == ["x.jpg"]
+    assert (ds.images[0].width, ds.images[0].height) == (64, 48)
+    assert [(p.severity, Path(p.file).name, p.record) for p in ds.problems] == [
+        ("warning", "x.xml", "size/width"),
+        ("error", "missing.jpg", "filename"),
+    ]
+
+
+def test_bad_classes_txt(tmp_path: Path):
+    """classes.txt with an empty line and a repeated name: errors at their lines; an empty file or a
+    non-UTF-8 one raises DataError naming classes.txt."""
+    root = _planted(tmp_path, _xml(_obj("dog", (1, 1, 5, 5))))
+    (root / "classes.txt").write_text("dog\n\ncat\ndog\n")
+    ds = voc.read(root)
+    where = [(Path(p.file).name, p.record) for p in ds.errors]
+    assert where == [("classes.txt", "line 2"), ("classes.txt", "line 4")]
+    with pytest.raises(DataError, match=r"classes\.txt: line 2"):
+        voc.read(root, strict=True)
+    (root / "classes.txt").write_text("\n\n")
+    with pytest.raises(DataError, match=r"classes\.txt: classes file names no class"):
+        voc.read(root)
+    (root / "classes.txt").write_bytes(b"\xff\xfe\x00dog")
+    with pytest.raises(DataError, match=r"classes\.txt"):
+        voc.read(root)
+
+
+def test_split_file_lists_unknown_id(tmp_path: Path):
+    """An id in a split file without XML or mask is an error at its line of the split file."""
+    root = _planted(tmp_path, _xml(_obj("dog", (1, 1, 5, 5))))
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("x\n\nghost\n")
+    ds = voc.read(root, split="train")
+    assert [r.file_name for r in ds.images] == ["x.jpg"]
+    assert [(Path(p.file).name, p.record) for p in ds.errors] == [("train.txt", "line 3")]
+
+
+def test_rewrite_read_dataset(voc_root: Path, tmp_path: Path):
+    """A read VOC set (InstancePNG masks, SegmentationClass paths, a segmentation-only image) written
+    again and read back: same boxes and flags, identical palette indices in both mask PNGs."""
+    ds = voc.read(voc_root)
+    back = voc.read(voc.write(ds, tmp_path / "again"))
+    assert back.problems == []
+    assert [r.file_name for r in back.images] == [r.file_name for r in ds.images]
+    for src, got in zip(ds.images, back.images, strict=True):
+        assert [(o.box, o.label, o.difficult) for o in got.instances] == [
+            (o.box, o.label, o.difficult) for o in src.instances
+        ]
+        assert (got.semantic is None) == (src.semantic is None)
+        if src.semantic is not None:
+            assert np.array_equal(read_label_png(got.semantic), read_label_png(src.semantic))
+    objects = back.images[0].instances[0].mask.path
+    assert np.array_equal(read_label_png(objects), _objects_img1())
