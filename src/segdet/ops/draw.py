@@ -17,19 +17,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from segdet.data.palette import voc_palette
+
 Color = tuple[int, int, int]
-
-
-def _voc_color(index: int) -> Color:
-    """Pascal VOC's palette entry: the bits of ``index``, 3 at a time, spread from the most significant
-    bit of R, G, B downwards, so that consecutive indices get very different colours."""
-    r = g = b = 0
-    for shift in range(7, -1, -1):
-        r |= ((index >> 0) & 1) << shift
-        g |= ((index >> 1) & 1) << shift
-        b |= ((index >> 2) & 1) << shift
-        index >>= 3
-    return (r, g, b)
 
 
 def color_palette(n: int) -> list[Color]:
@@ -43,7 +33,7 @@ def color_palette(n: int) -> list[Color]:
         raise ValueError(f"color_palette needs n >= 0, got {n}")
     if n >= 2**24:
         raise ValueError(f"color_palette has at most 2**24 - 1 distinct colours, asked for {n}")
-    return [_voc_color(k + 1) for k in range(n)]
+    return [tuple(int(v) for v in rgb) for rgb in voc_palette(n + 1)[1:]]
 
 
 def _check_image(image: Tensor) -> Tensor:

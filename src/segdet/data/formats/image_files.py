@@ -25,16 +25,20 @@ def safe_relative(file_name: str, record: str = "") -> Path:
 
 def place_image(src: Path, dst: Path) -> None:
     """Put the image ``src`` at ``dst``: a hard link when the file system allows it (no copy, no extra
-    space), else a copy. An existing ``dst`` that already is ``src`` is left alone."""
+    space), else a copy. An existing ``dst`` that already is ``src`` is left alone (rewriting a dataset
+    in place)."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise DataError("image file not found", src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        if os.path.samefile(src, dst):
-            return
-        dst.unlink()
     try:
-        os.link(src, dst)
-    except OSError:  # another device, or a file system without hard links
-        shutil.copy2(src, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() or dst.is_symlink():
+            if dst.exists() and os.path.samefile(src, dst):
+                return
+            dst.unlink()
+        try:
+            os.link(src, dst)
+        except OSError:  # another device, or a file system without hard links
+            shutil.copy2(src, dst)
+    except OSError as e:
+        raise DataError(f"cannot write image ({e})", dst) from None

@@ -8,8 +8,6 @@ the records a writer writes.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,29 +103,6 @@ def list_images(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     except OSError as e:
         raise DataError(f"cannot list the folder ({e})", folder) from None
-
-
-def place_image(src: Path, dst: Path, copy: bool) -> None:
-    """Put image ``src`` at ``dst``: a copy, or a hard link when ``copy`` is False (a copy when the two
-    are on different file systems, where hard links are impossible)."""
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise DataError("image file not found", src)
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists() and os.path.samefile(src, dst):  # rewriting a dataset in place
-            return
-        if dst.exists() or dst.is_symlink():
-            dst.unlink()
-        if not copy:
-            try:
-                os.link(src, dst)
-                return
-            except OSError:
-                pass
-        shutil.copyfile(src, dst)
-    except OSError as e:
-        raise DataError(f"cannot write image ({e})", dst) from None
 
 
 def output_stems(records: list[ImageRecord]) -> list[str]:

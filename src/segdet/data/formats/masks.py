@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from segdet.data.dataset import SegDetDataset
+from segdet.data.formats.image_files import place_image
 from segdet.data.formats.layout import (
     image_suffix,
     list_images,
     output_stems,
-    place_image,
     read_classes_txt,
     write_classes_txt,
 )
@@ -222,7 +222,8 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
             dataset.ignore_index,
         )
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
-        place_image(record.path, out / "images" / f"{stem}{image_suffix(record)}", copy_images)
+        if copy_images:
+            place_image(record.path, out / "images" / f"{stem}{image_suffix(record)}")
         if record.semantic is None:
             logger.warning(
                 "%s: no semantic mask; written as ignore (%d) only", record.path, dataset.ignore_index

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from segdet.data.dataset import SegDetDataset
+from segdet.data.formats.image_files import place_image
 from segdet.data.formats.layout import (
     image_suffix,
     instance_bitmaps,
     list_images,
     output_stems,
     paint_instance_ids,
-    place_image,
     read_classes_txt,
     read_text,
     write_classes_txt,
@@ -227,7 +227,8 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
             raise DataError(f"class name {name!r} cannot be written in a Penn-Fudan annotation file")
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
         image_name = f"{stem}{image_suffix(record)}"
-        place_image(record.path, out / "PNGImages" / image_name, copy_images)
+        if copy_images:
+            place_image(record.path, out / "PNGImages" / image_name)
         _write_masks(record, stem, image_name, dataset.classes, out)
     if list(dataset.classes) != DEFAULT_CLASSES:
         write_classes_txt(out / "classes.txt", list(dataset.classes))

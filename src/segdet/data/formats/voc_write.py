@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from segdet.data.formats.image_files import place_image
 from segdet.data.formats.layout import (
     image_suffix,
     instance_bitmaps,
     output_stems,
     paint_instance_ids,
-    place_image,
     write_classes_txt,
 )
 from segdet.data.masks import read_label_png
@@ -51,7 +51,8 @@ def voc_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
 def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Path:
     """Write ``dataset`` as a VOC root at ``out``; returns ``out`` (what :func:`voc.read` takes).
 
-    Images are copied (``copy_images``) or hard-linked into ``JPEGImages/`` under their own extension;
+    Images are placed (``copy_images``: hard-linked, or copied across devices) into ``JPEGImages/``
+    under their own extension;
     every image is listed in ``ImageSets/Main/all.txt``, those with masks in
     ``ImageSets/Segmentation/all.txt``. ``classes.txt`` is written when the classes are not VOC's 20.
     Crowd objects have no VOC form and are left out (with a warning).
@@ -71,7 +72,8 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
     with_masks: list[str] = []
     for record, stem in zip(dataset.images, stems, strict=True):
         image_name = stem + image_suffix(record)
-        place_image(record.path, out / "JPEGImages" / image_name, copy_images)
+        if copy_images:
+            place_image(record.path, out / "JPEGImages" / image_name)
         instances = [o for o in record.instances if not o.iscrowd]
         if len(instances) < len(record.instances):
             n = len(record.instances) - len(instances)
