@@ -19,7 +19,7 @@ from segdet.engine.checkpoint import load_checkpoint
 
 TINY = {
     "task": "segmentation",
-    "model": {"name": "unet", "base_width": 4, "norm": "none"},
+    "model": {"name": "unet", "base_channels": 4, "norm": False},
     "data": {
         "synthetic": 8,
         "synthetic_size": 32,

@@ -196,7 +196,7 @@ class Trainer:
                     improved = self._update_best(metrics)
                     self._print(
                         f"epoch {epoch + 1}/{cfg.train.epochs}: "
-                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
                     )
                 self._save("last.safetensors")
                 if improved:
