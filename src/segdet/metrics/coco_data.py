@@ -1,0 +1,373 @@
+"""Reading COCO ground truth and detection results into flat arrays for :mod:`segdet.metrics.coco_eval`.
+
+The semantics are pycocotools' (``COCO.loadRes`` and ``COCOeval._prepare``), so the evaluator sees the
+same numbers:
+
+* a ground-truth object is an *ignore region* iff ``iscrowd`` is true (pycocotools overwrites any
+  ``ignore`` field with ``iscrowd``, so that field has no effect there and none here);
+* ground-truth areas come from the ``area`` field, never from the box or mask;
+* results follow ``loadRes``: which kind of results they are is decided by the **first** record. If it
+  has a non-empty ``bbox``, every result's area is ``w * h`` of its box, even for ``segm`` evaluation
+  (detectron2 drops ``bbox`` from mask results for that reason). Otherwise the results are mask results:
+  area = ``mask.area(rle)`` and, where ``bbox`` is missing, bbox = ``mask.toBbox(rle)``;
+* polygons and uncompressed RLE are converted as ``COCO.annToRLE`` does (``frPyObjects`` + ``merge``).
+
+Differences, all on input that pycocotools would crash on or silently mis-evaluate: results on unknown
+images *or categories*, duplicate ids, NaN/inf numbers, RLE sizes that differ from the image size, and
+``segm`` evaluation of results without ``segmentation`` raise :class:`DataError`; mask results given as
+polygons are converted instead of crashing ``loadRes``.
+
+Fast path: columns are pulled out with list comprehensions and converted with numpy in one go; only when
+that fails is the input walked record by record, to name the first bad record in the error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from segdet.errors import DataError
+
+
+@dataclass(frozen=True)
+class CocoGroundTruth:
+    """Ground truth as arrays; ``N`` objects, ``I`` images, ``K`` categories (both sorted by id)."""
+
+    file: str | None
+    image_ids: np.ndarray  # (I,) int64, sorted ascending (pycocotools' imgIds order)
+    category_ids: np.ndarray  # (K,) int64, sorted ascending
+    category_names: tuple[str, ...]
+    image: np.ndarray  # (N,) index into image_ids
+    category: np.ndarray  # (N,) index into category_ids
+    area: np.ndarray  # (N,) float64, the 'area' field
+    crowd: np.ndarray  # (N,) bool, iscrowd
+    nonzero_id: np.ndarray  # (N,) bool, id != 0 (pycocotools treats a match to gt id 0 as no match)
+    box: np.ndarray | None  # (N, 4) float64 xywh, bbox evaluation only
+    rles: list[dict] | None  # compressed RLEs, segm evaluation only
+    heights: np.ndarray | None  # (I,) image heights, segm only
+    widths: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class CocoDetections:
+    """Detection results as arrays, in the order of the results list."""
+
+    image: np.ndarray  # (D,) index into CocoGroundTruth.image_ids
+    category: np.ndarray  # (D,) index into CocoGroundTruth.category_ids
+    score: np.ndarray  # (D,) float64
+    area: np.ndarray  # (D,) float64, loadRes' area
+    box: np.ndarray | None  # (D, 4) float64 xywh, bbox evaluation only
+    rles: list[dict] | None  # compressed RLEs, segm evaluation only
+
+
+def load_json(source: object, what: str) -> tuple[object, str | None]:
+    """Return ``(parsed JSON, file name)`` for a path, or ``(source, None)`` for an in-memory object."""
+    if not isinstance(source, (str, PathLike)):
+        return source, None
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} file ({e})", path) from None
+    try:
+        return json.loads(text), str(path)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
+
+
+def _column(records: list, key: str, file: str | None, what: str) -> list:
+    """``[r[key] for r in records]``, or a DataError naming the first record without ``key``."""
+    try:
+        return [r[key] for r in records]
+    except (KeyError, TypeError, IndexError):
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise DataError(f"expected an object, got {type(r).__name__}", file, f"{what}[{i}]") from None
+            if key not in r:
+                raise DataError(f"missing key {key!r}", file, f"{what}[{i}]") from None
+        raise
+
+
+def _bad_number(v: object) -> bool:
+    return not _numeric_types({type(v)}) or not np.isfinite(v)
+
+
+def _numeric_types(types: set) -> bool:
+    """Python/numpy ints and floats, not bools (nor strings, which numpy would silently parse)."""
+    return all(t is not bool and issubclass(t, (int, float, np.integer, np.floating)) for t in types)
+
+
+def _int_array(values: list, file: str | None, what: str, key: str) -> np.ndarray:
+    arr = np.asarray(values) if values else np.zeros(0, np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise DataError(f"{key} must be an integer, got {v!r}", file, f"{what}[{i}]")
+        raise DataError(f"{key} values out of the int64 range", file, what)
+    return arr.astype(np.int64, copy=False)
+
+
+def _float_array(values: list, file: str | None, what: str, key: str) -> np.ndarray:
+    ok = _numeric_types(set(map(type, values)))
+    if ok:
+        arr = np.fromiter(values, dtype=np.float64, count=len(values))
+        ok = bool(np.isfinite(arr).all())
+    if not ok:
+        for i, v in enumerate(values):
+            if _bad_number(v):
+                raise DataError(f"{key} must be a finite number, got {v!r}", file, f"{what}[{i}]")
+    return arr
+
+
+def _box_array(boxes: list, file: str | None, what: str) -> np.ndarray:
+    """(N, 4) float64 from a list of ``[x, y, w, h]`` lists; DataError on the first malformed box."""
+    n = len(boxes)
+    try:
+        lengths = np.fromiter(map(len, boxes), dtype=np.int64, count=n)
+        ok = bool((lengths == 4).all()) and _numeric_types(
+            set(map(type, itertools.chain.from_iterable(boxes)))
+        )
+        if ok:
+            flat = np.fromiter(itertools.chain.from_iterable(boxes), dtype=np.float64, count=4 * n)
+            ok = bool(np.isfinite(flat).all())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        for i, b in enumerate(boxes):
+            if not isinstance(b, (list, tuple)) or len(b) != 4 or any(_bad_number(v) for v in b):
+                raise DataError(
+                    f"bbox must be 4 finite numbers [x, y, w, h], got {b!r}", file, f"{what}[{i}]"
+                )
+    return flat.reshape(n, 4)
+
+
+def _index_of(ids: np.ndarray, table: np.ndarray, file: str | None, what: str, key: str) -> np.ndarray:
+    """Positions of ``ids`` in the sorted ``table``; DataError naming the first id not in it."""
+    pos = np.searchsorted(table, ids)
+    pos_c = np.minimum(pos, max(len(table) - 1, 0))
+    bad = (pos >= len(table)) | (table[pos_c] != ids) if len(table) else np.ones(len(ids), bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        target = "an image" if key == "image_id" else "a category"
+        raise DataError(f"{key} {int(ids[i])} is not {target} of the ground truth", file, f"{what}[{i}]")
+    return pos
+
+
+def _unique_sorted(ids: np.ndarray, file: str | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sort order of ``ids``; DataError on a duplicate."""
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if len(dup):
+        i = int(order[dup[0] + 1])
+        raise DataError(f"duplicate id {int(ids[i])}", file, f"{what}[{i}]")
+    return s, order
+
+
+def _to_rle(segm: object, h: int, w: int, file: str | None, record: str) -> dict:
+    """``COCO.annToRLE``: polygons -> merged RLE, uncompressed RLE -> compressed, compressed kept."""
+    try:
+        if isinstance(segm, list):
+            if not segm:
+                raise DataError("empty segmentation", file, record)
+            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+            if [int(v) for v in segm["size"]] != [h, w]:
+                raise DataError(f"RLE size {segm['size']} is not the image size [{h}, {w}]", file, record)
+            if isinstance(segm["counts"], list):
+                return mask_utils.frPyObjects(segm, h, w)
+            if not isinstance(segm["counts"], (str, bytes)):
+                raise DataError("RLE counts must be a string or a list", file, record)
+            return segm
+    except DataError:
+        raise
+    except Exception as e:  # pycocotools raises bare Exception / TypeError / ValueError on bad input
+        raise DataError(f"cannot convert segmentation to RLE ({e})", file, record) from None
+    raise DataError("segmentation must be polygons or an RLE {size, counts}", file, record)
+
+
+def _rles(segms: list, img: np.ndarray, gt: CocoGroundTruth, file: str | None, what: str) -> list[dict]:
+    if gt.heights is None:  # bbox evaluation of mask results on images without sizes: RLE only
+        for i, s in enumerate(segms):
+            if not (isinstance(s, dict) and isinstance(s.get("counts"), (str, bytes)) and "size" in s):
+                raise DataError(
+                    "polygon/uncompressed masks need the image height and width", file, f"{what}[{i}]"
+                )
+        return segms
+    try:  # fast path: all compressed RLEs of their image's size
+        sizes = np.array([s["size"] for s in segms], dtype=np.int64).reshape(len(segms), 2)
+        fast = {type(s["counts"]) for s in segms} <= {str, bytes} and bool(
+            (sizes[:, 0] == gt.heights[img]).all() and (sizes[:, 1] == gt.widths[img]).all()
+        )
+    except (TypeError, KeyError, ValueError, IndexError):
+        fast = False
+    if fast:
+        return list(segms)
+    hs, ws = gt.heights.tolist(), gt.widths.tolist()
+    out = []
+    for i, (s, k) in enumerate(zip(segms, img.tolist(), strict=True)):
+        if (
+            isinstance(s, dict)
+            and isinstance(s.get("counts"), (str, bytes))
+            and s.get("size") == [hs[k], ws[k]]
+        ):
+            out.append(s)  # the common case, compressed RLE of the right size: no conversion
+        else:
+            out.append(_to_rle(s, hs[k], ws[k], file, f"{what}[{i}]"))
+    return out
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """``mask.area`` of many RLEs. Called in chunks of 255: pycocotools 2.0.x (with numpy 2) builds a
+    ``uint8`` array from the count and overflows for longer lists."""
+    chunks = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+
+
+def _records(data: object, key: str, file: str | None) -> list:
+    if key not in data:
+        raise DataError(f"missing top-level key {key!r}", file)
+    if not isinstance(data[key], list):
+        raise DataError(f"{key!r} must be a list", file)
+    return data[key]
+
+
+def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroundTruth:
+    """Read a COCO ground-truth dict or JSON file (``images``, ``annotations``, ``categories``)."""
+    data, file = load_json(source, "ground-truth")
+    if not isinstance(data, dict):
+        raise DataError("ground truth must be a JSON object with images, annotations, categories", file)
+    images, anns, cats = (_records(data, k, file) for k in ("images", "annotations", "categories"))
+
+    image_ids, img_order = _unique_sorted(
+        _int_array(_column(images, "id", file, "images"), file, "images", "id"), file, "images"
+    )
+    cat_ids_raw = _int_array(_column(cats, "id", file, "categories"), file, "categories", "id")
+    category_ids, cat_order = _unique_sorted(cat_ids_raw, file, "categories")
+    names = [str(cats[i].get("name", cats[i]["id"])) for i in cat_order.tolist()]
+
+    heights = widths = None
+    if iou_type == "segm" or all(isinstance(im, dict) and "height" in im and "width" in im for im in images):
+        heights = _int_array(_column(images, "height", file, "images"), file, "images", "height")[img_order]
+        widths = _int_array(_column(images, "width", file, "images"), file, "images", "width")[img_order]
+
+    ids = _int_array(_column(anns, "id", file, "annotations"), file, "annotations", "id")
+    _unique_sorted(ids, file, "annotations")
+    image = _index_of(
+        _int_array(_column(anns, "image_id", file, "annotations"), file, "annotations", "image_id"),
+        image_ids,
+        file,
+        "annotations",
+        "image_id",
+    )
+    category = _index_of(
+        _int_array(_column(anns, "category_id", file, "annotations"), file, "annotations", "category_id"),
+        category_ids,
+        file,
+        "annotations",
+        "category_id",
+    )
+    area = _float_array(_column(anns, "area", file, "annotations"), file, "annotations", "area")
+    crowd_raw = [a.get("iscrowd", 0) for a in anns]  # pycocotools needs the key; absent = not crowd
+    if not all(issubclass(t, (int, np.integer, np.bool_)) for t in set(map(type, crowd_raw))):
+        i = next(i for i, c in enumerate(crowd_raw) if not isinstance(c, (int, np.integer, np.bool_)))
+        raise DataError(f"iscrowd must be 0 or 1, got {crowd_raw[i]!r}", file, f"annotations[{i}]")
+    crowd = np.asarray(crowd_raw, dtype=np.int64).astype(bool) if anns else np.zeros(0, bool)
+    box = rles = None
+    if iou_type == "bbox":
+        box = _box_array(_column(anns, "bbox", file, "annotations"), file, "annotations")
+    else:
+        partial = CocoGroundTruth(
+            file,
+            image_ids,
+            category_ids,
+            tuple(names),
+            image,
+            category,
+            area,
+            crowd,
+            ids != 0,
+            None,
+            None,
+            heights,
+            widths,
+        )
+        rles = _rles(_column(anns, "segmentation", file, "annotations"), image, partial, file, "annotations")
+    return CocoGroundTruth(
+        file,
+        image_ids,
+        category_ids,
+        tuple(names),
+        image,
+        category,
+        area,
+        crowd,
+        ids != 0,
+        box,
+        rles,
+        heights,
+        widths,
+    )
+
+
+def read_detections(source: list | str | PathLike, gt: CocoGroundTruth, iou_type: str) -> CocoDetections:
+    """Read a COCO results list or JSON file with ``loadRes`` semantics (see the module docstring).
+
+    An empty list is allowed (pycocotools' loadRes fails on it) and means "no detections": every
+    category with ground truth gets precision and recall 0.
+    """
+    data, file = load_json(source, "results")
+    if not isinstance(data, list):
+        raise DataError("results must be a JSON list of detections", file)
+    what = "results"
+    n = len(data)
+    image = _index_of(
+        _int_array(_column(data, "image_id", file, what), file, what, "image_id"),
+        gt.image_ids,
+        file,
+        what,
+        "image_id",
+    )
+    category = _index_of(
+        _int_array(_column(data, "category_id", file, what), file, what, "category_id"),
+        gt.category_ids,
+        file,
+        what,
+        "category_id",
+    )
+    score = _float_array(_column(data, "score", file, what), file, what, "score")
+    if n == 0:
+        empty_box = np.zeros((0, 4)) if iou_type == "bbox" else None
+        return CocoDetections(
+            image, category, score, np.zeros(0), empty_box, [] if iou_type == "segm" else None
+        )
+
+    box_results = "bbox" in data[0] and data[0]["bbox"] != []  # loadRes decides on the first record
+    if not box_results and "segmentation" not in data[0]:
+        raise DataError("a result needs 'bbox' or 'segmentation'", file, f"{what}[0]")
+    box = rles = None
+    if box_results:
+        box = _box_array(_column(data, "bbox", file, what), file, what)
+        area = box[:, 2] * box[:, 3]
+        if iou_type == "segm":
+            rles = _rles(_column(data, "segmentation", file, what), image, gt, file, what)
+    else:
+        rles = _rles(_column(data, "segmentation", file, what), image, gt, file, what)
+        area = rle_areas(rles)
+        if iou_type == "bbox":
+            from_masks = mask_utils.toBbox(rles)
+            given = [(i, r["bbox"]) for i, r in enumerate(data) if "bbox" in r]
+            if given:
+                rows = _box_array([b for _, b in given], file, what)
+                from_masks[[i for i, _ in given]] = rows
+            box = from_masks
+            rles = None
+    return CocoDetections(image, category, score, area, box, rles)
