@@ -193,9 +193,44 @@ def test_convert_between_formats(tmp_path, capsys):
     assert read_dataset("yolo", tmp_path / "yolo").num_instances == ds.num_instances
 
 
-def test_demo_runs(tmp_path, capsys):
+def test_demo_data_part(tmp_path, capsys):
     code, out, _ = run_cli(
-        capsys, "demo", "--out", str(tmp_path / "demo"), "--num-images", "6", "--size", "64", "--draw", "2"
+        capsys,
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--num-images",
+        "6",
+        "--size",
+        "64",
+        "--draw",
+        "2",
+        "--epochs",
+        "0",
     )
     assert code == 0, out
-    assert len(list((tmp_path / "demo" / "drawn").glob("*.png"))) == 2
+    assert "0 errors" in out
+    assert len(list((tmp_path / "demo" / "annotations").glob("*.png"))) == 2
+
+
+def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--num-images",
+        "8",
+        "--size",
+        "48",
+        "--draw",
+        "2",
+        "--epochs",
+        "1",
+    )
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    run = tmp_path / "demo" / "runs" / "unet_shapes"
+    assert (run / "best.safetensors").exists() and (run / "plots" / "loss.png").exists()
+    assert len(list((run / "predictions").glob("*.png"))) == 2

@@ -108,6 +108,9 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # Stop after this many minutes of training even if epochs remain (a fixed compute budget); the
+    # model is evaluated and saved at that point. The schedule still spans ``epochs``.
+    max_minutes: float | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -129,6 +129,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, config.train.ema_decay) if config.train.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.amp == "fp16")
         self.state = TrainState()
+        self._deadline: float | None = None
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -180,12 +181,14 @@ class Trainer:
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         start = time.perf_counter()
+        self._deadline = None if cfg.train.max_minutes is None else start + 60.0 * cfg.train.max_minutes
         try:
             for epoch in range(self.state.epoch, cfg.train.epochs):
-                self._train_epoch(epoch)
+                finished = self._train_epoch(epoch)
                 self.state.epoch = epoch + 1
+                last = epoch + 1 == cfg.train.epochs or not finished
                 evaluate = self.val_loader is not None and (
-                    (epoch + 1) % max(1, cfg.train.eval_every) == 0 or epoch + 1 == cfg.train.epochs
+                    (epoch + 1) % max(1, cfg.train.eval_every) == 0 or last
                 )
                 improved = False
                 if evaluate:
@@ -201,6 +204,9 @@ class Trainer:
                 self._save("last.safetensors")
                 if improved:
                     self._save("best.safetensors")
+                if not finished:
+                    self._print(f"stopped after {cfg.train.max_minutes} minutes (train.max_minutes)")
+                    break
         finally:
             if self.log is not None:
                 self.log.close()
@@ -220,7 +226,8 @@ class Trainer:
         dist_utils.barrier()
         return summary
 
-    def _train_epoch(self, epoch: int) -> None:
+    def _train_epoch(self, epoch: int) -> bool:
+        """One epoch; False when ``train.max_minutes`` ran out before its end."""
         cfg = self.cfg.train
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -269,7 +276,18 @@ class Trainer:
                 self.log.log(
                     "train", self.state.step, epoch + (i + 1) / n, {"loss": value, "lr": lr, **parts}
                 )
+            if self._out_of_time():
+                progress.close()
+                return False
         progress.close()
+        return True
+
+    def _out_of_time(self) -> bool:
+        """Whether the budget is spent, decided by rank 0 so every process stops at the same step."""
+        if self._deadline is None:
+            return False
+        out = time.perf_counter() > self._deadline
+        return bool(dist_utils.broadcast_object(out)) if self.dist.enabled else out
 
     def _check_finite(self, loss: torch.Tensor, batch: Any, epoch: int, index: int) -> None:
         """Stop before a NaN/inf loss reaches the weights, naming the step and the batch's images.
