@@ -1,0 +1,62 @@
+"""MobileNetV3-Large backbone (Howard et al., "Searching for MobileNetV3", ICCV 2019), torchvision's
+``mobilenet_v3_large`` ``features`` with their parameter names.
+
+Stages end before each block that downsamples (torchvision marks those ``_is_cn``): ``c1`` =
+``features[0:2]`` (stride 2, 16 channels), ``c2`` = ``[2:4]`` (4, 24), ``c3`` = ``[4:7]`` (8, 40), ``c4``
+= ``[7:13]`` (16, 112), ``c5`` = ``[13:17]`` (32, 960, the last 1x1 convolution included).
+
+Output stride 16 / 8 removes the stride of the downsampling block of ``c5`` / ``c4`` and ``c5`` and
+dilates every depthwise convolution of the stage by the stride removed (torchvision's ``dilated=True``,
+used by its DeepLabV3 and LR-ASPP models, is the output-stride-16 case of this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torchvision
+from torch import nn
+
+from segdet.models.backbones.base import Backbone, check_output_stride, dilate_conv_, nominal_strides
+
+
+class MobileNetV3Backbone(Backbone):
+    """torchvision's MobileNetV3-Large feature part returning ``c1`` ... ``c5``.
+
+    Args: as :class:`ResNetBackbone`.
+    """
+
+    ignored_weight_prefixes = ("classifier.",)
+
+    def __init__(
+        self,
+        *,
+        output_stride: int = 32,
+        weights: str | Path | None = None,
+        frozen_stages: int = 0,
+        frozen_bn: bool = False,
+    ):
+        super().__init__()
+        check_output_stride(output_stride)
+        self.features = torchvision.models.mobilenet_v3_large(weights=None).features
+        starts = [0] + [i for i, b in enumerate(self.features) if getattr(b, "_is_cn", False)]
+        ends = [*starts[1:], len(self.features)]
+        assert len(starts) == 5, "torchvision's MobileNetV3-Large has five strided stages"
+        self.stage_layout = {}
+        self.out_channels = {}
+        for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            name = f"c{k + 1}"
+            self.stage_layout[name] = tuple(f"features.{i}" for i in range(start, end))
+            self.out_channels[name] = self.features[end - 1].out_channels
+            stride = 2 ** (k + 1)
+            if stride > output_stride:
+                for i in range(start, end):
+                    for m in self.features[i].modules():
+                        if isinstance(m, nn.Conv2d):
+                            dilate_conv_(m, stride // output_stride)
+        self.strides = nominal_strides(output_stride)
+        if weights is not None:
+            from segdet.models.weights import load_weights
+
+            load_weights(self, weights)
+        self._finish(output_stride, frozen_stages, frozen_bn)

@@ -1,0 +1,221 @@
+"""Model constructors by name: the one table :data:`MODELS`, :func:`build`, :func:`model_summary`.
+
+Every constructor takes ``num_classes`` and keyword options; those with a backbone take ``backbone``
+(a name in :data:`segdet.models.backbones.BACKBONES` or a built :class:`Backbone`), ``backbone_weights``
+(see :func:`segdet.models.weights.load_weights`), ``output_stride``, ``frozen_stages`` and ``frozen_bn``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segdet.errors import SegdetError
+from segdet.models import detection
+from segdet.models.backbones import Backbone, VGGBackbone, build_backbone
+from segdet.models.segmentation import FCN, BackboneUNet, DeepLabV3Plus, UNet
+
+BackboneSpec = str | Backbone
+
+
+def _backbone(
+    backbone: BackboneSpec,
+    weights: str | Path | None,
+    output_stride: int,
+    frozen_stages: int,
+    frozen_bn: bool,
+) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone
+    return build_backbone(
+        backbone,
+        output_stride=output_stride,
+        weights=weights,
+        frozen_stages=frozen_stages,
+        frozen_bn=frozen_bn,
+    )
+
+
+def _fcn(variant: int) -> Callable[..., FCN]:
+    def fcn(
+        num_classes: int,
+        *,
+        backbone: BackboneSpec = "vgg16",
+        backbone_weights: str | Path | None = None,
+        output_stride: int = 32,
+        frozen_stages: int = 0,
+        frozen_bn: bool = False,
+        head_channels: int | None = -1,
+        dropout: float = 0.5,
+        upsample: str = "transposed",
+    ) -> FCN:
+        """FCN on ``backbone``; ``head_channels=-1`` means fc6/fc7 of 4096 for VGG, none otherwise."""
+        net = _backbone(backbone, backbone_weights, output_stride, frozen_stages, frozen_bn)
+        if head_channels == -1:
+            head_channels = 4096 if isinstance(net, VGGBackbone) else None
+        return FCN(
+            net, num_classes, variant=variant, head_channels=head_channels, dropout=dropout, upsample=upsample
+        )
+
+    fcn.__name__ = fcn.__qualname__ = f"fcn{variant}s"
+    fcn.__doc__ = f"FCN-{variant}s (Long et al. 2015). " + (fcn.__doc__ or "")
+    return fcn
+
+
+def unet(
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    base_channels: int = 64,
+    depth: int = 4,
+    upsample: str = "transposed",
+    norm: bool = True,
+) -> UNet:
+    """The original U-Net (Ronneberger et al. 2015) with padded convolutions."""
+    return UNet(
+        num_classes,
+        in_channels=in_channels,
+        base_channels=base_channels,
+        depth=depth,
+        upsample=upsample,
+        norm=norm,
+    )
+
+
+def unet_backbone(
+    num_classes: int,
+    *,
+    backbone: BackboneSpec = "resnet34",
+    backbone_weights: str | Path | None = None,
+    output_stride: int = 32,
+    frozen_stages: int = 0,
+    frozen_bn: bool = False,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    upsample: str = "nearest",
+) -> BackboneUNet:
+    """U-Net decoder on a backbone encoder (segmentation_models_pytorch's ``Unet``)."""
+    net = _backbone(backbone, backbone_weights, output_stride, frozen_stages, frozen_bn)
+    return BackboneUNet(net, num_classes, decoder_channels=decoder_channels, upsample=upsample)
+
+
+def deeplabv3plus(
+    num_classes: int,
+    *,
+    backbone: BackboneSpec = "resnet50",
+    backbone_weights: str | Path | None = None,
+    output_stride: int = 16,
+    frozen_stages: int = 0,
+    frozen_bn: bool = False,
+    atrous_rates: Sequence[int] | None = None,
+    aspp_channels: int = 256,
+    low_level_channels: int = 48,
+    decoder_channels: int = 256,
+    separable: bool = False,
+    dropout: float = 0.1,
+    upsample: str = "bilinear",
+) -> DeepLabV3Plus:
+    """DeepLabv3+ (Chen et al. 2018)."""
+    net = _backbone(backbone, backbone_weights, output_stride, frozen_stages, frozen_bn)
+    return DeepLabV3Plus(
+        net,
+        num_classes,
+        atrous_rates=atrous_rates,
+        aspp_channels=aspp_channels,
+        low_level_channels=low_level_channels,
+        decoder_channels=decoder_channels,
+        separable=separable,
+        dropout=dropout,
+        upsample=upsample,
+    )
+
+
+# name -> constructor(num_classes, **options). The one table of models.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fcn32s": _fcn(32),
+    "fcn16s": _fcn(16),
+    "fcn8s": _fcn(8),
+    "unet": unet,
+    "unet_backbone": unet_backbone,
+    "deeplabv3plus": deeplabv3plus,
+    # --- detection: two-stage detectors (segdet.models.detection; torchvision's keyword options) ---
+    "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
+    "fasterrcnn_resnet101_fpn": detection.fasterrcnn_resnet101_fpn,
+    "fasterrcnn_resnet50_fpn_v2": detection.fasterrcnn_resnet50_fpn_v2,
+    "fasterrcnn_mobilenet_v3_large_fpn": detection.fasterrcnn_mobilenet_v3_large_fpn,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+    "fasterrcnn_resnet50_c4": detection.fasterrcnn_resnet50_c4,
+    "maskrcnn_resnet50_fpn": detection.maskrcnn_resnet50_fpn,
+    "maskrcnn_resnet101_fpn": detection.maskrcnn_resnet101_fpn,
+    "maskrcnn_resnet50_fpn_v2": detection.maskrcnn_resnet50_fpn_v2,
+    # --- end of detection ---
+}
+
+
+def available_models() -> list[str]:
+    return list(MODELS)
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The keyword options of model ``name`` and their defaults."""
+    params = inspect.signature(_constructor(name)).parameters
+    return {p.name: p.default for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _constructor(name: str) -> Callable[..., nn.Module]:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SegdetError(f"unknown model {name!r}{hint}; available: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build(name: str, num_classes: int = 21, **kwargs) -> nn.Module:
+    """Build model ``name`` of :data:`MODELS` with ``num_classes`` outputs and the given options.
+
+    Raises :class:`SegdetError` for an unknown name (suggesting the closest) or option (listing the
+    model's options).
+    """
+    constructor = _constructor(name)
+    options = model_options(name)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        hints = [
+            f"{k!r}"
+            + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, options, n=1)) else "")
+            for k in unknown
+        ]
+        raise SegdetError(f"model {name!r} has no option {', '.join(hints)}; options: {', '.join(options)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise SegdetError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return constructor(num_classes, **kwargs)
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> int:
+    """Floating-point operations of one forward pass on ``batch x 3 x H x W``, counted op by op by
+    ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; convolutions, matmuls and
+    their kind only -- elementwise ops, pooling and interpolation are not counted, as in fvcore)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(batch, 3, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def model_summary(name: str, input_size: int | tuple[int, int] = 512, **kwargs) -> tuple[int, float]:
+    """``(parameters, GFLOPs)`` of model ``name`` at ``input_size`` (batch 1). The model is built on the
+    ``meta`` device, so no memory is allocated and nothing is computed: only shapes propagate and
+    FlopCounterMode reads them."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    with torch.device("meta"):
+        model = build(name, **kwargs).eval()
+    params = sum(p.numel() for p in model.parameters())
+    return params, count_flops(model, size) / 1e9

@@ -1,0 +1,130 @@
+"""Backbones: declared feature names/strides/channels, equality with torchvision, frozen BN/stages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from segdet.models.backbones import (
+    BACKBONES,
+    FEATURE_NAMES,
+    FrozenBatchNorm2d,
+    build_backbone,
+    convert_frozen_batchnorm,
+)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_features_match_declaration(name, output_stride):
+    """Every feature has the declared channels and size ceil(input / stride), for even and odd inputs;
+    strides are 2, 4, 8, 16, 32 capped at the output stride."""
+    backbone = build_backbone(name, output_stride=output_stride).eval()
+    assert tuple(backbone.out_channels) == FEATURE_NAMES
+    assert backbone.strides == {n: min(2 ** (i + 1), output_stride) for i, n in enumerate(FEATURE_NAMES)}
+    assert backbone.output_stride == output_stride
+    for h, w in [(64, 64), (67, 75)]:
+        with torch.no_grad():
+            features = backbone(torch.randn(1, 3, h, w))
+        assert list(features) == list(FEATURE_NAMES)
+        for key, f in features.items():
+            s = backbone.strides[key]
+            assert f.shape == (1, backbone.out_channels[key], math.ceil(h / s), math.ceil(w / s)), key
+
+
+def _torchvision_resnet_features(net: torchvision.models.ResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    c1 = net.relu(net.bn1(net.conv1(x)))
+    c2 = net.layer1(net.maxpool(c1))
+    c3 = net.layer2(c2)
+    c4 = net.layer3(c3)
+    return [c1, c2, c3, c4, net.layer4(c4)]
+
+
+@pytest.mark.parametrize(
+    ("depth", "output_stride", "dilation"),
+    [(18, 32, None), (50, 32, None), (50, 16, [False, False, True]), (50, 8, [False, True, True])],
+)
+def test_resnet_equals_torchvision(depth, output_stride, dilation):
+    """With torchvision's weights (state dict copied, its fc dropped by ignored_weight_prefixes), our
+    c1..c5 equal torchvision's classifier's intermediate outputs to 1e-6, including its own
+    replace_stride_with_dilation for output strides 16 and 8 (same dilation convention)."""
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=dilation).eval()
+    ours = build_backbone(f"resnet{depth}", output_stride=output_stride).eval()
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+    x = torch.randn(1, 3, 35, 41)
+    with torch.no_grad():
+        expected = _torchvision_resnet_features(ref, x)
+        got = ours(x)
+    for (key, value), want in zip(got.items(), expected, strict=True):
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-6, msg=key)
+
+
+def test_vgg_and_mobilenet_equal_torchvision():
+    """VGG-16's c5 equals torchvision's vgg16.features on an even input (ceil-mode pooling only differs
+    on odd sizes); MobileNetV3-Large at output stride 16 equals torchvision's dilated=True features."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    vgg_ref = torchvision.models.vgg16().eval()
+    vgg = build_backbone("vgg16").eval()
+    vgg.load_state_dict({k: v for k, v in vgg_ref.state_dict().items() if k.startswith("features.")})
+    mob_ref = torchvision.models.mobilenet_v3_large(dilated=True).eval()
+    mob = build_backbone("mobilenet_v3_large", output_stride=16).eval()
+    mob.load_state_dict({k: v for k, v in mob_ref.state_dict().items() if k.startswith("features.")})
+    with torch.no_grad():
+        torch.testing.assert_close(vgg(x)["c5"], vgg_ref.features(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(mob(x)["c5"], mob_ref.features(x), rtol=0, atol=1e-6)
+
+
+def test_frozen_batchnorm_equals_eval_batchnorm():
+    """FrozenBatchNorm2d built by convert_frozen_batchnorm equals nn.BatchNorm2d in eval mode (1e-6) and
+    loads a BatchNorm2d state dict (num_batches_tracked dropped)."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3)
+    bn.eval()
+    frozen = convert_frozen_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm2d)
+    x = torch.randn(3, 8, 5, 7)
+    torch.testing.assert_close(frozen(x), bn(x), rtol=0, atol=1e-6)
+    again = FrozenBatchNorm2d(8, eps=1e-3)
+    again.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(again(x), bn(x), rtol=0, atol=1e-6)
+    assert not list(frozen.parameters())
+
+
+def test_freeze_stages_and_frozen_bn():
+    """freeze_stages(2) freezes the stem and layer1 (requires_grad False, BN frozen) and leaves the rest
+    trainable; frozen_bn=True leaves no BatchNorm2d; outputs are unchanged in eval mode."""
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = backbone(x)["c5"]
+    backbone.freeze_stages(2)
+    for name, p in backbone.named_parameters():
+        frozen = name.startswith(("conv1", "bn1", "layer1"))
+        assert p.requires_grad is not frozen, name
+    assert isinstance(backbone.bn1, FrozenBatchNorm2d)
+    assert isinstance(backbone.layer1[0].bn1, FrozenBatchNorm2d)
+    assert isinstance(backbone.layer2[0].bn1, nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x)["c5"], before, rtol=0, atol=1e-5)
+    all_frozen = build_backbone("mobilenet_v3_large", frozen_bn=True, frozen_stages=5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in all_frozen.modules())
+    assert not any(p.requires_grad for p in all_frozen.parameters())
+
+
+def test_out_features_stops_early():
+    """Restricting out_features returns only those maps (used by models to skip unused stages)."""
+    backbone = build_backbone("resnet18")
+    backbone.out_features = ("c2", "c3")
+    assert list(backbone(torch.randn(1, 3, 32, 32))) == ["c2", "c3"]
