@@ -1,0 +1,56 @@
+"""Helpers of the detector tests: images with spatial structure and torchvision detectors with random
+but non-degenerate weights (so that a parity test can fail)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def structured_image(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A ``3 x H x W`` image in ``[0, 1]``: smooth blobs (coarse noise upsampled) plus fine noise, so the
+    features of a randomly initialised network vary from place to place (i.i.d. noise images make every
+    RoI look alike and tie the scores)."""
+    coarse = torch.rand(1, 3, max(height // 16, 2), max(width // 16, 2), generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=generator)).clamp(0, 1)
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int) -> None:
+    """Give every BatchNorm of a torchvision detector non-trivial statistics and affine parameters.
+
+    ``gamma ~ U(0.75, 1.25)``, ``beta ~ N(0, 0.1²)``; the backbone's running mean / variance are those of
+    one forward pass over ``images`` (BatchNorm momentum 1 in training mode), so activations stay of
+    unit scale through the randomly initialised network and the detections stay distinct; the heads'
+    BatchNorms (v2) get ``mu ~ N(0, 0.1²)``, ``sigma² ~ U(0.75, 1.25)``. Frozen BatchNorms (no
+    training mode) get random statistics as the heads'."""
+    g = torch.Generator().manual_seed(seed)
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d"
+    ]
+    for m in norms:
+        n = m.running_mean.shape[0]
+        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0
+    was_training = model.training
+    model.eval()
+    batch, _ = model.transform(images)
+    model.backbone.train()
+    model.backbone(batch.tensors)
+    for m in norms:
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    model.train(was_training)
+
+
+@pytest.fixture
+def detector_helpers():
+    """``(structured_image, randomize_batchnorm)``."""
+    return structured_image, randomize_batchnorm
