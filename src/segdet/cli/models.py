@@ -28,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print("GFLOPs: multiply-adds count 2, counted by torch.utils.flop_counter on a batch of one.")
+    print("Detectors are counted at that processed size with random weights: their heads' share depends")
+    print("on how many proposals and detections an image yields.")
     return 0

@@ -195,7 +195,9 @@ def build(name: str, num_classes: int = 21, **kwargs) -> nn.Module:
     return constructor(num_classes, **kwargs)
 
 
-def count_flops(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> int:
+def count_flops(
+    model: nn.Module, input_size: tuple[int, int], batch: int = 1, *, random_input: bool = False
+) -> int:
     """Floating-point operations of one forward pass on ``batch x 3 x H x W``, counted op by op by
     ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; convolutions, matmuls and
     their kind only -- elementwise ops, pooling and interpolation are not counted, as in fvcore)."""
@@ -203,7 +205,8 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.zeros(batch, 3, *input_size, device=device)
+    make = torch.rand if random_input else torch.zeros
+    x = make(batch, 3, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
@@ -215,7 +218,17 @@ def model_summary(name: str, input_size: int | tuple[int, int] = 512, **kwargs) 
     ``meta`` device, so no memory is allocated and nothing is computed: only shapes propagate and
     FlopCounterMode reads them."""
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if "min_size" in model_options(name):
+        # detectors resize internally: process the image at the size asked for, not at 800 px
+        kwargs = {"min_size": min(size), "max_size": max(size), **kwargs}
     with torch.device("meta"):
         model = build(name, **kwargs).eval()
     params = sum(p.numel() for p in model.parameters())
-    return params, count_flops(model, size) / 1e9
+    try:
+        return params, count_flops(model, size) / 1e9
+    except (NotImplementedError, RuntimeError):
+        # Detectors choose proposals and detections from the data (top-k, NMS), which shapes alone
+        # cannot decide: count one real forward pass with random weights on a random image instead.
+        torch.manual_seed(0)
+        model = build(name, **kwargs).eval()
+        return params, count_flops(model, size, random_input=True) / 1e9
