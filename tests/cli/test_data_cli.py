@@ -227,6 +227,8 @@ def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
         "2",
         "--epochs",
         "1",
+        "--instance-epochs",
+        "0",  # the Mask R-CNN run: tests/cli/test_demo_cli.py
     )
     assert code == 0, out
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())

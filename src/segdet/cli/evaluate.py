@@ -1,4 +1,8 @@
-"""``segdet eval CHECKPOINT [--data PATH]``: evaluate a trained model on a dataset."""
+"""``segdet eval CHECKPOINT [--data PATH]``: evaluate a trained model on a dataset.
+
+Segmentation checkpoints report mIoU, Dice and accuracies; detection checkpoints COCO box AP (and mask
+AP for instance segmentation), computed by our COCO evaluator.
+"""
 
 from __future__ import annotations
 
@@ -36,16 +40,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.format = args.format or cfg.data.format
         cfg.data.val = DataSplit(path=args.data, images=args.images, labels=args.labels, split=args.split)
         cfg.data.synthetic = 0
-    if cfg.task != "segmentation":
-        raise ConfigError(f"task {cfg.task!r}: evaluation is not available yet")
-    from segdet.engine.segmentation import SegmentationTask, load_split
-
-    if args.data:
-        cfg.data.train = cfg.data.val  # the task needs a training split to learn the class list from
-        cfg.data.val_fraction = 0.0
-    task = SegmentationTask(cfg)
-    if args.data:
-        task.val_ann = load_split(cfg, "val")
+    task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
     dataset = task.val_dataset()
     if dataset is None:
         raise ConfigError("no evaluation data: give --data PATH")
@@ -58,3 +53,35 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(metrics, indent=2))
     return 0
+
+
+def _segmentation_task(cfg, args: argparse.Namespace):
+    from segdet.engine.data_splits import load_split
+    from segdet.engine.segmentation import SegmentationTask
+
+    if args.data:
+        cfg.data.train = cfg.data.val  # the task needs a training split to learn the class list from
+        cfg.data.val_fraction = 0.0
+    task = SegmentationTask(cfg)
+    if args.data:
+        task.val_ann = load_split(cfg, "val")
+    return task
+
+
+def _detection_task(cfg, trained):
+    """The run's validation split (or ``--data``) as a detection task whose classes must be the
+    checkpoint's: a label index means the same class in both."""
+    from segdet.engine.data_splits import load_split, train_val_splits
+    from segdet.engine.detection import DetectionTask
+    from segdet.errors import ConfigError
+
+    val = load_split(cfg, "val") if cfg.data.val is not None and cfg.data.val.path else None
+    if val is None:
+        _, val = train_val_splits(cfg)  # the run's own held-out or synthetic validation images
+    if val is None:
+        raise ConfigError("no evaluation data: the run had no validation split; give --data PATH")
+    if list(val.classes) != list(trained.classes):
+        raise ConfigError(
+            f"the evaluation set's classes {val.classes} are not the checkpoint's {trained.classes}"
+        )
+    return DetectionTask(cfg, splits=(val, val))

@@ -17,13 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_task(cfg):
+    """The task object of ``cfg.task`` (segmentation, detection or instance)."""
     if cfg.task == "segmentation":
         from segdet.engine.segmentation import SegmentationTask
 
         return SegmentationTask(cfg)
-    from segdet.errors import ConfigError
+    from segdet.engine.detection import DetectionTask
 
-    raise ConfigError(f"task: {cfg.task!r} training is not available yet (supported: segmentation)")
+    return DetectionTask(cfg)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,11 +48,13 @@ class DataConfig:
     val_batch_size: int | None = None
     workers: int = 0
     strict: bool = False
-    # Training-time image size: crop size for segmentation, shorter side for detection.
+    # Segmentation: training crop size and random scale range. Detection and instance segmentation
+    # leave resizing to the model's own transform (torchvision's GeneralizedRCNNTransform: the model
+    # options ``min_size``, a list for multi-scale training, and ``max_size``), so these three are unused.
     size: int = 512
     max_size: int = 1333
-    hflip: float = 0.5
     scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip: float = 0.5
     photometric: bool = False
 
 
@@ -119,7 +121,9 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     ema_decay: float | None = None  # e.g. 0.9998; None disables EMA
     eval_every: int = 1  # epochs
-    best_metric: str = "mIoU"
+    # The validation metric that picks ``best.safetensors``. None: the task's main metric, i.e. ``mIoU``
+    # for segmentation and COCO box ``AP`` (AP@[.5:.95]) for detection and instance segmentation.
+    best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     log_every: int = 10  # steps
     progress: bool = True

@@ -19,6 +19,12 @@ class TrainedModel:
     config: Config
     classes: list[str]
     epoch: int
+    # The dataset's category id of each class (COCO's ids), when the run kept them; else 1..K.
+    category_ids: list[int] | None = None
+
+    @property
+    def task(self) -> str:
+        return self.config.task
 
 
 def load_trained(
@@ -38,4 +44,5 @@ def load_trained(
     model = build(config.model.name, num_classes=num_classes, **config.model.kwargs)
     state = ckpt["ema"]["module"] if use_ema and ckpt.get("ema") else ckpt["model"]
     model.load_state_dict(state)
-    return TrainedModel(model.to(device).eval(), config, classes, int(ckpt.get("epoch", 0)))
+    ids = ckpt.get("category_ids") or list(range(1, len(classes) + 1))
+    return TrainedModel(model.to(device).eval(), config, classes, int(ckpt.get("epoch", 0)), list(ids))

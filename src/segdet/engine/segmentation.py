@@ -10,7 +10,6 @@ IoU, and per-class IoU.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,50 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from segdet.data.collate import collate_segmentation
 from segdet.data.dataset import SegDetDataset
-from segdet.data.structures import AnnotationSet
 from segdet.engine.config import Config
+from segdet.engine.data_splits import train_val_splits
 from segdet.errors import ConfigError
-
-
-def load_split(cfg: Config, which: str) -> AnnotationSet | None:
-    """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
-    from segdet.data.formats import read_dataset
-
-    split = getattr(cfg.data, which)
-    if split is None or not split.path:
-        return None
-    options = {k: getattr(split, k) for k in ("images", "labels", "split") if getattr(split, k) is not None}
-    return read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
-
-
-def synthetic_split(cfg: Config, which: str) -> AnnotationSet:
-    """Synthetic shapes: ``data.synthetic`` training images, and a quarter as many (at least 4) for
-    validation drawn with another seed, cached under the run folder."""
-    from segdet.data import shapes
-
-    n = cfg.data.synthetic if which == "train" else max(4, cfg.data.synthetic // 4)
-    seed = cfg.train.seed if which == "train" else cfg.train.seed + 1_000_003
-    return shapes.generate(cfg.run_dir / "synthetic" / which, n, seed=seed, size=cfg.data.synthetic_size)
-
-
-def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[AnnotationSet, AnnotationSet]:
-    """Split off ``fraction`` of the images, chosen by a seeded permutation, as a validation set."""
-    order = np.random.default_rng(seed).permutation(len(dataset.images))
-    n_val = max(1, round(fraction * len(order)))
-    val_idx, train_idx = set(order[:n_val].tolist()), order[n_val:]
-
-    def subset(indices) -> AnnotationSet:
-        return AnnotationSet(
-            [dataset.images[i] for i in sorted(indices)],
-            dataset.classes,
-            dataset.category_ids,
-            dataset.semantic_classes,
-            dataset.ignore_index,
-            [],
-            dataset.source,
-        )
-
-    return subset(train_idx), subset(val_idx)
 
 
 def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -84,19 +42,11 @@ def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.
 class SegmentationTask:
     """Plugs semantic segmentation into :class:`segdet.engine.trainer.Trainer`."""
 
+    best_metric = "mIoU"
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        if cfg.data.synthetic:
-            self.train_ann = synthetic_split(cfg, "train")
-            self.val_ann: AnnotationSet | None = synthetic_split(cfg, "val")
-        else:
-            train = load_split(cfg, "train")
-            if train is None:
-                raise ConfigError("data.train.path: no training data given (or set data.synthetic: N)")
-            self.val_ann = load_split(cfg, "val")
-            if self.val_ann is None and cfg.data.val_fraction > 0:
-                train, self.val_ann = holdout(train, cfg.data.val_fraction, cfg.train.seed)
-            self.train_ann = train
+        self.train_ann, self.val_ann = train_val_splits(cfg)
         self.ignore_index = self.train_ann.ignore_index
         self.classes = list(self.train_ann.semantic_classes)
         self.num_classes = cfg.model.num_classes or len(self.classes)

@@ -38,9 +38,12 @@ from segdet.errors import SegdetError
 
 
 class Task(Protocol):
-    """What the trainer needs from a task."""
+    """What the trainer needs from a task. ``best_metric`` is the metric of :meth:`evaluate` that
+    ``train.best_metric`` defaults to (e.g. ``mIoU``, ``AP``); ``category_ids`` (optional) are the
+    dataset's ids of ``classes``, kept in checkpoints so predictions can be written in COCO's ids."""
 
     classes: list[str]
+    best_metric: str
 
     def build_model(self) -> nn.Module: ...
     def train_dataset(self) -> Dataset: ...
@@ -100,6 +103,8 @@ class Trainer:
     """Trains ``task`` as ``config`` says. ``resume``: continue from the run's ``last.safetensors``."""
 
     def __init__(self, config: Config, task: Task, *, resume: bool = False) -> None:
+        if config.train.best_metric is None:  # resolved here so the saved config names it
+            config.train.best_metric = getattr(task, "best_metric", "mIoU")
         self.cfg = config
         self.task = task
         self.device = select_device(config.train.device)
@@ -338,6 +343,7 @@ class Trainer:
             "last_metrics": self.state.last_metrics,
             "config": to_dict(self.cfg),
             "classes": list(self.task.classes),
+            "category_ids": list(getattr(self.task, "category_ids", None) or []) or None,
             "task": self.cfg.task,
         }
 

@@ -1,0 +1,71 @@
+"""Where a run's training and validation annotation sets come from, for every task.
+
+``data.synthetic: N`` draws the built-in shapes set; otherwise ``data.train`` (and ``data.val``) are
+read with the format reader ``data.format``. Without ``data.val``, ``data.val_fraction`` of the
+training images is held out by a seeded permutation, so the split is the same on every run with the
+same ``train.seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segdet.data.structures import AnnotationSet
+from segdet.engine.config import Config
+from segdet.errors import ConfigError
+
+
+def load_split(cfg: Config, which: str) -> AnnotationSet | None:
+    """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
+    from segdet.data.formats import read_dataset
+
+    split = getattr(cfg.data, which)
+    if split is None or not split.path:
+        return None
+    options = {k: getattr(split, k) for k in ("images", "labels", "split") if getattr(split, k) is not None}
+    return read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
+
+
+def synthetic_split(cfg: Config, which: str) -> AnnotationSet:
+    """Synthetic shapes: ``data.synthetic`` training images, and a quarter as many (at least 4) for
+    validation drawn with another seed, written under the run folder."""
+    from segdet.data import shapes
+
+    n = cfg.data.synthetic if which == "train" else max(4, cfg.data.synthetic // 4)
+    seed = cfg.train.seed if which == "train" else cfg.train.seed + 1_000_003
+    return shapes.generate(cfg.run_dir / "synthetic" / which, n, seed=seed, size=cfg.data.synthetic_size)
+
+
+def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[AnnotationSet, AnnotationSet]:
+    """Split off ``fraction`` of the images, chosen by a seeded permutation, as a validation set."""
+    order = np.random.default_rng(seed).permutation(len(dataset.images))
+    n_val = max(1, round(fraction * len(order)))
+    val_idx, train_idx = set(order[:n_val].tolist()), order[n_val:]
+
+    def subset(indices) -> AnnotationSet:
+        return AnnotationSet(
+            [dataset.images[i] for i in sorted(indices)],
+            dataset.classes,
+            dataset.category_ids,
+            dataset.semantic_classes,
+            dataset.ignore_index,
+            [],
+            dataset.source,
+        )
+
+    return subset(train_idx), subset(val_idx)
+
+
+def train_val_splits(cfg: Config) -> tuple[AnnotationSet, AnnotationSet | None]:
+    """The run's training set and validation set (``None`` when there is none)."""
+    if cfg.data.synthetic:
+        return synthetic_split(cfg, "train"), synthetic_split(cfg, "val")
+    train = load_split(cfg, "train")
+    if train is None:
+        raise ConfigError("data.train.path: no training data given (or set data.synthetic: N)")
+    val = load_split(cfg, "val")
+    if val is None and cfg.data.val_fraction > 0:
+        train, val = holdout(train, cfg.data.val_fraction, cfg.train.seed)
+    return train, val
