@@ -73,9 +73,13 @@ def fpn_detector(
     aspect_ratios: Sequence[Sequence[float]] | None,
     v2: bool,
     mask: bool,
+    representation_size: int = 1024,
+    mask_channels: int = 256,
 ) -> GeneralizedRCNN:
     """Faster / Mask R-CNN heads on an FPN backbone: v1 (2fc box head, plain convolutions) or v2
-    (BatchNorm, two RPN convs, 4conv1fc box head)."""
+    (BatchNorm, two RPN convs, 4conv1fc box head). ``representation_size`` (the box head's FC width)
+    and ``mask_channels`` (the mask head's) are the papers' 1024 and 256 unless made smaller, e.g.
+    for tests and tiny data."""
     levels = len(backbone.body.out_features) + 1  # + "pool"
     if len(anchor_sizes) != levels:
         raise ValueError(f"{len(anchor_sizes)} anchor size levels for {levels} feature levels")
@@ -87,15 +91,17 @@ def fpn_detector(
     names = pooled_levels([backbone.body.strides[n] for n in backbone.body.out_features])
     box_pooler = MultiScaleRoIPool(names, BOX_POOL_SIZE, SAMPLING_RATIO)
     if v2:
-        box_head: nn.Module = ConvFCHead((width, BOX_POOL_SIZE, BOX_POOL_SIZE), (256,) * 4, (1024,), norm)
+        box_head: nn.Module = ConvFCHead(
+            (width, BOX_POOL_SIZE, BOX_POOL_SIZE), (256,) * 4, (representation_size,), norm
+        )
     else:
-        box_head = TwoMLPHead(width * BOX_POOL_SIZE**2, 1024)
+        box_head = TwoMLPHead(width * BOX_POOL_SIZE**2, representation_size)
     mask_parts = {}
     if mask:
         mask_parts = {
             "mask_pooler": MultiScaleRoIPool(names, MASK_POOL_SIZE, SAMPLING_RATIO),
-            "mask_head": MaskRCNNHeads(width, (256,) * 4, 1, norm_layer=norm),
-            "mask_predictor": MaskRCNNPredictor(256, 256, num_classes + 1),
+            "mask_head": MaskRCNNHeads(width, (mask_channels,) * 4, 1, norm_layer=norm),
+            "mask_predictor": MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1),
         }
     return assemble(
         num_classes,
@@ -105,7 +111,7 @@ def fpn_detector(
         rpn_head=rpn_head,
         box_pooler=box_pooler,
         box_head=box_head,
-        representation_size=1024,
+        representation_size=representation_size,
         **mask_parts,
     )
 
@@ -123,6 +129,9 @@ def resnet_fpn_detector(
     aspect_ratios: Sequence[Sequence[float]] | None,
     v2: bool,
     mask: bool,
+    fpn_channels: int = FPN_WIDTH,
+    representation_size: int = 1024,
+    mask_channels: int = 256,
 ) -> GeneralizedRCNN:
     """ResNet + FPN Faster / Mask R-CNN (shared by the ``*_fpn`` builders)."""
     trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
@@ -135,11 +144,19 @@ def resnet_fpn_detector(
         frozen_bn=frozen,
         weights=backbone_weights,
     )
-    net = BackboneWithFPN(body, FPN_WIDTH, norm_layer=nn.BatchNorm2d if v2 else None)
+    net = BackboneWithFPN(body, fpn_channels, norm_layer=nn.BatchNorm2d if v2 else None)
     levels = len(returned_layers) + 1
     sizes = anchor_sizes if anchor_sizes is not None else FPN_SIZES[len(FPN_SIZES) - levels :]
     return fpn_detector(
-        num_classes, settings, backbone=net, anchor_sizes=sizes, aspect_ratios=aspect_ratios, v2=v2, mask=mask
+        num_classes,
+        settings,
+        backbone=net,
+        anchor_sizes=sizes,
+        aspect_ratios=aspect_ratios,
+        v2=v2,
+        mask=mask,
+        representation_size=representation_size,
+        mask_channels=mask_channels,
     )
 
 
@@ -155,6 +172,9 @@ def _resnet_fpn_builder(name: str, default_backbone: str, v2: bool, mask: bool, 
         returned_layers: Sequence[int] = (1, 2, 3, 4),
         anchor_sizes: Sequence[Sequence[int]] | None = None,
         aspect_ratios: Sequence[Sequence[float]] | None = None,
+        fpn_channels: int = FPN_WIDTH,
+        representation_size: int = 1024,
+        mask_channels: int = 256,
         settings: RCNNSettings,
     ) -> GeneralizedRCNN:
         return resnet_fpn_detector(
@@ -169,6 +189,9 @@ def _resnet_fpn_builder(name: str, default_backbone: str, v2: bool, mask: bool, 
             aspect_ratios=aspect_ratios,
             v2=v2,
             mask=mask,
+            fpn_channels=fpn_channels,
+            representation_size=representation_size,
+            mask_channels=mask_channels,
         )
 
     build.__name__ = build.__qualname__ = name
@@ -176,7 +199,8 @@ def _resnet_fpn_builder(name: str, default_backbone: str, v2: bool, mask: bool, 
         "\n\n    Options: ``backbone`` (resnet18/34/50/101), ``backbone_weights``,"
         " ``trainable_layers`` (0-5), ``frozen_bn``, ``returned_layers`` (ResNet stages 1-4 feeding"
         " the FPN), ``anchor_sizes`` /"
-        " ``aspect_ratios`` per level (default one size 32..512 per level, ratios 0.5, 1, 2) and the"
+        " ``aspect_ratios`` per level (default one size 32..512 per level, ratios 0.5, 1, 2), the widths"
+        " ``fpn_channels`` (256), ``representation_size`` (1024) and ``mask_channels`` (256), and the"
         " RCNNSettings fields."
     )
     return build
