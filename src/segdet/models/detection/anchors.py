@@ -132,12 +132,14 @@ class AnchorGenerator(nn.Module):
             self._cache.popitem(last=False)
         return anchors
 
-    def forward(self, image_list: ImageList, feature_maps: Sequence[Tensor]) -> list[Tensor]:
+    def forward(
+        self, image_list: ImageList, feature_maps: Sequence[Tensor], dtype: torch.dtype | None = None
+    ) -> list[Tensor]:
         """Anchors of every image of the batch: a list of ``N`` tensors ``[Σ_l H_l W_l A_l, 4]``.
 
         All images share the padded size, hence the same anchors (the same tensor, not copies); anchors
         outside an image's own size are kept (the RPN clips proposals, and matching ignores nothing).
-        Their dtype and device are the feature maps'.
+        Their device is the feature maps', their dtype ``dtype`` or else the feature maps'.
         """
         if len(feature_maps) != len(self.cell_anchors):
             raise ValueError(
@@ -147,5 +149,5 @@ class AnchorGenerator(nn.Module):
         grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feature_maps]
         strides = [(image_h // h, image_w // w) for h, w in grid_sizes]
         first = feature_maps[0]
-        anchors = self.grid_anchors(grid_sizes, strides, first.device, first.dtype)
+        anchors = self.grid_anchors(grid_sizes, strides, first.device, dtype or first.dtype)
         return [anchors] * len(image_list.image_sizes)

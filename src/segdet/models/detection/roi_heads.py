@@ -255,9 +255,14 @@ class RoIHeads(nn.Module):
         class_logits, box_regression = self.box_predictor(box_features)
 
         if not self.training:
+            # Under reduced-precision autocast the heads give bf16 / fp16; decode, score and paste in
+            # the proposals' float32 (see the RPN).
+            dtype = proposals[0].dtype
+            class_logits, box_regression = class_logits.to(dtype), box_regression.to(dtype)
             detections = self.postprocess(class_logits, box_regression, proposals, image_sizes)
             if self.has_mask:
                 mask_logits = self._mask_logits(features, [d["boxes"] for d in detections], image_sizes)
+                mask_logits = mask_logits.to(class_logits.dtype)
                 probs = maskrcnn_inference(mask_logits, [d["labels"] for d in detections])
                 for det, prob in zip(detections, probs, strict=True):
                     det["masks"] = prob

@@ -264,9 +264,13 @@ class RegionProposalNetwork(nn.Module):
             raise ValueError("RegionProposalNetwork needs targets in training mode")
         feature_list = list(features.values()) if isinstance(features, Mapping) else list(features)
         level_logits, level_deltas = self.head(feature_list)
-        anchors = self.anchor_generator(images, feature_list)
         num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in level_logits]
         objectness, deltas = flatten_head_outputs(level_logits, level_deltas)
+        if objectness.dtype not in (torch.float32, torch.float64):
+            # Reduced precision (bf16 / fp16 autocast): anchors, decoding and NMS stay in float32, since
+            # bf16's 8-bit mantissa would round coordinates of a few hundred pixels by 1-4 px.
+            objectness, deltas = objectness.float(), deltas.float()
+        anchors = self.anchor_generator(images, feature_list, dtype=deltas.dtype)
 
         top_idx, levels = self.select_top_per_level(objectness.detach(), num_anchors_per_level)
         batch_idx = torch.arange(objectness.shape[0], device=objectness.device)[:, None]

@@ -1,0 +1,336 @@
+"""Speed of our Faster R-CNN and Mask R-CNN (ResNet-50 FPN) against torchvision's, same weights, one run.
+
+What is compared, for each model (``--models faster,mask``):
+
+* **torchvision**: ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` built with
+  ``weights=None, weights_backbone=None`` and ``min_size = max_size = --size`` (so a ``size x size`` input
+  is processed at that size), then set up as torchvision sets itself up for fine-tuning from an
+  ImageNet backbone: the backbone's BatchNorms become ``torchvision.ops.misc.FrozenBatchNorm2d`` and
+  ``conv1`` / ``layer1`` are frozen (``trainable_backbone_layers = 3``). The weights are torchvision's
+  seeded random initialisation, except: the BatchNorm statistics are *calibrated* (running means and
+  variances accumulated over a few synthetic images, so activations keep realistic magnitudes through
+  the 50 layers) and the classifier's logits are spread (``cls_score`` scaled) so that each image gives
+  its ``detections_per_img`` (100) detections, as a trained model does -- random logits would leave
+  every score under the 0.05 threshold and skip the whole post-processing and mask branch.
+* **ours**: :func:`segdet.models.detection.convert.from_torchvision` of that model: the same weights,
+  frozen layers and settings. Inference runs ``fuse_for_inference()`` on it: frozen BatchNorms folded
+  into the convolutions, weights and batches in ``channels_last`` (levers only ours has: torchvision has
+  no such method). Training runs the unfused converted model in train mode.
+
+Timed, interleaved (ours, theirs, theirs, ours, ...) so that load changes on the shared machine hit both
+alike, medians of ``--repeats``:
+
+* inference, batch 1: ``model([image])`` in eval mode under ``torch.inference_mode`` (the same
+  synthetic *shapes* image); the outputs of both are compared in the same run (max |Δ| of boxes,
+  scores and masks, labels shifted by our 0-based convention);
+* a training step, batch ``--train-batch`` (2): forward with the synthetic targets (boxes, labels,
+  masks), sum of the losses, backward, SGD step; both seeded alike before each step.
+* with ``--bf16``: our fused model under ``torch.autocast("cpu", dtype=torch.bfloat16)``, its speed
+  against ours and torchvision's float32, and its accuracy: COCO AP (:func:`segdet.metrics.coco_eval.
+  evaluate_coco`) of its detections on ``--ap-images`` synthetic images *taking our float32 detections of
+  the same images as the ground truth* (the models are untrained, so there is no real ground truth to
+  lose AP against; AP = 1 means bf16 reproduces the float32 detections at every IoU threshold).
+
+glibc's malloc is tuned at start-up (:func:`segdet.engine.perf.tune_malloc`, both models profit;
+``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segdet.data.shapes import render
+from segdet.engine.perf import tune_malloc
+from segdet.models.detection.convert import from_torchvision
+
+# Standard deviation given to the random classifier's logits: each RoI then has a few classes above the
+# 0.05 score threshold, scores are spread (no ties), and every image gets its 100 detections.
+LOGIT_STD = 3.0
+
+
+# ------------------------------------------------------------------------------------------ models
+def synthetic_batch(num: int, size: int, seed: int, first: int = 0) -> tuple[list[Tensor], list[dict]]:
+    """``num`` synthetic *shapes* images (``3 x size x size`` in [0, 1]) and their targets (boxes xyxy,
+    labels 0..3 in our convention, uint8 masks)."""
+    images, targets = [], []
+    for i in range(first, first + num):
+        sample = render(i, seed=seed, size=size, min_objects=2, max_objects=6)
+        images.append(torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255))
+        targets.append(
+            {
+                "boxes": torch.tensor([list(b) for b in sample.boxes], dtype=torch.float32),
+                "labels": torch.tensor(sample.labels, dtype=torch.int64),
+                "masks": torch.from_numpy(np.stack(sample.masks)).to(torch.uint8),
+            }
+        )
+    return images, targets
+
+
+def _freeze_like_pretrained(model: nn.Module) -> None:
+    """torchvision's fine-tuning set-up: FrozenBatchNorm2d everywhere in the backbone, conv1 and layer1
+    frozen (``trainable_backbone_layers = 3``, what its builders do when given backbone weights)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    body = model.backbone.body
+    for parent in list(body.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+                setattr(parent, name, frozen)
+    for name, param in body.named_parameters():
+        if not name.startswith(("layer2", "layer3", "layer4")):
+            param.requires_grad_(False)
+
+
+@torch.no_grad()
+def torchvision_model(kind: str, size: int, seed: int) -> nn.Module:
+    """torchvision's model, set up as described in the module docstring, in eval mode."""
+    from torchvision.models import detection
+
+    torch.manual_seed(seed)
+    builder = detection.fasterrcnn_resnet50_fpn if kind == "faster" else detection.maskrcnn_resnet50_fpn
+    model = builder(weights=None, weights_backbone=None, min_size=size, max_size=size)
+    # Calibrate BatchNorm: cumulative statistics (momentum None) over a few synthetic images.
+    images, _ = synthetic_batch(4, min(size, 320), seed, first=1000)
+    norms = [m for m in model.backbone.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    batch, _ = model.transform(images)
+    model.backbone.body(batch.tensors)
+    _freeze_like_pretrained(model)
+    # Spread the class logits (torchvision initialises cls_score with std 0.01: all scores ~1/91) to a
+    # standard deviation of LOGIT_STD, measured on one image.
+    model.eval()
+    cls_score = model.roi_heads.box_predictor.cls_score
+    seen: list[Tensor] = []
+    hook = cls_score.register_forward_hook(lambda module, args, out: seen.append(out))
+    model(images[:1])
+    hook.remove()
+    cls_score.weight.mul_(LOGIT_STD / float(seen[0].std()))
+    return model
+
+
+def build_pair(kind: str, size: int, seed: int) -> tuple[nn.Module, nn.Module]:
+    """(ours, torchvision's) with the same weights, both in eval mode, ours not yet fused."""
+    theirs = torchvision_model(kind, size, seed)
+    ours = from_torchvision(theirs)
+    return ours.eval(), theirs
+
+
+# ----------------------------------------------------------------------------------------- timing
+def time_interleaved(fns: list[Callable[[], None]], repeats: int, warmup: int) -> list[float]:
+    """Median seconds of each function, run A B, B A, ... ``repeats`` times after ``warmup`` rounds."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + repeats):
+        order = list(range(len(fns))) if r % 2 == 0 else list(reversed(range(len(fns))))
+        for i in order:
+            t = time.perf_counter()
+            fns[i]()
+            if r >= warmup:
+                times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+def infer_fn(model: nn.Module, images: list[Tensor], autocast: bool = False) -> Callable[[], list[dict]]:
+    def step() -> list[dict]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(images)
+
+    return step
+
+
+def train_fn(model: nn.Module, images: list[Tensor], targets: list[dict], seed: int) -> Callable[[], dict]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
+
+    def step() -> dict:
+        torch.manual_seed(seed)
+        losses = model(images, targets)
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------- checks
+def output_difference(ours: list[dict], theirs: list[dict]) -> dict[str, float]:
+    """Our detections against torchvision's: each of ours is paired with torchvision's detection of the
+    same class and highest IoU (near-tied scores may swap places in the lists); returns max |Δ| of boxes,
+    scores and masks over the pairs and the number of detections without a counterpart of IoU > 0.99."""
+    from torchvision.ops import box_iou
+
+    result = {"boxes": 0.0, "scores": 0.0, "masks": 0.0, "unmatched": 0}
+    for o, t in zip(ours, theirs, strict=True):
+        result["unmatched"] += abs(len(o["boxes"]) - len(t["boxes"]))
+        if len(o["boxes"]) == 0 or len(t["boxes"]) == 0:
+            continue
+        iou = box_iou(o["boxes"].float(), t["boxes"].float())
+        iou[(o["labels"] + 1)[:, None] != t["labels"][None, :]] = 0
+        best, pair = iou.max(dim=1)
+        ok = best > 0.99
+        result["unmatched"] += int((~ok).sum())
+        ok, pair = torch.nonzero(ok).flatten(), pair[ok]
+        if len(ok) == 0:
+            continue
+        result["boxes"] = max(result["boxes"], float((o["boxes"][ok] - t["boxes"][pair]).abs().max()))
+        result["scores"] = max(result["scores"], float((o["scores"][ok] - t["scores"][pair]).abs().max()))
+        if "masks" in o:
+            delta = (o["masks"][ok].float() - t["masks"][pair]).abs().max()
+            result["masks"] = max(result["masks"], float(delta))
+    return result
+
+
+def describe_difference(diff: dict[str, float], masks: bool) -> str:
+    text = f"max |Δ| boxes {diff['boxes']:.1e} px, scores {diff['scores']:.1e}"
+    if masks:
+        text += f", masks {diff['masks']:.1e}"
+    return text + f", unmatched {diff['unmatched']}"
+
+
+def _coco(dets: list[list[dict]], as_gt: bool, with_masks: bool) -> dict | list[dict]:
+    """Detections of several images as COCO ground truth (``as_gt``) or results (xywh boxes, RLE masks)."""
+    from segdet.data.masks import mask_to_rle
+
+    records, images = [], []
+    for image_id, per_image in enumerate(dets):
+        for d in per_image:
+            boxes, labels, scores = d["boxes"].float(), d["labels"], d["scores"].float()
+            for k in range(len(boxes)):
+                x0, y0, x1, y1 = boxes[k].tolist()
+                record = {
+                    "image_id": image_id,
+                    "category_id": int(labels[k]) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(scores[k]),
+                }
+                if with_masks:
+                    bitmap = (d["masks"][k, 0] > 0.5).numpy()
+                    record["segmentation"] = mask_to_rle(bitmap, *bitmap.shape)
+                if as_gt:
+                    record.update(id=len(records) + 1, iscrowd=0, area=(x1 - x0) * (y1 - y0))
+                    if with_masks:
+                        record["area"] = float(bitmap.sum())
+                records.append(record)
+        h, w = dets[image_id][0]["masks"].shape[-2:] if with_masks else (1, 1)
+        images.append({"id": image_id, "height": int(h), "width": int(w)})
+    if not as_gt:
+        return records
+    categories = [{"id": c, "name": str(c)} for c in range(1, 92)]
+    return {"images": images, "annotations": records, "categories": categories}
+
+
+def bf16_agreement(model: nn.Module, num_images: int, size: int, seed: int, with_masks: bool) -> dict:
+    """COCO AP of bf16 detections against the float32 detections of the same model as ground truth."""
+    from segdet.metrics.coco_eval import evaluate_coco
+
+    images, _ = synthetic_batch(num_images, size, seed, first=2000)
+    ref = [infer_fn(model, [im])() for im in images]
+    low = [infer_fn(model, [im], autocast=True)() for im in images]
+    result = {}
+    for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
+        masks = iou_type == "segm"
+        gt = _coco(ref, True, masks)
+        if masks:  # an empty mask cannot be ground truth
+            gt["annotations"] = [a for a in gt["annotations"] if a["area"] > 0]
+        result[iou_type] = {
+            "bf16": evaluate_coco(gt, _coco(low, False, masks), iou_type).stats[:3],
+            "fp32": evaluate_coco(gt, _coco(ref, False, masks), iou_type).stats[:3],
+        }
+    return result
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=800)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="faster,mask", help="comma-separated: faster, mask")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
+    parser.add_argument("--ap-images", type=int, default=4, help="images of the bf16 AP check")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--no-tune-malloc", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    tuned = False if args.no_tune_malloc else tune_malloc()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, size {args.size}, median of {args.repeats}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc tuned {tuned}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    rows = []
+    for kind in args.models.split(","):
+        ours, theirs = build_pair(kind, args.size, args.seed)
+        images, targets = synthetic_batch(max(args.train_batch, 1), args.size, args.seed)
+        fused = from_torchvision(theirs).fuse_for_inference()
+        name = f"{kind} R-CNN R50-FPN"
+
+        # Inference, batch 1, and output equality (unfused: same arithmetic; fused: BatchNorm folded).
+        run_ours, run_theirs = infer_fn(fused, images[:1]), infer_fn(theirs, images[:1])
+        reference = run_theirs()
+        num_dets = len(reference[0]["boxes"])
+        plain = describe_difference(
+            output_difference(infer_fn(ours, images[:1])(), reference), kind == "mask"
+        )
+        folded = describe_difference(output_difference(run_ours(), reference), kind == "mask")
+        print(f"{name}: {num_dets} detections; ours vs torchvision: unfused {plain}; fused {folded}")
+        t_ours, t_theirs = time_interleaved([run_ours, run_theirs], args.repeats, args.warmup)
+        rows.append((name, "inference fp32 (ours fused)", t_ours, t_theirs))
+        if args.bf16:
+            run_bf16 = infer_fn(fused, images[:1], autocast=True)
+            t_bf16, t_fp32, t_tv = time_interleaved(
+                [run_bf16, run_ours, run_theirs], args.repeats, args.warmup
+            )
+            rows.append((name, "inference bf16 (ours) vs ours fp32", t_bf16, t_fp32))
+            rows.append((name, "inference bf16 (ours) vs tv fp32", t_bf16, t_tv))
+            agreement = bf16_agreement(fused, args.ap_images, args.size, args.seed, kind == "mask")
+            for iou_type, numbers in agreement.items():
+                print(
+                    f"{name}: {iou_type} AP / AP50 / AP75 of bf16 detections against our fp32 detections "
+                    f"({args.ap_images} images): "
+                    + " / ".join(f"{v:.3f}" for v in numbers["bf16"])
+                    + " (fp32 against itself: "
+                    + " / ".join(f"{v:.3f}" for v in numbers["fp32"])
+                    + ")"
+                )
+        del fused
+
+        if not args.skip_train:
+            b = args.train_batch
+            ours.train()
+            theirs.train()
+            tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets[:b]]
+            step_ours = train_fn(ours, images[:b], targets[:b], args.seed)
+            step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed)
+            t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
+            rows.append((name, f"train step batch {b}", t_ours, t_theirs))
+        del ours, theirs
+
+    print(f"\n{'model':22} {'mode':38} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
+    for name, mode, a, b in rows:
+        print(f"{name:22} {mode:38} {a * 1e3:9.0f} {b * 1e3:9.0f} {a / b:6.2f}")
+    print("A = ours unless stated, B = torchvision unless stated; load average now", os.getloadavg()[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
