@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     pairs = make_pairs(args.num_classes, args.separable)
     if args.only:
-        pairs = [p for p in pairs if p[0].lower().startswith(args.only[:4])]
+        pairs = [p for p in pairs if p[0].lower().replace("-", "").startswith(args.only)]
 
     print(
         f"torch {torch.__version__}, {args.threads} threads, device {device}, size {args.size}, "
