@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 
@@ -281,27 +281,7 @@ def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroun
         i = next(i for i, c in enumerate(crowd_raw) if not isinstance(c, (int, np.integer, np.bool_)))
         raise DataError(f"iscrowd must be 0 or 1, got {crowd_raw[i]!r}", file, f"annotations[{i}]")
     crowd = np.asarray(crowd_raw, dtype=np.int64).astype(bool) if anns else np.zeros(0, bool)
-    box = rles = None
-    if iou_type == "bbox":
-        box = _box_array(_column(anns, "bbox", file, "annotations"), file, "annotations")
-    else:
-        partial = CocoGroundTruth(
-            file,
-            image_ids,
-            category_ids,
-            tuple(names),
-            image,
-            category,
-            area,
-            crowd,
-            ids != 0,
-            None,
-            None,
-            heights,
-            widths,
-        )
-        rles = _rles(_column(anns, "segmentation", file, "annotations"), image, partial, file, "annotations")
-    return CocoGroundTruth(
+    gt = CocoGroundTruth(
         file,
         image_ids,
         category_ids,
@@ -311,10 +291,16 @@ def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroun
         area,
         crowd,
         ids != 0,
-        box,
-        rles,
+        None,
+        None,
         heights,
         widths,
+    )
+    if iou_type == "bbox":
+        return replace(gt, box=_box_array(_column(anns, "bbox", file, "annotations"), file, "annotations"))
+    # the RLEs are decoded against the images' sizes, which the partial ground truth already carries
+    return replace(
+        gt, rles=_rles(_column(anns, "segmentation", file, "annotations"), image, gt, file, "annotations")
     )
 
 
