@@ -99,10 +99,9 @@ def test_seg_prints_library_numbers_and_writes_json(tmp_path, capsys) -> None:
         assert im.format == "PNG"
 
 
-def test_seg_missing_pair_names_the_file(tmp_path, capsys) -> None:
-    seg_case(tmp_path)
-    (tmp_path / "pred" / "im1.png").unlink()
-    code = main(
+def run_seg(tmp_path) -> int:
+    """``segdet metrics seg`` on the gt/ and pred/ folders of ``seg_case`` (4 classes)."""
+    return main(
         [
             "metrics",
             "seg",
@@ -114,6 +113,12 @@ def test_seg_missing_pair_names_the_file(tmp_path, capsys) -> None:
             "4",
         ]
     )
+
+
+def test_seg_missing_pair_names_the_file(tmp_path, capsys) -> None:
+    seg_case(tmp_path)
+    (tmp_path / "pred" / "im1.png").unlink()
+    code = run_seg(tmp_path)
     assert code == 1
     assert_one_line_error(capsys, "im1.png", "no prediction")
 
@@ -121,18 +126,7 @@ def test_seg_missing_pair_names_the_file(tmp_path, capsys) -> None:
 def test_seg_size_mismatch_names_both_files(tmp_path, capsys) -> None:
     seg_case(tmp_path)
     write_labels(tmp_path / "pred", {"im0": np.zeros((10, 10))})
-    code = main(
-        [
-            "metrics",
-            "seg",
-            "--gt",
-            str(tmp_path / "gt"),
-            "--pred",
-            str(tmp_path / "pred"),
-            "--num-classes",
-            "4",
-        ]
-    )
+    code = run_seg(tmp_path)
     assert code == 1
     assert_one_line_error(capsys, str(tmp_path / "gt" / "im0.png"), str(tmp_path / "pred" / "im0.png"))
 
@@ -140,18 +134,7 @@ def test_seg_size_mismatch_names_both_files(tmp_path, capsys) -> None:
 def test_seg_out_of_range_label_names_value_and_file(tmp_path, capsys) -> None:
     seg_case(tmp_path)
     write_labels(tmp_path / "gt", {"im2": np.full((16, 48), 9)})
-    code = main(
-        [
-            "metrics",
-            "seg",
-            "--gt",
-            str(tmp_path / "gt"),
-            "--pred",
-            str(tmp_path / "pred"),
-            "--num-classes",
-            "4",
-        ]
-    )
+    code = run_seg(tmp_path)
     assert code == 1
     assert_one_line_error(capsys, "im2.png", "value 9")
 
@@ -159,18 +142,7 @@ def test_seg_out_of_range_label_names_value_and_file(tmp_path, capsys) -> None:
 def test_seg_malformed_png(tmp_path, capsys) -> None:
     seg_case(tmp_path)
     (tmp_path / "pred" / "im0.png").write_bytes(b"not a png")
-    code = main(
-        [
-            "metrics",
-            "seg",
-            "--gt",
-            str(tmp_path / "gt"),
-            "--pred",
-            str(tmp_path / "pred"),
-            "--num-classes",
-            "4",
-        ]
-    )
+    code = run_seg(tmp_path)
     assert code == 1
     assert_one_line_error(capsys, "im0.png")
 
