@@ -133,22 +133,34 @@ def _all_category_ids(entries: list) -> list:
     return [e.get("id") for e in entries if isinstance(e, dict) and is_int(e.get("id"))]
 
 
+def _entry_id(entry: object, k: int, kind: str, plural: str, seen: set, log: ProblemLog, file: Path):
+    """The id of ``entries[k]`` (an image, category or annotation object) and its record name
+    ``"<kind> id=<id>"``, or ``None`` after reporting a non-object, a missing / non-integer id or a
+    duplicate id."""
+    record = f"{plural}[{k}]"
+    if not isinstance(entry, dict):
+        log.error(file, record, f"{kind} is not a JSON object")
+        return None
+    value = entry.get("id")
+    if not is_int(value):
+        log.error(file, record, f"{kind} 'id' {value!r} is missing or not an integer")
+        return None
+    record = f"{kind} id={value}"
+    if not check_unique_id(value, seen, log, file, record, kind):
+        return None
+    return value, record
+
+
 def _read_categories(entries: list, log: ProblemLog, file: Path) -> tuple[list[str], list[int]]:
     """Valid categories sorted by id: ``(names, ids)``."""
     found: list[tuple[int, str]] = []
     seen: set = set()
     for k, entry in enumerate(entries):
-        record = f"categories[{k}]"
-        if not isinstance(entry, dict):
-            log.error(file, record, "category is not a JSON object")
+        found_id = _entry_id(entry, k, "category", "categories", seen, log, file)
+        if found_id is None:
             continue
-        cid, name = entry.get("id"), entry.get("name")
-        if not is_int(cid):
-            log.error(file, record, f"category 'id' {cid!r} is missing or not an integer")
-            continue
-        record = f"category id={cid}"
-        if not check_unique_id(cid, seen, log, file, record, "category"):
-            continue
+        cid, record = found_id
+        name = entry.get("name")
         if not isinstance(name, str):
             log.error(file, record, f"category 'name' {name!r} is missing or not a string")
             continue
@@ -166,17 +178,10 @@ def _read_images(
     bad: set = set()
     seen: set = set()
     for k, entry in enumerate(entries):
-        record = f"images[{k}]"
-        if not isinstance(entry, dict):
-            log.error(file, record, "image is not a JSON object")
+        found_id = _entry_id(entry, k, "image", "images", seen, log, file)
+        if found_id is None:
             continue
-        iid = entry.get("id")
-        if not is_int(iid):
-            log.error(file, record, f"image 'id' {iid!r} is missing or not an integer")
-            continue
-        record = f"image id={iid}"
-        if not check_unique_id(iid, seen, log, file, record, "image"):
-            continue
+        iid, record = found_id
         name = entry.get("file_name")
         width, height = as_size(entry.get("width")), as_size(entry.get("height"))
         problem = None
@@ -210,17 +215,10 @@ class _Context:
 def _read_annotation(k: int, entry: object, ctx: _Context) -> None:
     """Validate one annotation and append it to its image, or report why it is dropped."""
     log, file, records, label_of = ctx.log, ctx.file, ctx.records, ctx.label_of
-    record = f"annotations[{k}]"
-    if not isinstance(entry, dict):
-        log.error(file, record, "annotation is not a JSON object")
+    found_id = _entry_id(entry, k, "annotation", "annotations", ctx.annotation_ids, log, file)
+    if found_id is None:
         return
-    aid = entry.get("id")
-    if not is_int(aid):
-        log.error(file, record, f"annotation 'id' {aid!r} is missing or not an integer")
-        return
-    record = f"annotation id={aid}"
-    if not check_unique_id(aid, ctx.annotation_ids, log, file, record, "annotation"):
-        return
+    aid, record = found_id
     image_id, category_id = entry.get("image_id"), entry.get("category_id")
     if (is_int(image_id) and image_id in ctx.bad_images) or (
         is_int(category_id) and category_id in ctx.bad_categories
