@@ -27,9 +27,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
 
 from segdet.ops.boxes import box_area
+from segdet.ops.roi_align import roi_align, roi_pool
 
 POOL_MODES = ("align", "pool")
 

@@ -251,6 +251,9 @@ class RoIHeads(nn.Module):
                 proposals, targets, generator
             )
 
+        # RoIAlign's kernels read NCHW: a channels-last pyramid (fused inference) is converted here once
+        # for the box and the mask pooler instead of inside every roi_align call.
+        features = {k: v.contiguous() for k, v in features.items()}
         box_features = self.box_head(self.box_pooler(features, proposals, image_sizes))
         class_logits, box_regression = self.box_predictor(box_features)
 

@@ -1,0 +1,161 @@
+"""RoIAlign and RoIPool on every CPU thread.
+
+torchvision's CPU kernels of ``roi_align`` and ``roi_pool`` (forward and backward) run on one thread,
+whatever ``torch.get_num_threads()`` says: in a Faster R-CNN R50-FPN forward at 800x800 the box pooler's
+1000 RoIs cost ~15% of the time while the other cores wait. The output of each RoI depends on that RoI
+only, so the RoIs are cut into one contiguous chunk per intra-op thread and the chunks are pooled at the
+same time with torchvision's kernels (they release the GIL):
+
+* forward: the same kernel on each chunk, outputs concatenated: bit-identical to one call;
+* backward: ``∂L/∂x = Σ_chunks ∂L_chunk/∂x``, each chunk's gradient from torchvision's backward kernel,
+  summed in chunk order: equal to one call up to the order of float additions, deterministic.
+
+The functions take torchvision's arguments (``rois`` as ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``)
+and fall back to ``torchvision.ops`` itself on other devices, for few RoIs, or with one thread.
+Half-precision inputs are pooled in float32 and returned in their dtype, as torchvision's autocast
+wrapper of these ops does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops import roi_pool as tv_roi_pool
+
+T = TypeVar("T")
+
+# Below this many RoIs per thread, starting threads costs more than it saves.
+MIN_ROIS_PER_THREAD = 32
+
+
+def _num_chunks(input: Tensor, rois: Tensor) -> int:
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be [K, 5] rows (batch index, x1, y1, x2, y2), got {tuple(rois.shape)}")
+    if input.device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), rois.shape[0] // MIN_ROIS_PER_THREAD))
+
+
+def _in_threads(fn: Callable[..., T], args: Sequence[tuple]) -> list[T]:
+    """``[fn(*a) for a in args]``, the first in this thread and the others in worker threads, each
+    without autograd recording (the callers are autograd Functions) and in the caller's inference mode."""
+    inference = torch.is_inference_mode_enabled()
+
+    def call(a: tuple) -> T:
+        with torch.no_grad(), torch.inference_mode(inference):
+            return fn(*a)
+
+    with ThreadPoolExecutor(max_workers=len(args) - 1) as pool:
+        futures = [pool.submit(call, a) for a in args[1:]]
+        first = call(args[0])
+        return [first] + [f.result() for f in futures]
+
+
+def _compute_dtype(input: Tensor) -> torch.dtype:
+    return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class _RoIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, spatial_scale, output_size, sampling_ratio, aligned, chunks):
+        dtype = _compute_dtype(input)
+        # One copy to the layout and dtype the kernel needs, instead of one per thread.
+        x = input.to(dtype).contiguous()
+        parts = rois.to(dtype).tensor_split(chunks)
+        op = torch.ops.torchvision.roi_align
+        outs = _in_threads(
+            lambda r: op(x, r, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned),
+            [(r,) for r in parts],
+        )
+        ctx.save_for_backward(rois.to(dtype))
+        ctx.args = (spatial_scale, output_size, sampling_ratio, aligned, chunks, tuple(input.shape))
+        return torch.cat(outs).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        spatial_scale, (ph, pw), sampling_ratio, aligned, chunks, (n, c, h, w) = ctx.args
+        op = torch.ops.torchvision._roi_align_backward
+        grads = _in_threads(
+            lambda g, r: op(g, r, spatial_scale, ph, pw, n, c, h, w, sampling_ratio, aligned),
+            list(zip(grad.to(rois.dtype).tensor_split(chunks), rois.tensor_split(chunks), strict=True)),
+        )
+        total = grads[0]
+        for g in grads[1:]:
+            total.add_(g)
+        return total.to(grad.dtype), None, None, None, None, None, None
+
+
+class _RoIPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, spatial_scale, output_size, chunks):
+        dtype = _compute_dtype(input)
+        x = input.to(dtype).contiguous()
+        parts = rois.to(dtype).tensor_split(chunks)
+        op = torch.ops.torchvision.roi_pool
+        results = _in_threads(
+            lambda r: op(x, r, spatial_scale, output_size[0], output_size[1]),
+            [(r,) for r in parts],
+        )
+        outs = [r[0] for r in results]
+        argmax = [r[1].to(torch.int32) for r in results]
+        ctx.save_for_backward(rois.to(dtype), torch.cat(argmax))
+        ctx.args = (spatial_scale, output_size, chunks, tuple(input.shape))
+        return torch.cat(outs).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rois, argmax = ctx.saved_tensors
+        spatial_scale, (ph, pw), chunks, (n, c, h, w) = ctx.args
+        op = torch.ops.torchvision._roi_pool_backward
+        grads = _in_threads(
+            lambda g, r, a: op(g, r, a, spatial_scale, ph, pw, n, c, h, w),
+            list(
+                zip(
+                    grad.to(rois.dtype).tensor_split(chunks),
+                    rois.tensor_split(chunks),
+                    argmax.tensor_split(chunks),
+                    strict=True,
+                )
+            ),
+        )
+        total = grads[0]
+        for g in grads[1:]:
+            total.add_(g)
+        return total.to(grad.dtype), None, None, None, None
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def roi_align(
+    input: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """``torchvision.ops.roi_align`` (He et al., "Mask R-CNN", 2017) on every CPU thread; see the module
+    docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``."""
+    chunks = _num_chunks(input, rois)
+    if chunks == 1:
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return _RoIAlign.apply(input, rois, spatial_scale, _pair(output_size), sampling_ratio, aligned, chunks)
+
+
+def roi_pool(
+    input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """``torchvision.ops.roi_pool`` (Girshick, "Fast R-CNN", 2015) on every CPU thread; see the module
+    docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``."""
+    chunks = _num_chunks(input, rois)
+    if chunks == 1:
+        return tv_roi_pool(input, rois, output_size, spatial_scale)
+    return _RoIPool.apply(input, rois, spatial_scale, _pair(output_size), chunks)
