@@ -26,10 +26,10 @@ alike, medians of ``--repeats``:
 * a training step, batch ``--train-batch`` (2): forward with the synthetic targets (boxes, labels,
   masks), sum of the losses, backward, SGD step; both seeded alike before each step.
 * with ``--bf16``: our fused model under ``torch.autocast("cpu", dtype=torch.bfloat16)``, its speed
-  against ours and torchvision's float32, and its accuracy: COCO AP (:func:`segdet.metrics.coco_eval.
-  evaluate_coco`) of its detections on ``--ap-images`` synthetic images *taking our float32 detections of
-  the same images as the ground truth* (the models are untrained, so there is no real ground truth to
-  lose AP against; AP = 1 means bf16 reproduces the float32 detections at every IoU threshold).
+  against ours and torchvision's float32, and its accuracy: the R50-FPN models here are untrained, so
+  a small model of the same kind (ResNet-18 FPN, narrow heads) is *trained* on synthetic shapes
+  (``--ap-steps`` on ``--ap-train-images``) and its COCO AP on ``--ap-images`` held-out shapes images is
+  measured against their true ground truth in float32 and in bf16 (:func:`bf16_ap_change`).
 
 glibc's malloc is tuned at start-up (:func:`segdet.engine.perf.tune_malloc`, both models profit;
 ``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``.
@@ -201,56 +201,87 @@ def describe_difference(diff: dict[str, float], masks: bool) -> str:
     return text + f", unmatched {diff['unmatched']}"
 
 
-def _coco(dets: list[list[dict]], as_gt: bool, with_masks: bool) -> dict | list[dict]:
-    """Detections of several images as COCO ground truth (``as_gt``) or results (xywh boxes, RLE masks)."""
-    from segdet.data.masks import mask_to_rle
-
-    records, images = [], []
-    for image_id, per_image in enumerate(dets):
-        for d in per_image:
-            boxes, labels, scores = d["boxes"].float(), d["labels"], d["scores"].float()
-            for k in range(len(boxes)):
-                x0, y0, x1, y1 = boxes[k].tolist()
-                record = {
-                    "image_id": image_id,
-                    "category_id": int(labels[k]) + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(scores[k]),
-                }
-                if with_masks:
-                    bitmap = (d["masks"][k, 0] > 0.5).numpy()
-                    record["segmentation"] = mask_to_rle(bitmap, *bitmap.shape)
-                if as_gt:
-                    record.update(id=len(records) + 1, iscrowd=0, area=(x1 - x0) * (y1 - y0))
-                    if with_masks:
-                        record["area"] = float(bitmap.sum())
-                records.append(record)
-        h, w = dets[image_id][0]["masks"].shape[-2:] if with_masks else (1, 1)
-        images.append({"id": image_id, "height": int(h), "width": int(w)})
-    if not as_gt:
-        return records
-    categories = [{"id": c, "name": str(c)} for c in range(1, 92)]
-    return {"images": images, "annotations": records, "categories": categories}
+# Small Mask R-CNN / Faster R-CNN trained by ``bf16_ap_change``: ResNet-18 FPN with the narrow heads of the
+# convergence test (tests/engine/test_detection_convergence.py), anchors scaled to the shapes' sizes.
+SMALL_MODEL = {
+    "backbone": "resnet18",
+    "fpn_channels": 64,
+    "representation_size": 256,
+    "mask_channels": 64,
+    "anchor_sizes": [[8], [16], [32], [64], [128]],
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+}
 
 
-def bf16_agreement(model: nn.Module, num_images: int, size: int, seed: int, with_masks: bool) -> dict:
-    """COCO AP of bf16 detections against the float32 detections of the same model as ground truth."""
-    from segdet.metrics.coco_eval import evaluate_coco
+class _Autocast(nn.Module):
+    """``model`` run under CPU bf16 autocast (the opt-in bf16 inference mode)."""
 
-    images, _ = synthetic_batch(num_images, size, seed, first=2000)
-    ref = [infer_fn(model, [im])() for im in images]
-    low = [infer_fn(model, [im], autocast=True)() for im in images]
-    result = {}
-    for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
-        masks = iou_type == "segm"
-        gt = _coco(ref, True, masks)
-        if masks:  # an empty mask cannot be ground truth
-            gt["annotations"] = [a for a in gt["annotations"] if a["area"] > 0]
-        result[iou_type] = {
-            "bf16": evaluate_coco(gt, _coco(low, False, masks), iou_type).stats[:3],
-            "fp32": evaluate_coco(gt, _coco(ref, False, masks), iou_type).stats[:3],
-        }
-    return result
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: list[Tensor]) -> list[dict]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(images)
+
+
+def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: int, seed: int) -> dict:
+    """COCO AP of float32 and bf16 inference of one *trained* model against the true ground truth.
+
+    A small model (``SMALL_MODEL``) is trained for ``steps`` AdamW steps (batch 4) on ``num_train``
+    synthetic shapes images of ``size`` px, then fused (:meth:`fuse_for_inference`) and evaluated on
+    ``num_val`` held-out shapes images by our COCO evaluator (equal to pycocotools), once in float32 and
+    once under bf16 autocast. Returns ``{"fp32": metrics, "bf16": metrics}``.
+    """
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from segdet.data import shapes
+    from segdet.data.collate import collate_detection
+    from segdet.engine.config import from_dict
+    from segdet.engine.detection import DetectionTask
+    from segdet.engine.schedule import build_scheduler
+    from segdet.engine.trainer import build_optimizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_set = shapes.generate(f"{tmp}/train", num_train, seed=seed, size=size)
+        val_set = shapes.generate(f"{tmp}/val", num_val, seed=seed + 1, size=size)
+        model_name = "maskrcnn_resnet50_fpn" if kind == "mask" else "fasterrcnn_resnet50_fpn"
+        cfg = from_dict(
+            {
+                "task": "instance" if kind == "mask" else "detection",
+                "output_dir": f"{tmp}/runs",
+                "model": {"name": model_name, "min_size": size, "max_size": size, **SMALL_MODEL},
+                "data": {"batch_size": 4},
+                "optim": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0001},
+                "schedule": {"name": "cosine", "warmup_steps": 20},
+            }
+        )
+        task = DetectionTask(cfg, splits=(train_set, val_set))
+        net = task.build_model()
+        optimizer = build_optimizer(net, cfg)
+        scheduler = build_scheduler(optimizer, steps, cfg.schedule)
+        train = task.train_dataset()
+        generator = torch.Generator().manual_seed(seed)
+        net.train()
+        for _ in range(steps):
+            picks = torch.randint(len(train), (4,), generator=generator).tolist()
+            batch = task.to_device(collate_detection([train[i] for i in picks]), torch.device("cpu"))
+            loss, _ = task.loss(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        fused = net.fuse_for_inference()
+        loader = DataLoader(task.val_dataset(), batch_size=1, collate_fn=task.val_collate)
+        with torch.inference_mode():
+            return {
+                "fp32": task.evaluate(fused, loader, torch.device("cpu")),
+                "bf16": task.evaluate(_Autocast(fused), loader, torch.device("cpu")),
+            }
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -263,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="faster,mask", help="comma-separated: faster, mask")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
-    parser.add_argument("--ap-images", type=int, default=4, help="images of the bf16 AP check")
+    parser.add_argument("--ap-steps", type=int, default=300, help="training steps of the bf16 AP model")
+    parser.add_argument("--ap-train-images", type=int, default=32, help="its training images")
+    parser.add_argument("--ap-images", type=int, default=32, help="held-out images of the bf16 AP check")
+    parser.add_argument("--ap-size", type=int, default=128, help="image size of the bf16 AP check")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -302,16 +336,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append((name, "inference bf16 (ours) vs ours fp32", t_bf16, t_fp32))
             rows.append((name, "inference bf16 (ours) vs tv fp32", t_bf16, t_tv))
-            agreement = bf16_agreement(fused, args.ap_images, args.size, args.seed, kind == "mask")
-            for iou_type, numbers in agreement.items():
-                print(
-                    f"{name}: {iou_type} AP / AP50 / AP75 of bf16 detections against our fp32 detections "
-                    f"({args.ap_images} images): "
-                    + " / ".join(f"{v:.3f}" for v in numbers["bf16"])
-                    + " (fp32 against itself: "
-                    + " / ".join(f"{v:.3f}" for v in numbers["fp32"])
-                    + ")"
+            change = bf16_ap_change(
+                kind, args.ap_steps, args.ap_train_images, args.ap_images, args.ap_size, args.seed
+            )
+            keys = ["AP", "AP50", "AP75"] + (["mask_AP", "mask_AP50", "mask_AP75"] if kind == "mask" else [])
+            print(
+                f"{name}: bf16 inference on a trained small model (ResNet-18 FPN, {args.ap_steps} steps "
+                f"on {args.ap_train_images} shapes images, {args.ap_images} held-out images of "
+                f"{args.ap_size} px): "
+                + ", ".join(
+                    f"{k} {change['fp32'][k]:.4f} -> {change['bf16'][k]:.4f} "
+                    f"({change['bf16'][k] - change['fp32'][k]:+.4f})"
+                    for k in keys
                 )
+            )
         del fused
 
         if not args.skip_train:

@@ -157,3 +157,17 @@ def test_predict_overlay_draws_only_confident_detections(tiny_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
     ids = {p["image_id"] for p in json.loads((out / "predictions.json").read_text())}
     assert ids <= {0}  # without --coco-gt, images are numbered in the order read
+
+
+def test_eval_precision_and_fuse_options(tiny_run, tmp_path):
+    """``segdet eval`` folds BatchNorm by default (``--no-fuse`` keeps it: the same AP up to detections
+    that float rounding moves across a threshold) and runs bf16 autocast with ``--precision bf16``."""
+    ckpt = str(tiny_run / "best.safetensors")
+    results = {}
+    for name, extra in (("fused", []), ("plain", ["--no-fuse"]), ("bf16", ["--precision", "bf16"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", ckpt, "--out", str(out), *extra]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["fused"]["AP"] == pytest.approx(results["plain"]["AP"], abs=0.02)
+    assert set(results["bf16"]) == set(results["fused"])
+    assert all(0.0 <= v <= 1.0 or v == -1.0 for v in results["bf16"].values())

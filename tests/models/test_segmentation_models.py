@@ -142,3 +142,24 @@ def test_batch_of_one_trains():
     """DeepLabv3+ trains with a batch of one (no BatchNorm on the 1x1 image-pooling map)."""
     model = build("deeplabv3plus", num_classes=2, backbone="resnet18", aspp_channels=8, decoder_channels=8)
     model.train()(torch.randn(1, 3, 64, 64)).sum().backward()
+
+
+def test_deeplabv3plus_decoder_convs():
+    """``decoder_convs`` 3x3 conv-BN-ReLU blocks after the concatenation (paper: 2; Table 2 also 1, 3);
+    the first takes ASPP + low-level channels; 0 is refused."""
+    for n in (1, 2, 3):
+        model = build(
+            "deeplabv3plus",
+            num_classes=3,
+            backbone="resnet18",
+            aspp_channels=8,
+            low_level_channels=4,
+            decoder_channels=6,
+            decoder_convs=n,
+        )
+        assert len(model.decoder) == n
+        assert model.decoder[0][0].in_channels == 12
+        assert all(block[0].out_channels == 6 for block in model.decoder)
+        assert model.eval()(torch.randn(1, 3, 33, 47)).shape == (1, 3, 33, 47)
+    with pytest.raises(ValueError, match="decoder_convs"):
+        build("deeplabv3plus", num_classes=3, backbone="resnet18", decoder_convs=0)

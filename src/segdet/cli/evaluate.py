@@ -22,6 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split name")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="bf16/fp16: run the model under autocast (opt-in; faster on hardware with fast bf16/fp16)",
+    )
+    parser.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep BatchNorm layers (by default they are folded into the convolutions: same outputs up to "
+        "float rounding, faster)",
+    )
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
 
 
@@ -29,12 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from segdet.engine.config import DataSplit
-    from segdet.engine.inference import load_trained
+    from segdet.engine.inference import load_trained, prepare_for_inference
     from segdet.engine.trainer import select_device
     from segdet.errors import ConfigError
 
     device = select_device(args.device)
     trained = load_trained(args.checkpoint, device)
+    trained.model = prepare_for_inference(
+        trained.model, fuse=not args.no_fuse, precision=args.precision, device_type=device.type
+    )
     cfg = trained.config
     if args.data:
         cfg.data.format = args.format or cfg.data.format

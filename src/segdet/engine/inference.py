@@ -46,3 +46,48 @@ def load_trained(
     model.load_state_dict(state)
     ids = ckpt.get("category_ids") or list(range(1, len(classes) + 1))
     return TrainedModel(model.to(device).eval(), config, classes, int(ckpt.get("epoch", 0)), list(ids))
+
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Autocast(nn.Module):
+    """``model`` run under ``torch.autocast(device_type, dtype)``: reduced-precision inference, opt-in."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device_type: str) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.device_type = device_type
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(*args, **kwargs)
+
+
+def prepare_for_inference(
+    model: nn.Module, *, fuse: bool = True, precision: str = "fp32", device_type: str = "cpu"
+) -> nn.Module:
+    """The model set up for fast inference, in eval mode.
+
+    ``fuse``: every BatchNorm folded into the convolution before it and weights stored channels-last
+    (R-CNN models through their ``fuse_for_inference``; others through
+    :func:`segdet.models.detection.fuse.fold_batchnorm`): the same outputs up to float32 rounding,
+    fewer passes over the feature maps. The model is changed in place and can no longer be trained.
+    ``precision``: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (faster where the hardware has fast
+    reduced-precision arithmetic; the change in accuracy is the user's to check, e.g. with
+    ``segdet eval --precision bf16``).
+    """
+    from segdet.models.detection.fuse import fold_batchnorm
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    model.eval()
+    if fuse:
+        if hasattr(model, "fuse_for_inference"):
+            model.fuse_for_inference()
+        else:
+            fold_batchnorm(model)
+            model.to(memory_format=torch.channels_last)
+    dtype = PRECISIONS[precision]
+    return model if dtype is None else Autocast(model, dtype, device_type).eval()

@@ -8,8 +8,9 @@ broadcast back) -- concatenated and projected by a 1x1 conv to 256 channels (dro
 
 Decoder: the ASPP output is upsampled to the stride-4 ``c2`` features, which are first projected to 48
 channels by a 1x1 conv (fewer than the encoder's 256 so they do not outweigh it, section 3.1);
-the concatenation goes through two 3x3 conv-BN-ReLU of 256 channels, a 1x1 classifier, and a bilinear
-upsampling to the input size. ``separable=True`` makes the 3x3 convolutions of ASPP and decoder
+the concatenation goes through two 3x3 conv-BN-ReLU of 256 channels (``decoder_convs``; the paper's
+Table 2 compares one, two and three and keeps two), a 1x1 classifier, and a bilinear upsampling to
+the input size. ``separable=True`` makes the 3x3 convolutions of ASPP and decoder
 depthwise-separable as in the paper's Xception model.
 
 The image-pooling branch has a bias and no BatchNorm: batch statistics of a 1x1 map are undefined for
@@ -18,6 +19,7 @@ a batch of one (torchvision's and smp's versions fail there in training mode).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -69,7 +71,8 @@ class DeepLabV3Plus(nn.Module):
         atrous_rates: ASPP rates; default (6, 12, 18) scaled by ``16 / output_stride``.
         aspp_channels: ASPP width (256).
         low_level_channels: projection of ``c2`` (48).
-        decoder_channels: width of the two 3x3 decoder convolutions (256).
+        decoder_channels: width of the 3x3 decoder convolutions (256).
+        decoder_convs: number of 3x3 conv-BN-ReLU after the concatenation (2, the paper's choice).
         separable: depthwise-separable 3x3 convolutions in ASPP and decoder.
         upsample: upsampling mode of the decoder and of the final upsampling (bilinear in the paper).
     """
@@ -83,6 +86,7 @@ class DeepLabV3Plus(nn.Module):
         aspp_channels: int = 256,
         low_level_channels: int = 48,
         decoder_channels: int = 256,
+        decoder_convs: int = 2,
         separable: bool = False,
         dropout: float = 0.1,
         upsample: str = "bilinear",
@@ -98,9 +102,11 @@ class DeepLabV3Plus(nn.Module):
         )
         self.low_level = ConvBNReLU(backbone.out_channels["c2"], low_level_channels, 1)
         self.up = make_upsample(upsample, aspp_channels, aspp_channels, stride5 // stride2)
+        if decoder_convs < 1:
+            raise ValueError(f"decoder_convs must be >= 1, got {decoder_convs}")
+        widths = [aspp_channels + low_level_channels] + [decoder_channels] * decoder_convs
         self.decoder = nn.Sequential(
-            ConvBNReLU(aspp_channels + low_level_channels, decoder_channels, 3, separable=separable),
-            ConvBNReLU(decoder_channels, decoder_channels, 3, separable=separable),
+            *(ConvBNReLU(c_in, c_out, 3, separable=separable) for c_in, c_out in itertools.pairwise(widths))
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
         self.final_up = make_upsample(upsample, num_classes, num_classes, stride2)

@@ -1,0 +1,60 @@
+"""segdet.engine.inference.prepare_for_inference: BatchNorm folding keeps the outputs (reference: the
+same model unfused, eval mode; tolerance 1e-4 relative to the logits' scale) and bf16 autocast is opt-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segdet.engine.inference import Autocast, prepare_for_inference
+from segdet.models import build
+
+
+def _randomise_norms(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("unet_backbone", {"backbone": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]}),
+        ("deeplabv3plus", {"backbone": "resnet18", "aspp_channels": 16, "decoder_channels": 16}),
+    ],
+)
+def test_fused_segmentation_model_gives_the_same_logits(name, kwargs):
+    torch.manual_seed(0)
+    model = build(name, num_classes=3, **kwargs).eval()
+    _randomise_norms(model, 1)
+    x = torch.randn(2, 3, 67, 45)
+    with torch.no_grad():
+        expected = model(x)
+        fused = prepare_for_inference(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+        got = fused(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_bf16_is_opt_in_and_close():
+    torch.manual_seed(0)
+    model = build("unet_backbone", num_classes=3, backbone="resnet18", decoder_channels=[32, 16, 16, 8, 8])
+    x = torch.randn(1, 3, 64, 64)
+    plain = prepare_for_inference(model)
+    assert not isinstance(plain, Autocast)
+    with torch.no_grad():
+        reference = plain(x)
+        low = prepare_for_inference(model, fuse=False, precision="bf16")
+        assert isinstance(low, Autocast)
+        out = low(x)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: the logits agree to a few per cent of their range.
+    assert float((out.float() - reference).abs().max()) < 0.05 * float(reference.abs().max())
+    with pytest.raises(ValueError, match="precision"):
+        prepare_for_inference(model, precision="int8")
