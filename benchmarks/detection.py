@@ -13,9 +13,11 @@ What is compared, for each model (``--models faster,mask``):
   its ``detections_per_img`` (100) detections, as a trained model does -- random logits would leave
   every score under the 0.05 threshold and skip the whole post-processing and mask branch.
 * **ours**: :func:`segdet.models.detection.convert.from_torchvision` of that model: the same weights,
-  frozen layers and settings. Inference runs ``fuse_for_inference()`` on it: frozen BatchNorms folded
-  into the convolutions, weights and batches in ``channels_last`` (levers only ours has: torchvision has
-  no such method). Training runs the unfused converted model in train mode.
+  frozen layers and settings. Inference is timed twice: after ``fuse_for_inference()`` (frozen
+  BatchNorms folded into the convolutions, weights and batches in ``channels_last``: detections equal up
+  to float rounding) and as converted (the same arithmetic as torchvision: bit-identical detections);
+  RoIAlign runs on every thread (:mod:`segdet.ops.roi_align`) in both. Training runs the unfused
+  converted model in train mode.
 
 Timed, interleaved (ours, theirs, theirs, ours, ...) so that load changes on the shared machine hit both
 alike, medians of ``--repeats``:
@@ -316,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, theirs = build_pair(kind, args.size, args.seed)
         images, targets = synthetic_batch(max(args.train_batch, 1), args.size, args.seed)
         fused = from_torchvision(theirs).fuse_for_inference()
+
         name = f"{kind} R-CNN R50-FPN"
 
         # Inference, batch 1, and output equality (unfused: same arithmetic; fused: BatchNorm folded).
@@ -327,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         folded = describe_difference(output_difference(run_ours(), reference), kind == "mask")
         print(f"{name}: {num_dets} detections; ours vs torchvision: unfused {plain}; fused {folded}")
-        t_ours, t_theirs = time_interleaved([run_ours, run_theirs], args.repeats, args.warmup)
+        run_plain = infer_fn(ours, images[:1])
+        t_ours, t_plain, t_theirs = time_interleaved(
+            [run_ours, run_plain, run_theirs], args.repeats, args.warmup
+        )
         rows.append((name, "inference fp32 (ours fused)", t_ours, t_theirs))
+        rows.append((name, "inference fp32 (ours unfused, identical)", t_plain, t_theirs))
         if args.bf16:
             run_bf16 = infer_fn(fused, images[:1], autocast=True)
             t_bf16, t_fp32, t_tv = time_interleaved(

@@ -249,6 +249,30 @@ def test_fuse_for_inference_keeps_detections(detector_helpers):
     assert_same_detections(got, expected, label_shift=0)
 
 
+def test_channels_last_without_folding_keeps_batchnorm_and_detections(detector_helpers):
+    """fuse_for_inference(fold=False) only changes the memory layout: the BatchNorms stay, the detections
+    equal up to float32 rounding (channels-last convolution kernels sum in another order, so not bit for
+    bit)."""
+    structured_image, randomize_batchnorm = detector_helpers
+    g = torch.Generator().manual_seed(6)
+    images = [structured_image(200, 260, g), structured_image(240, 180, g)]
+    torch.manual_seed(0)
+    model = build(
+        "fasterrcnn_resnet50_fpn", num_classes=5, backbone="resnet18", box_score_thresh=0.0, **SMALL
+    )
+    randomize_batchnorm(model, images, seed=3)
+    model.eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(4.0)
+        expected = model(images)
+        model.fuse_for_inference(fold=False)
+        got = model(images)
+    assert any(isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # 2e-4 px on coordinates up to 260 px: a relative 1e-6, float32 rounding.
+    assert_same_detections(got, expected, atol=2e-4, label_shift=0)
+
+
 def test_mobilenet_trainable_layers_follow_torchvision():
     """MobileNetV3 trainable_layers=3 freezes the same blocks as torchvision's mobilenet_backbone, and the
     FPN inputs are its taps (blocks 13 and 16, 160 and 960 channels, both stride 32)."""

@@ -132,13 +132,15 @@ class GeneralizedRCNN(nn.Module):
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
     @torch.no_grad()
-    def fuse_for_inference(self, channels_last: bool = True) -> GeneralizedRCNN:
-        """Prepare for fast inference, in place: fold every BatchNorm (frozen, or eval-mode statistics)
-        into the convolution before it (:func:`~.fuse.fold_batchnorm`) and, with ``channels_last``, store
-        weights and batches channels-last. Outputs stay equal up to float rounding; the model is for
-        inference only afterwards (its BatchNorms are gone). Returns the model, in eval mode."""
+    def fuse_for_inference(self, channels_last: bool = True, fold: bool = True) -> GeneralizedRCNN:
+        """Prepare for fast inference, in place: with ``fold``, fold every BatchNorm (frozen, or eval-mode
+        statistics) into the convolution before it (:func:`~.fuse.fold_batchnorm`; outputs equal up to
+        float rounding, the model is for inference only afterwards); with ``channels_last``, store
+        weights and batches channels-last (outputs equal up to float rounding too: the channels-last
+        convolution kernels sum in another order). Returns the model, in eval mode."""
         self.eval()
-        fold_batchnorm(self)
+        if fold:
+            fold_batchnorm(self)
         if channels_last:
             self.to(memory_format=torch.channels_last)
             self.transform.memory_format = torch.channels_last
