@@ -22,6 +22,7 @@ Requires ``pip install segmentation-models-pytorch`` (the ``bench`` extra). Run:
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdet.engine.inference import prepare_for_inference
 from segdet.models import build
 
 
@@ -131,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=["unet", "deeplab"], help="time one pair only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-train", action="store_true", help="time inference only")
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="also time our model as segdet eval/predict run it (BatchNorm folded, channels_last)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -151,10 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         theirs = theirs.to(device, memory_format=memory_format)
         n_ours = sum(p.numel() for p in ours.parameters())
         n_theirs = sum(p.numel() for p in theirs.parameters())
-        for mode, batch in (("inference", args.infer_batch), ("train", args.train_batch)):
+        modes = [("inference", args.infer_batch)] + ([] if args.skip_train else [("train", args.train_batch)])
+        for mode, batch in modes:
             x = torch.randn(batch, 3, args.size, args.size, device=device).to(memory_format=memory_format)
             if mode == "inference":
                 fns = [_inference_fn(ours, x), _inference_fn(theirs, x)]
+                if args.fused:
+                    # As segdet eval / predict run it: BatchNorm folded into the convolutions.
+                    fused = prepare_for_inference(copy.deepcopy(ours).cpu()).to(device)
+                    t_fused, t_theirs = time_interleaved(
+                        [_inference_fn(fused, x), _inference_fn(theirs, x)], args.repeats, args.warmup, device
+                    )
+                    print(
+                        f"{name:28} {'infer-fused':>12} {t_fused * 1e3:9.1f} {t_theirs * 1e3:9.1f} "
+                        f"{t_fused / t_theirs:9.3f}",
+                        flush=True,
+                    )
             else:
                 y = torch.randint(0, args.num_classes, (batch, args.size, args.size), device=device)
                 fns = [_train_fn(ours, x, y), _train_fn(theirs, x, y)]

@@ -58,3 +58,18 @@ def test_bf16_is_opt_in_and_close():
     assert float((out.float() - reference).abs().max()) < 0.05 * float(reference.abs().max())
     with pytest.raises(ValueError, match="precision"):
         prepare_for_inference(model, precision="int8")
+
+
+def test_channels_last_is_chosen_for_dense_convolutions_only():
+    dense = prepare_for_inference(build("unet_backbone", num_classes=2, backbone="resnet18"))
+    assert dense.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+    separable = build(
+        "deeplabv3plus",
+        num_classes=2,
+        backbone="resnet18",
+        aspp_channels=8,
+        decoder_channels=8,
+        separable=True,
+    )
+    prepare_for_inference(separable)
+    assert not separable.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
