@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdet.engine.inference import prepare_for_inference
+from segdet.engine.perf import tune_malloc
 from segdet.models import build
 
 
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["unet", "deeplab"], help="time one pair only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-train", action="store_true", help="time inference only")
+    parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument(
         "--fused",
         action="store_true",
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    # glibc's malloc tuned as segdet's CLI tunes it (both models profit; --no-tune-malloc to compare).
+    tuned = False if args.no_tune_malloc else tune_malloc()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"torch {torch.__version__}, {args.threads} threads, device {device}, size {args.size}, "
-        f"channels_last {args.channels_last}, median of {args.repeats}"
+        f"channels_last {args.channels_last}, median of {args.repeats}, malloc tuned {tuned}"
     )
     print(f"{'model':28} {'mode':>10} {'ours ms':>9} {'smp ms':>9} {'ours/smp':>9}")
     for name, ours, theirs in pairs:
