@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from segdet.data.shapes import render
+from segdet.engine.inference import Autocast
 from segdet.engine.perf import tune_malloc
 from segdet.models.detection.convert import from_torchvision
 
@@ -216,18 +217,6 @@ SMALL_MODEL = {
 }
 
 
-class _Autocast(nn.Module):
-    """``model`` run under CPU bf16 autocast (the opt-in bf16 inference mode)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: list[Tensor]) -> list[dict]:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(images)
-
-
 def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: int, seed: int) -> dict:
     """COCO AP of float32 and bf16 inference of one *trained* model against the true ground truth.
 
@@ -282,7 +271,7 @@ def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: in
         with torch.inference_mode():
             return {
                 "fp32": task.evaluate(fused, loader, torch.device("cpu")),
-                "bf16": task.evaluate(_Autocast(fused), loader, torch.device("cpu")),
+                "bf16": task.evaluate(Autocast(fused, torch.bfloat16, "cpu"), loader, torch.device("cpu")),
             }
 
 

@@ -81,6 +81,16 @@ def time_interleaved(
     return [statistics.median(t) for t in times]
 
 
+def _time_row(
+    name: str, mode: str, fns: list[Callable[[], None]], args: argparse.Namespace, device: torch.device
+) -> None:
+    """Time ``[ours, theirs]`` interleaved and print one table row."""
+    t_ours, t_theirs = time_interleaved(fns, args.repeats, args.warmup, device)
+    print(
+        f"{name:28} {mode:>12} {t_ours * 1e3:9.1f} {t_theirs * 1e3:9.1f} {t_ours / t_theirs:9.3f}", flush=True
+    )
+
+
 def make_pairs(num_classes: int, separable: bool) -> list[tuple[str, nn.Module, nn.Module]]:
     import segmentation_models_pytorch as smp
 
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fused",
         action="store_true",
-        help="also time our model as segdet eval/predict run it (BatchNorm folded, channels_last)",
+        help="also time our model as segdet eval/predict run it (prepare_for_inference: BatchNorm folded)",
     )
     args = parser.parse_args(argv)
 
@@ -157,38 +167,29 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {args.threads} threads, device {device}, size {args.size}, "
         f"channels_last {args.channels_last}, median of {args.repeats}, malloc tuned {tuned}"
     )
-    print(f"{'model':28} {'mode':>10} {'ours ms':>9} {'smp ms':>9} {'ours/smp':>9}")
+    print(f"{'model':28} {'mode':>12} {'ours ms':>9} {'smp ms':>9} {'ours/smp':>9}")
     for name, ours, theirs in pairs:
         ours = ours.to(device, memory_format=memory_format)
         theirs = theirs.to(device, memory_format=memory_format)
         n_ours = sum(p.numel() for p in ours.parameters())
         n_theirs = sum(p.numel() for p in theirs.parameters())
-        modes = [("inference", args.infer_batch)] + ([] if args.skip_train else [("train", args.train_batch)])
-        for mode, batch in modes:
-            x = torch.randn(batch, 3, args.size, args.size, device=device).to(memory_format=memory_format)
-            if mode == "inference":
-                fns = [_inference_fn(ours, x), _inference_fn(theirs, x)]
-                if args.fused:
-                    # As segdet eval / predict run it: BatchNorm folded into the convolutions.
-                    fused = prepare_for_inference(copy.deepcopy(ours).cpu()).to(device)
-                    t_fused, t_theirs = time_interleaved(
-                        [_inference_fn(fused, x), _inference_fn(theirs, x)], args.repeats, args.warmup, device
-                    )
-                    print(
-                        f"{name:28} {'infer-fused':>12} {t_fused * 1e3:9.1f} {t_theirs * 1e3:9.1f} "
-                        f"{t_fused / t_theirs:9.3f}",
-                        flush=True,
-                    )
-            else:
-                y = torch.randint(0, args.num_classes, (batch, args.size, args.size), device=device)
-                fns = [_train_fn(ours, x, y), _train_fn(theirs, x, y)]
-            t_ours, t_theirs = time_interleaved(fns, args.repeats, args.warmup, device)
-            print(
-                f"{name:28} {mode + f' b{batch}':>10} {t_ours * 1e3:9.1f} {t_theirs * 1e3:9.1f} "
-                f"{t_ours / t_theirs:9.3f}",
-                flush=True,
-            )
-        print(f"{'':28} {'params':>10} {n_ours / 1e6:8.2f}M {n_theirs / 1e6:8.2f}M {n_ours / n_theirs:9.3f}")
+        x = torch.randn(args.infer_batch, 3, args.size, args.size, device=device)
+        x = x.to(memory_format=memory_format)
+        x = torch.randn(args.infer_batch, 3, args.size, args.size, device=device)
+        x = x.to(memory_format=memory_format)
+        if args.fused:
+            # As segdet eval / predict run it: BatchNorm folded into the convolutions.
+            fused = prepare_for_inference(copy.deepcopy(ours).cpu()).to(device)
+            fns = [_inference_fn(fused, x), _inference_fn(theirs, x)]
+            _time_row(name, "infer-fused", fns, args, device)
+        fns = [_inference_fn(ours, x), _inference_fn(theirs, x)]
+        _time_row(name, f"inference b{args.infer_batch}", fns, args, device)
+        if not args.skip_train:
+            b = args.train_batch
+            x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
+            y = torch.randint(0, args.num_classes, (b, args.size, args.size), device=device)
+            _time_row(name, f"train b{b}", [_train_fn(ours, x, y), _train_fn(theirs, x, y)], args, device)
+        print(f"{'':28} {'params':>12} {n_ours / 1e6:8.2f}M {n_theirs / 1e6:8.2f}M {n_ours / n_theirs:9.3f}")
     print(
         "Remaining differences: smp's DeepLabV3Plus decoder has one 3x3 conv after the concatenation and"
         " one after ASPP (at 1/16 resolution);\nours follows the paper: two 3x3 convs after the"

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from segdet.cli import inference_options
 from segdet.data.formats import FORMATS
 
 
@@ -21,19 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="label folder, overriding the layout's")
     parser.add_argument("--split", help="split name")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="bf16/fp16: run the model under autocast (opt-in; faster on hardware with fast bf16/fp16)",
-    )
-    parser.add_argument(
-        "--no-fuse",
-        action="store_true",
-        help="keep BatchNorm layers (by default they are folded into the convolutions: same outputs up to "
-        "float rounding, faster)",
-    )
+    inference_options.add_arguments(parser)
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
 
 
@@ -41,15 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from segdet.engine.config import DataSplit
-    from segdet.engine.inference import load_trained, prepare_for_inference
-    from segdet.engine.trainer import select_device
     from segdet.errors import ConfigError
 
-    device = select_device(args.device)
-    trained = load_trained(args.checkpoint, device)
-    trained.model = prepare_for_inference(
-        trained.model, fuse=not args.no_fuse, precision=args.precision, device_type=device.type
-    )
+    trained, device = inference_options.load(args)
     cfg = trained.config
     if args.data:
         cfg.data.format = args.format or cfg.data.format

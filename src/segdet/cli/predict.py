@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdet.cli import inference_options
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -19,19 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by segdet train")
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="bf16/fp16: run the model under autocast (opt-in; faster on hardware with fast bf16/fp16)",
-    )
-    parser.add_argument(
-        "--no-fuse",
-        action="store_true",
-        help="keep BatchNorm layers (by default they are folded into the convolutions: same outputs up to "
-        "float rounding, faster)",
-    )
+    inference_options.add_arguments(parser)
     parser.add_argument(
         "--score-thresh", type=float, default=0.5, help="detections drawn: those scoring at least this"
     )
@@ -70,15 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     from segdet.data import transforms as T
     from segdet.data.io import load_image
-    from segdet.engine.inference import load_trained, prepare_for_inference
-    from segdet.engine.trainer import select_device
     from segdet.ops.draw import overlay_semantic, save_png
 
-    device = select_device(args.device)
-    trained = load_trained(args.checkpoint, device)
-    trained.model = prepare_for_inference(
-        trained.model, fuse=not args.no_fuse, precision=args.precision, device_type=device.type
-    )
+    trained, device = inference_options.load(args)
     if trained.config.task != "segmentation":
         return predict_detections(trained, list_images(args.inputs), args, device)
     # the evaluation preset's image steps: float [0, 1], then ImageNet normalisation

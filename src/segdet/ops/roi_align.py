@@ -56,23 +56,34 @@ def _in_threads(fn: Callable[..., T], args: Sequence[tuple]) -> list[T]:
         return [first] + [f.result() for f in futures]
 
 
-def _compute_dtype(input: Tensor) -> torch.dtype:
-    return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+def _kernel_inputs(input: Tensor, rois: Tensor, chunks: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """``input`` in the layout and dtype the kernels need (one copy, instead of one per thread; half
+    precision is pooled in float32 as torchvision's autocast wrapper does), ``rois`` in that dtype, and
+    its ``chunks`` parts."""
+    dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    rois = rois.to(dtype)
+    return input.to(dtype).contiguous(), rois, rois.tensor_split(chunks)
+
+
+def _summed_in_threads(fn: Callable[..., Tensor], args: Sequence[tuple]) -> Tensor:
+    """``Σ fn(*a)`` over ``args`` (the chunks' gradients), computed in threads, summed in order."""
+    grads = _in_threads(fn, args)
+    total = grads[0]
+    for g in grads[1:]:
+        total.add_(g)
+    return total
 
 
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, rois, spatial_scale, output_size, sampling_ratio, aligned, chunks):
-        dtype = _compute_dtype(input)
-        # One copy to the layout and dtype the kernel needs, instead of one per thread.
-        x = input.to(dtype).contiguous()
-        parts = rois.to(dtype).tensor_split(chunks)
+        x, rois, parts = _kernel_inputs(input, rois, chunks)
         op = torch.ops.torchvision.roi_align
         outs = _in_threads(
             lambda r: op(x, r, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned),
             [(r,) for r in parts],
         )
-        ctx.save_for_backward(rois.to(dtype))
+        ctx.save_for_backward(rois)
         ctx.args = (spatial_scale, output_size, sampling_ratio, aligned, chunks, tuple(input.shape))
         return torch.cat(outs).to(input.dtype)
 
@@ -81,52 +92,39 @@ class _RoIAlign(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         spatial_scale, (ph, pw), sampling_ratio, aligned, chunks, (n, c, h, w) = ctx.args
         op = torch.ops.torchvision._roi_align_backward
-        grads = _in_threads(
+        total = _summed_in_threads(
             lambda g, r: op(g, r, spatial_scale, ph, pw, n, c, h, w, sampling_ratio, aligned),
             list(zip(grad.to(rois.dtype).tensor_split(chunks), rois.tensor_split(chunks), strict=True)),
         )
-        total = grads[0]
-        for g in grads[1:]:
-            total.add_(g)
         return total.to(grad.dtype), None, None, None, None, None, None
 
 
 class _RoIPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, rois, spatial_scale, output_size, chunks):
-        dtype = _compute_dtype(input)
-        x = input.to(dtype).contiguous()
-        parts = rois.to(dtype).tensor_split(chunks)
+        x, rois, parts = _kernel_inputs(input, rois, chunks)
         op = torch.ops.torchvision.roi_pool
         results = _in_threads(
-            lambda r: op(x, r, spatial_scale, output_size[0], output_size[1]),
-            [(r,) for r in parts],
+            lambda r: op(x, r, spatial_scale, output_size[0], output_size[1]), [(r,) for r in parts]
         )
-        outs = [r[0] for r in results]
-        argmax = [r[1].to(torch.int32) for r in results]
-        ctx.save_for_backward(rois.to(dtype), torch.cat(argmax))
+        ctx.save_for_backward(rois, torch.cat([argmax for _, argmax in results]))
         ctx.args = (spatial_scale, output_size, chunks, tuple(input.shape))
-        return torch.cat(outs).to(input.dtype)
+        return torch.cat([out for out, _ in results]).to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         rois, argmax = ctx.saved_tensors
         spatial_scale, (ph, pw), chunks, (n, c, h, w) = ctx.args
         op = torch.ops.torchvision._roi_pool_backward
-        grads = _in_threads(
-            lambda g, r, a: op(g, r, a, spatial_scale, ph, pw, n, c, h, w),
-            list(
-                zip(
-                    grad.to(rois.dtype).tensor_split(chunks),
-                    rois.tensor_split(chunks),
-                    argmax.tensor_split(chunks),
-                    strict=True,
-                )
-            ),
+        parts = zip(
+            grad.to(rois.dtype).tensor_split(chunks),
+            rois.tensor_split(chunks),
+            argmax.tensor_split(chunks),
+            strict=True,
         )
-        total = grads[0]
-        for g in grads[1:]:
-            total.add_(g)
+        total = _summed_in_threads(
+            lambda g, r, a: op(g, r, a, spatial_scale, ph, pw, n, c, h, w), list(parts)
+        )
         return total.to(grad.dtype), None, None, None, None
 
 

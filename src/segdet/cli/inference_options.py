@@ -1,0 +1,36 @@
+"""The options ``segdet eval`` and ``segdet predict`` share: the device, the precision, BatchNorm folding,
+and loading the checkpoint set up accordingly."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--precision",
+        # segdet.engine.inference.PRECISIONS, spelled out so that building the parser imports no torch
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="bf16/fp16: run the model under autocast (opt-in; faster on hardware with fast bf16/fp16)",
+    )
+    parser.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="keep BatchNorm layers (by default they are folded into the convolutions: same outputs up to "
+        "float rounding, faster)",
+    )
+
+
+def load(args: argparse.Namespace):
+    """The checkpoint ``args.checkpoint`` on ``args.device``, prepared for inference as the options say."""
+    from segdet.engine.inference import load_trained, prepare_for_inference
+    from segdet.engine.trainer import select_device
+
+    device = select_device(args.device)
+    trained = load_trained(args.checkpoint, device)
+    trained.model = prepare_for_inference(
+        trained.model, fuse=not args.no_fuse, precision=args.precision, device_type=device.type
+    )
+    return trained, device
