@@ -13,11 +13,12 @@ What is compared, for each model (``--models faster,mask``):
   its ``detections_per_img`` (100) detections, as a trained model does -- random logits would leave
   every score under the 0.05 threshold and skip the whole post-processing and mask branch.
 * **ours**: :func:`segdet.models.detection.convert.from_torchvision` of that model: the same weights,
-  frozen layers and settings. Inference is timed twice: after ``fuse_for_inference()`` (frozen
-  BatchNorms folded into the convolutions, weights and batches in ``channels_last``: detections equal up
-  to float rounding) and as converted (the same arithmetic as torchvision: bit-identical detections);
-  RoIAlign runs on every thread (:mod:`segdet.ops.roi_align`) in both. Training runs the unfused
-  converted model in train mode.
+  frozen layers and settings. Inference is timed three times: after ``fuse_for_inference()`` (frozen
+  BatchNorms folded into the convolutions, weights and batches in ``channels_last``, and on AVX2 CPUs
+  the wide 3x3 convolutions on NNPACK's Winograd / FFT kernels, :mod:`segdet.ops.nnpack_conv`:
+  detections equal up to float rounding), the same without NNPACK ("oneDNN only"), and as converted
+  (the same arithmetic as torchvision: bit-identical detections); RoIAlign runs on every thread
+  (:mod:`segdet.ops.roi_align`) in all three. Training runs the unfused converted model in train mode.
 
 Timed, interleaved (ours, theirs, theirs, ours, ...) so that load changes on the shared machine hit both
 alike, medians of ``--repeats``:
@@ -53,6 +54,7 @@ from segdet.data.shapes import render
 from segdet.engine.inference import Autocast
 from segdet.engine.perf import tune_malloc
 from segdet.models.detection.convert import from_torchvision
+from segdet.ops.nnpack_conv import NNPACKConv2d
 
 # Standard deviation given to the random classifier's logits: each RoI then has a few classes above the
 # 0.05 score threshold, scores are spread (no ties), and every image gets its 100 detections.
@@ -170,6 +172,10 @@ def train_fn(model: nn.Module, images: list[Tensor], targets: list[dict], seed: 
 
 
 # ---------------------------------------------------------------------------------------- checks
+def count_nnpack(model: nn.Module) -> int:
+    return sum(isinstance(m, NNPACKConv2d) for m in model.modules())
+
+
 def output_difference(ours: list[dict], theirs: list[dict]) -> dict[str, float]:
     """Our detections against torchvision's: each of ours is paired with torchvision's detection of the
     same class and highest IoU (near-tied scores may swap places in the lists); returns max |Δ| of boxes,
@@ -307,23 +313,28 @@ def main(argv: list[str] | None = None) -> int:
         ours, theirs = build_pair(kind, args.size, args.seed)
         images, targets = synthetic_batch(max(args.train_batch, 1), args.size, args.seed)
         fused = from_torchvision(theirs).fuse_for_inference()
+        direct = from_torchvision(theirs).fuse_for_inference(nnpack=False)
 
         name = f"{kind} R-CNN R50-FPN"
 
-        # Inference, batch 1, and output equality (unfused: same arithmetic; fused: BatchNorm folded).
+        # Inference, batch 1, and output equality (unfused: same arithmetic; fused: BatchNorm folded, and
+        # by default NNPACK's 3x3 convolutions on AVX2 CPUs; "oneDNN only": folded, without NNPACK).
         run_ours, run_theirs = infer_fn(fused, images[:1]), infer_fn(theirs, images[:1])
+        run_plain, run_direct = infer_fn(ours, images[:1]), infer_fn(direct, images[:1])
         reference = run_theirs()
         num_dets = len(reference[0]["boxes"])
-        plain = describe_difference(
-            output_difference(infer_fn(ours, images[:1])(), reference), kind == "mask"
+        masks = kind == "mask"
+        print(
+            f"{name}: {num_dets} detections, {count_nnpack(fused)} convolutions on NNPACK; ours vs "
+            f"torchvision: unfused {describe_difference(output_difference(run_plain(), reference), masks)}; "
+            f"fused, oneDNN only {describe_difference(output_difference(run_direct(), reference), masks)}; "
+            f"fused {describe_difference(output_difference(run_ours(), reference), masks)}"
         )
-        folded = describe_difference(output_difference(run_ours(), reference), kind == "mask")
-        print(f"{name}: {num_dets} detections; ours vs torchvision: unfused {plain}; fused {folded}")
-        run_plain = infer_fn(ours, images[:1])
-        t_ours, t_plain, t_theirs = time_interleaved(
-            [run_ours, run_plain, run_theirs], args.repeats, args.warmup
+        t_ours, t_direct, t_plain, t_theirs = time_interleaved(
+            [run_ours, run_direct, run_plain, run_theirs], args.repeats, args.warmup
         )
         rows.append((name, "inference fp32 (ours fused)", t_ours, t_theirs))
+        rows.append((name, "inference fp32 (ours fused, oneDNN only)", t_direct, t_theirs))
         rows.append((name, "inference fp32 (ours unfused, identical)", t_plain, t_theirs))
         if args.bf16:
             run_bf16 = infer_fn(fused, images[:1], autocast=True)
@@ -346,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in keys
                 )
             )
-        del fused
+        del fused, direct
 
         if not args.skip_train:
             b = args.train_batch
@@ -359,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, f"train step batch {b}", t_ours, t_theirs))
         del ours, theirs
 
-    print(f"\n{'model':22} {'mode':38} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
+    print(f"\n{'model':22} {'mode':42} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
     for name, mode, a, b in rows:
-        print(f"{name:22} {mode:38} {a * 1e3:9.0f} {b * 1e3:9.0f} {a / b:6.2f}")
+        print(f"{name:22} {mode:42} {a * 1e3:9.0f} {b * 1e3:9.0f} {a / b:6.2f}")
     print("A = ours unless stated, B = torchvision unless stated; load average now", os.getloadavg()[0])
     return 0
 

@@ -160,16 +160,23 @@ def test_predict_overlay_draws_only_confident_detections(tiny_run, tmp_path):
 
 
 def test_eval_precision_and_fuse_options(tiny_run, tmp_path):
-    """``segdet eval`` folds BatchNorm by default (``--no-fuse`` keeps it: the same AP up to detections
-    that float rounding moves across a threshold) and runs bf16 autocast with ``--precision bf16`` (AP
-    within 0.05 of float32's)."""
+    """``segdet eval`` folds BatchNorm by default (``--no-fuse`` keeps it, ``--no-nnpack`` keeps oneDNN's
+    convolutions: the same AP up to detections that float rounding moves across a threshold) and runs
+    bf16 autocast with ``--precision bf16`` (AP within 0.05 of float32's)."""
     ckpt = str(tiny_run / "best.safetensors")
     results = {}
-    for name, extra in (("fused", []), ("plain", ["--no-fuse"]), ("bf16", ["--precision", "bf16"])):
+    variants = (
+        ("fused", []),
+        ("plain", ["--no-fuse"]),
+        ("oneDNN", ["--no-nnpack"]),
+        ("bf16", ["--precision", "bf16"]),
+    )
+    for name, extra in variants:
         out = tmp_path / f"{name}.json"
         assert main(["eval", ckpt, "--out", str(out), *extra]) == 0
         results[name] = json.loads(out.read_text())
     assert results["fused"]["AP"] == pytest.approx(results["plain"]["AP"], abs=0.02)
+    assert results["fused"]["AP"] == pytest.approx(results["oneDNN"]["AP"], abs=0.02)
     assert set(results["bf16"]) == set(results["fused"])
     # Reference: the float32 run of the same model; bf16 rounding moves a few boxes and scores.
     for key in ("AP", "AP50", "mask_AP"):

@@ -73,3 +73,24 @@ def test_channels_last_is_chosen_for_dense_convolutions_only():
     )
     prepare_for_inference(separable)
     assert not separable.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nnpack_is_chosen_for_rcnn_detectors_only():
+    """prepare_for_inference's default: NNPACK's 3x3 convolutions (and NCHW) for the R-CNN detectors
+    where NNPACK was measured faster (AVX2 CPUs); never for the segmentation models (slower there)."""
+    from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_is_faster
+
+    def on_nnpack(model: nn.Module) -> bool:
+        return any(isinstance(m, NNPACKConv2d) for m in model.modules())
+
+    detector = prepare_for_inference(build("fasterrcnn_resnet50_fpn", num_classes=2, backbone="resnet18"))
+    assert on_nnpack(detector) == nnpack_is_faster()
+    channels_last = detector.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last != nnpack_is_faster()
+    assert not on_nnpack(
+        prepare_for_inference(
+            build("fasterrcnn_resnet50_fpn", num_classes=2, backbone="resnet18"), nnpack=False
+        )
+    )
+    unet = prepare_for_inference(build("unet_backbone", num_classes=2, backbone="resnet34"))
+    assert not on_nnpack(unet)

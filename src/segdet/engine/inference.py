@@ -79,31 +79,40 @@ def prepare_for_inference(
     precision: str = "fp32",
     device_type: str = "cpu",
     channels_last: bool | None = None,
+    nnpack: bool | None = None,
 ) -> nn.Module:
     """The model set up for fast inference, in eval mode.
 
     ``fuse``: every BatchNorm folded into the convolution before it (R-CNN models through their
     ``fuse_for_inference``; others through :func:`segdet.models.detection.fuse.fold_batchnorm`): the
     same outputs up to float32 rounding, one pass less over every feature map. The model is changed in
-    place and can no longer be trained. ``channels_last``: weights (and so activations) stored
-    channels-last; ``None`` chooses it unless the model has grouped / depthwise convolutions.
+    place and can no longer be trained. ``nnpack`` (with ``fuse``): the wide 3x3 convolutions run
+    through NNPACK's Winograd / FFT kernels (:mod:`segdet.ops.nnpack_conv`: the same outputs up to
+    float32 rounding); ``None`` chooses it where it was measured faster: the R-CNN detectors on AVX2
+    CPUs (not the segmentation models, which run faster channels-last). ``channels_last``: weights
+    (and so activations) stored channels-last; ``None`` chooses it unless the model has grouped /
+    depthwise convolutions or runs on NNPACK.
     ``precision``: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (faster where the hardware has fast
     reduced-precision arithmetic; the change in accuracy is the user's to check, e.g. with
     ``segdet eval --precision bf16``).
     """
     from segdet.models.detection.fuse import fold_batchnorm
+    from segdet.ops.nnpack_conv import nnpack_is_faster, use_nnpack
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     model.eval()
-    if channels_last is None:
-        channels_last = _prefers_channels_last(model)
-    if fuse:
-        if hasattr(model, "fuse_for_inference"):
-            model.fuse_for_inference(channels_last=channels_last)
-        else:
-            fold_batchnorm(model)
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
+    if fuse and hasattr(model, "fuse_for_inference"):
+        if nnpack is None:
+            nnpack = device_type == "cpu" and nnpack_is_faster()
+        model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
+    elif fuse:
+        fold_batchnorm(model)
+        if nnpack:
+            use_nnpack(model)
+        if channels_last is None:
+            channels_last = not nnpack and _prefers_channels_last(model)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
     dtype = PRECISIONS[precision]
     return model if dtype is None else Autocast(model, dtype, device_type).eval()

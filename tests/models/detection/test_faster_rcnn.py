@@ -221,9 +221,19 @@ def test_trainable_layers_and_frozen_bn_follow_torchvision():
     assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
 
 
-def test_fuse_for_inference_keeps_detections(detector_helpers):
-    """fuse_for_inference (BatchNorm folded into the convolutions, channels_last) leaves the detections
-    equal to 1e-4, and removes every BatchNorm of the network."""
+@pytest.mark.parametrize("nnpack", [False, True])
+def test_fuse_for_inference_keeps_detections(detector_helpers, nnpack, monkeypatch):
+    """fuse_for_inference (BatchNorm folded into the convolutions; channels_last, or NNPACK's Winograd /
+    FFT 3x3 convolutions in NCHW) leaves the detections of the unfused model equal to 1e-4 (reference:
+    the same model before fusing), and removes every BatchNorm of the network."""
+    from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available
+
+    if nnpack and not nnpack_available():
+        pytest.skip("torch has no NNPACK here")
+    calls = []
+    if nnpack:
+        kernel = torch._nnpack_spatial_convolution
+        monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or kernel(*a))
     structured_image, randomize_batchnorm = detector_helpers
     g = torch.Generator().manual_seed(5)
     images = [structured_image(200, 260, g), structured_image(240, 180, g)]
@@ -241,11 +251,15 @@ def test_fuse_for_inference_keeps_detections(detector_helpers):
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(4.0)
         expected = model(images)
-        model.fuse_for_inference()
+        model.fuse_for_inference(nnpack=nnpack)
         got = model(images)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | FrozenBatchNorm2d)]
     assert norms == []
-    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    conv1_channels_last = model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv1_channels_last != nnpack
+    # NNPACK: the FPN and RPN 3x3 convolutions on P2 and the box head's four convolutions over the RoIs.
+    assert (sum(isinstance(m, NNPACKConv2d) for m in model.modules()) > 0) == nnpack
+    assert (len(calls) >= 4) == nnpack
     assert_same_detections(got, expected, label_shift=0)
 
 

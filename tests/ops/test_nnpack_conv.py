@@ -1,0 +1,140 @@
+"""segdet.ops.nnpack_conv: NNPACK's 3x3 convolutions against torch's own ``F.conv2d`` (oneDNN), the
+reference, to 5e-5 of the output's largest value (Winograd's transforms cost about an order of magnitude
+of float32 rounding: ~1.2e-5 measured); the fallbacks bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segdet.ops.nnpack_conv import (
+    MIN_BATCH,
+    MIN_CHANNELS,
+    MIN_PIXELS,
+    MIN_SIDE,
+    NNPACKConv2d,
+    is_eligible,
+    nnpack_available,
+    use_nnpack,
+)
+
+needs_nnpack = pytest.mark.skipif(not nnpack_available(), reason="torch has no NNPACK here")
+
+
+def _conv(in_channels: int = 128, out_channels: int = 128, bias: bool = True, seed: int = 0) -> NNPACKConv2d:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    with torch.no_grad():
+        if bias:
+            conv.bias.normal_(0, 0.1)
+    holder = nn.Sequential(conv)
+    use_nnpack(holder)
+    return holder[0]
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(got, expected, rtol=0, atol=5e-5 * float(expected.abs().max()))
+
+
+@needs_nnpack
+@pytest.mark.parametrize(
+    ("shape", "bias", "calls"),
+    [
+        ((1, 128, 60, 70), True, 1),  # one image: NNPACK's one-image path (Winograd F(6x6, 3x3))
+        ((1, 128, 53, 49), False, 1),  # odd sizes, no bias
+        ((3, 128, 60, 50), True, 3),  # large images: the one-image path, image by image
+        ((30, 128, 14, 14), True, 1),  # many RoIs: NNPACK's batch path
+    ],
+)
+def test_matches_torch_convolution(shape, bias, calls, monkeypatch):
+    conv = _conv(bias=bias)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).relu()
+    seen = []
+    kernel = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: seen.append(1) or kernel(*a))
+    with torch.no_grad():
+        got = conv(x)
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert len(seen) == calls
+    assert got.shape == shape
+    _close(got, expected)
+
+
+@needs_nnpack
+def test_keeps_channels_last():
+    conv = _conv()
+    x = torch.randn(1, 128, 60, 60).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        got = conv(x)
+        expected = F.conv2d(x.contiguous(), conv.weight, conv.bias, padding=1)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, expected)
+
+
+@needs_nnpack
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 128, int(MIN_PIXELS**0.5) - 1, int(MIN_PIXELS**0.5) - 1),  # one small image
+        (MIN_BATCH - 1, 128, 14, 14),  # too few RoIs for the batch path
+        (2 * MIN_BATCH, 128, MIN_SIDE - 1, MIN_SIDE - 1),  # RoIs too small for it
+    ],
+)
+def test_small_inputs_use_the_usual_kernel(shape):
+    """Where NNPACK does not pay, the output is F.conv2d's bit for bit."""
+    conv = _conv()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+
+
+@needs_nnpack
+def test_autocast_uses_the_usual_kernel():
+    conv = _conv()
+    x = torch.randn(1, 128, 60, 60)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+
+
+@needs_nnpack
+def test_training_uses_the_usual_kernel():
+    """When a gradient is needed, the output is F.conv2d's bit for bit, and the gradient flows."""
+    conv = _conv()
+    x = torch.randn(1, 128, 60, 60)
+    out = conv(x)
+    assert torch.equal(out, F.conv2d(x, conv.weight, conv.bias, padding=1))
+    out.sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_use_nnpack_replaces_eligible_convolutions_only():
+    model = nn.Sequential(
+        nn.Conv2d(3, MIN_CHANNELS, 3, padding=1),  # too few input channels
+        nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1),  # eligible
+        nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.ReLU()),  # eligible, nested
+        nn.Conv2d(256, 256, 3, padding=1, stride=2),  # strided
+        nn.Conv2d(256, 256, 3, padding=2, dilation=2),  # dilated
+        nn.Conv2d(256, 256, 3, padding=1, groups=256),  # depthwise
+        nn.Conv2d(256, 256, 1),  # 1x1
+        nn.Conv2d(256, 64, 3, padding=1),  # too few output channels
+    )
+    keys = list(model.state_dict())
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [is_eligible(m) for m in model.modules() if isinstance(m, nn.Conv2d)] == [
+        False, True, True, False, False, False, False, False,
+    ]  # fmt: skip
+    replaced = use_nnpack(model)
+    if not nnpack_available():
+        assert replaced == 0
+        return
+    assert replaced == 2
+    assert isinstance(model[1], NNPACKConv2d) and isinstance(model[2][0], NNPACKConv2d)
+    assert model[2][0].bias is None
+    # The same parameters (not copies) under the same state-dict keys.
+    assert [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)] == weights
+    assert list(model.state_dict()) == keys
