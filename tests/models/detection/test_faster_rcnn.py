@@ -264,9 +264,9 @@ def test_fuse_for_inference_keeps_detections(detector_helpers, nnpack, monkeypat
 
 
 def test_channels_last_without_folding_keeps_batchnorm_and_detections(detector_helpers):
-    """fuse_for_inference(fold=False) only changes the memory layout: the BatchNorms stay, the detections
-    equal up to float32 rounding (channels-last convolution kernels sum in another order, so not bit for
-    bit)."""
+    """fuse_for_inference(fold=False, nnpack=False) only changes the memory layout: the BatchNorms stay,
+    the detections equal up to float32 rounding (channels-last convolution kernels sum in another order,
+    so not bit for bit)."""
     structured_image, randomize_batchnorm = detector_helpers
     g = torch.Generator().manual_seed(6)
     images = [structured_image(200, 260, g), structured_image(240, 180, g)]
@@ -279,7 +279,7 @@ def test_channels_last_without_folding_keeps_batchnorm_and_detections(detector_h
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(4.0)
         expected = model(images)
-        model.fuse_for_inference(fold=False)
+        model.fuse_for_inference(fold=False, nnpack=False, channels_last=True)
         got = model(images)
     assert any(isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d) for m in model.modules())
     assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
