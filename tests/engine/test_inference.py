@@ -92,5 +92,10 @@ def test_nnpack_is_chosen_for_rcnn_detectors_only():
             build("fasterrcnn_resnet50_fpn", num_classes=2, backbone="resnet18"), nnpack=False
         )
     )
+    low = prepare_for_inference(
+        build("fasterrcnn_resnet50_fpn", num_classes=2, backbone="resnet18"), precision="bf16"
+    )
+    assert not on_nnpack(low)  # autocast's convolutions, channels-last
+    assert low.model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     unet = prepare_for_inference(build("unet_backbone", num_classes=2, backbone="resnet34"))
     assert not on_nnpack(unet)

@@ -104,7 +104,8 @@ def prepare_for_inference(
     model.eval()
     if fuse and hasattr(model, "fuse_for_inference"):
         if nnpack is None:
-            nnpack = device_type == "cpu" and nnpack_is_faster()
+            # Under autocast the convolutions are autocast's (NNPACK is float32 only).
+            nnpack = device_type == "cpu" and precision == "fp32" and nnpack_is_faster()
         model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
     elif fuse:
         fold_batchnorm(model)
