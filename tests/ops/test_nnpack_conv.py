@@ -80,6 +80,7 @@ def test_keeps_channels_last():
         (1, 128, int(MIN_PIXELS**0.5) - 1, int(MIN_PIXELS**0.5) - 1),  # one small image
         (MIN_BATCH - 1, 128, 14, 14),  # too few RoIs for the batch path
         (2 * MIN_BATCH, 128, MIN_SIDE - 1, MIN_SIDE - 1),  # RoIs too small for it
+        (0, 128, 60, 60),  # an empty batch (no RoIs)
     ],
 )
 def test_small_inputs_use_the_usual_kernel(shape):

@@ -88,7 +88,7 @@ class NNPACKConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        per_image = h * w >= MIN_PIXELS
+        per_image = n > 0 and h * w >= MIN_PIXELS
         as_batch = n >= MIN_BATCH and min(h, w) >= MIN_SIDE
         if (
             needs_grad
