@@ -28,7 +28,8 @@ alike, medians of ``--repeats``:
   scores and masks, labels shifted by our 0-based convention);
 * a training step, batch ``--train-batch`` (2): forward with the synthetic targets (boxes, labels,
   masks), sum of the losses, backward, SGD step; both seeded alike before each step.
-* with ``--bf16``: our fused model under ``torch.autocast("cpu", dtype=torch.bfloat16)``, its speed
+* with ``--bf16``: our fused model as ``prepare_for_inference`` sets bf16 up (folded, channels-last,
+  no NNPACK) under ``torch.autocast("cpu", dtype=torch.bfloat16)``, its speed
   against ours and torchvision's float32, and its accuracy: the R50-FPN models here are untrained, so
   a small model of the same kind (ResNet-18 FPN, narrow heads) is *trained* on synthetic shapes
   (``--ap-steps`` on ``--ap-train-images``) and its COCO AP on ``--ap-images`` held-out shapes images is

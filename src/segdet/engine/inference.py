@@ -97,15 +97,15 @@ def prepare_for_inference(
     ``segdet eval --precision bf16``).
     """
     from segdet.models.detection.fuse import fold_batchnorm
-    from segdet.ops.nnpack_conv import nnpack_is_faster, use_nnpack
+    from segdet.ops.nnpack_conv import use_nnpack
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     model.eval()
     if fuse and hasattr(model, "fuse_for_inference"):
-        if nnpack is None:
-            # Under autocast the convolutions are autocast's (NNPACK is float32 only).
-            nnpack = device_type == "cpu" and precision == "fp32" and nnpack_is_faster()
+        if precision != "fp32":
+            nnpack = False  # under autocast the convolutions are autocast's (NNPACK is float32 only)
+        # nnpack None: fuse_for_inference chooses it from the model's device and the CPU
         model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
     elif fuse:
         fold_batchnorm(model)
