@@ -35,8 +35,15 @@ alike, medians of ``--repeats``:
   (``--ap-steps`` on ``--ap-train-images``) and its COCO AP on ``--ap-images`` held-out shapes images is
   measured against their true ground truth in float32 and in bf16 (:func:`bf16_ap_change`).
 
+On CUDA (``--device cuda``) every timing starts and ends on a synchronised device; inference is timed
+at every batch size of ``--infer-batches`` (e.g. ``1,8``), our fused model as ``segdet eval`` runs it there
+(folded, NCHW) and folded + channels-last beside it; with ``--bf16`` both sides run under bf16 autocast
+(inference and the training step), and the bf16 AP check (CPU only) is skipped.
+
 glibc's malloc is tuned at start-up (:func:`segdet.engine.perf.tune_malloc`, both models profit;
-``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``.
+``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``;
+on a GPU: ``python benchmarks/detection.py --device cuda --infer-batches 1,8 --train-batch 4 --bf16
+--repeats 10 --warmup 3``.
 """
 
 from __future__ import annotations
@@ -136,38 +143,57 @@ def build_pair(kind: str, size: int, seed: int) -> tuple[nn.Module, nn.Module]:
 
 
 # ----------------------------------------------------------------------------------------- timing
-def time_interleaved(fns: list[Callable[[], None]], repeats: int, warmup: int) -> list[float]:
-    """Median seconds of each function, run A B, B A, ... ``repeats`` times after ``warmup`` rounds."""
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: list[Callable[[], object]], repeats: int, warmup: int) -> list[float]:
+    """Median seconds of each function, run A B, B A, ... ``repeats`` times after ``warmup`` rounds; on
+    CUDA each call is timed from a synchronised device to a synchronised device."""
     times: list[list[float]] = [[] for _ in fns]
     for r in range(warmup + repeats):
         order = list(range(len(fns))) if r % 2 == 0 else list(reversed(range(len(fns))))
         for i in order:
+            _sync()
             t = time.perf_counter()
             fns[i]()
+            _sync()
             if r >= warmup:
                 times[i].append(time.perf_counter() - t)
     return [statistics.median(t) for t in times]
 
 
+def _device_type(images: list[Tensor]) -> str:
+    return images[0].device.type
+
+
 def infer_fn(model: nn.Module, images: list[Tensor], autocast: bool = False) -> Callable[[], list[dict]]:
+    """Inference on ``images`` (bf16 autocast on their device with ``autocast``)."""
+    device_type = _device_type(images)
+
     def step() -> list[dict]:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             return model(images)
 
     return step
 
 
-def train_fn(model: nn.Module, images: list[Tensor], targets: list[dict], seed: int) -> Callable[[], dict]:
+def train_fn(
+    model: nn.Module, images: list[Tensor], targets: list[dict], seed: int, autocast: bool = False
+) -> Callable[[], None]:
+    """One SGD step on ``images`` (bf16 autocast with ``autocast``; the loss read back only at the end)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
+    device_type = _device_type(images)
 
-    def step() -> dict:
+    def step() -> None:
         torch.manual_seed(seed)
-        losses = model(images, targets)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            losses = model(images, targets)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
 
     return step
 
@@ -284,15 +310,61 @@ def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: in
 
 
 # ------------------------------------------------------------------------------------------- main
+def inference_rows(kind: str, ours: nn.Module, theirs: nn.Module, images: list[Tensor], args) -> list:
+    """Inference rows of one model: outputs compared, then timed at every ``--infer-batches`` size."""
+    name = f"{kind} R-CNN R50-FPN"
+    masks = kind == "mask"
+    cpu = images[0].device.type == "cpu"
+
+    def converted() -> nn.Module:
+        return from_torchvision(theirs).to(images[0].device)
+
+    variants = {"fused": converted().fuse_for_inference()}
+    if cpu:
+        # by default NNPACK's 3x3 convolutions on AVX2 CPUs; "oneDNN only": folded, without NNPACK
+        variants["fused, oneDNN only"] = converted().fuse_for_inference(nnpack=False)
+    else:
+        # CUDA's default is folded + NCHW; channels-last is timed beside it
+        variants["fused, channels-last"] = converted().fuse_for_inference(channels_last=True)
+    variants["unfused, identical"] = ours
+    reference = infer_fn(theirs, images[:1])()
+    diffs = "; ".join(
+        f"{label} {describe_difference(output_difference(infer_fn(m, images[:1])(), reference), masks)}"
+        for label, m in variants.items()
+    )
+    nnpack = count_nnpack(variants["fused"])
+    print(f"{name}: {len(reference[0]['boxes'])} detections, {nnpack} convs on NNPACK; ours vs tv: {diffs}")
+    rows = []
+    for b in args.infer_batches:
+        batch = images[:b]
+        fns = [infer_fn(m, batch) for m in variants.values()] + [infer_fn(theirs, batch)]
+        *t_ours, t_theirs = time_interleaved(fns, args.repeats, args.warmup)
+        for label, t in zip(variants, t_ours, strict=True):
+            rows.append((name, f"inference b{b} fp32 (ours {label})", t, t_theirs))
+        if args.bf16:
+            # As prepare_for_inference sets bf16 up: folded, channels-last, no NNPACK (autocast's convs).
+            low = converted().fuse_for_inference(channels_last=True, nnpack=False)
+            fns = [infer_fn(low, batch, autocast=True), infer_fn(theirs, batch, autocast=True)]
+            fns.append(infer_fn(variants["fused"], batch))
+            t_low, t_tv_low, t_fp32 = time_interleaved(fns, args.repeats, args.warmup)
+            rows.append((name, f"inference b{b} bf16 (both autocast)", t_low, t_tv_low))
+            rows.append((name, f"inference b{b} bf16 (ours) vs ours fp32", t_low, t_fp32))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-synchronised timing)")
     parser.add_argument("--models", default="faster,mask", help="comma-separated: faster, mask")
+    parser.add_argument(
+        "--infer-batches", default="1", type=lambda v: [int(x) for x in v.split(",")], help="e.g. 1,8"
+    )
     parser.add_argument("--train-batch", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="also time our model under bf16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (inference, training)")
     parser.add_argument("--ap-steps", type=int, default=300, help="training steps of the bf16 AP model")
     parser.add_argument("--ap-train-images", type=int, default=32, help="its training images")
     parser.add_argument("--ap-images", type=int, default=32, help="held-out images of the bf16 AP check")
@@ -304,48 +376,27 @@ def main(argv: list[str] | None = None) -> int:
 
     tuned = False if args.no_tune_malloc else tune_malloc()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     load = os.getloadavg()
     print(
-        f"torch {torch.__version__}, {args.threads} threads, size {args.size}, median of {args.repeats}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc tuned {tuned}, "
+        f"torch {torch.__version__}, device {device}, {args.threads} threads, size {args.size}, median of "
+        f"{args.repeats}, CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc tuned {tuned}, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
+    if device.type == "cuda":
+        tf32 = torch.backends.cudnn.allow_tf32
+        print(f"{torch.cuda.get_device_name(device)}, cuDNN TF32 convolutions {tf32} (PyTorch's default)")
     rows = []
     for kind in args.models.split(","):
         ours, theirs = build_pair(kind, args.size, args.seed)
-        images, targets = synthetic_batch(max(args.train_batch, 1), args.size, args.seed)
-        fused = from_torchvision(theirs).fuse_for_inference()
-        direct = from_torchvision(theirs).fuse_for_inference(nnpack=False)
-
+        ours, theirs = ours.to(device), theirs.to(device)
+        n = max(args.train_batch, *args.infer_batches)
+        images, targets = synthetic_batch(n, args.size, args.seed)
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         name = f"{kind} R-CNN R50-FPN"
-
-        # Inference, batch 1, and output equality (unfused: same arithmetic; fused: BatchNorm folded, and
-        # by default NNPACK's 3x3 convolutions on AVX2 CPUs; "oneDNN only": folded, without NNPACK).
-        run_ours, run_theirs = infer_fn(fused, images[:1]), infer_fn(theirs, images[:1])
-        run_plain, run_direct = infer_fn(ours, images[:1]), infer_fn(direct, images[:1])
-        reference = run_theirs()
-        num_dets = len(reference[0]["boxes"])
-        masks = kind == "mask"
-        print(
-            f"{name}: {num_dets} detections, {count_nnpack(fused)} convolutions on NNPACK; ours vs "
-            f"torchvision: unfused {describe_difference(output_difference(run_plain(), reference), masks)}; "
-            f"fused, oneDNN only {describe_difference(output_difference(run_direct(), reference), masks)}; "
-            f"fused {describe_difference(output_difference(run_ours(), reference), masks)}"
-        )
-        t_ours, t_direct, t_plain, t_theirs = time_interleaved(
-            [run_ours, run_direct, run_plain, run_theirs], args.repeats, args.warmup
-        )
-        rows.append((name, "inference fp32 (ours fused)", t_ours, t_theirs))
-        rows.append((name, "inference fp32 (ours fused, oneDNN only)", t_direct, t_theirs))
-        rows.append((name, "inference fp32 (ours unfused, identical)", t_plain, t_theirs))
-        if args.bf16:
-            # As prepare_for_inference sets bf16 up: folded, channels-last, no NNPACK (autocast's convs).
-            run_bf16 = infer_fn(direct, images[:1], autocast=True)
-            t_bf16, t_fp32, t_tv = time_interleaved(
-                [run_bf16, run_ours, run_theirs], args.repeats, args.warmup
-            )
-            rows.append((name, "inference bf16 (ours) vs ours fp32", t_bf16, t_fp32))
-            rows.append((name, "inference bf16 (ours) vs tv fp32", t_bf16, t_tv))
+        rows += inference_rows(kind, ours, theirs, images, args)
+        if args.bf16 and device.type == "cpu":
             change = bf16_ap_change(
                 kind, args.ap_steps, args.ap_train_images, args.ap_images, args.ap_size, args.seed
             )
@@ -360,22 +411,21 @@ def main(argv: list[str] | None = None) -> int:
                     for k in keys
                 )
             )
-        del fused, direct
-
         if not args.skip_train:
             b = args.train_batch
             ours.train()
             theirs.train()
             tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets[:b]]
-            step_ours = train_fn(ours, images[:b], targets[:b], args.seed)
-            step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed)
-            t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
-            rows.append((name, f"train step batch {b}", t_ours, t_theirs))
+            for low in (False, True) if args.bf16 else (False,):
+                step_ours = train_fn(ours, images[:b], targets[:b], args.seed, autocast=low)
+                step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
+                t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
+                rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}", t_ours, t_theirs))
         del ours, theirs
 
-    print(f"\n{'model':22} {'mode':42} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
+    print(f"\n{'model':22} {'mode':48} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
     for name, mode, a, b in rows:
-        print(f"{name:22} {mode:42} {a * 1e3:9.0f} {b * 1e3:9.0f} {a / b:6.2f}")
+        print(f"{name:22} {mode:48} {a * 1e3:9.1f} {b * 1e3:9.1f} {a / b:6.2f}")
     print("A = ours unless stated, B = torchvision unless stated; load average now", os.getloadavg()[0])
     return 0
 

@@ -4,9 +4,12 @@ segmentation_models_pytorch's ``Unet`` and ``DeepLabV3Plus`` with the same encod
 Timed for each pair, interleaved (ours, theirs, theirs, ours, ...) so that load changes on a shared
 machine hit both alike, the median of ``--repeats``:
 
-* inference: ``model(x)`` in eval mode under ``torch.inference_mode``, batch ``--infer-batch`` (1);
+* inference: ``model(x)`` in eval mode under ``torch.inference_mode``, at each batch size of
+  ``--infer-batches`` (``1``; e.g. ``1,8``);
 * a training step: forward, cross-entropy, backward and an SGD step in train mode, batch
   ``--train-batch`` (4);
+* with ``--bf16``, each also under bf16 autocast on both sides (loss in float32); with ``--fused``, ours
+  also as ``segdet eval`` runs it (:func:`prepare_for_inference` for the device and precision);
 
 at ``--size`` x ``--size`` (512) with ``--num-classes`` (21), on ``--threads`` CPU threads (2) or CUDA.
 Both sides are built with random weights (``encoder_weights=None``) and configured alike: smp's
@@ -16,7 +19,8 @@ concatenation (our default, "2c") and with one ("1c", ``decoder_convs=1``), the 
 has there. Architectural differences that remain are printed with the table.
 
 Requires ``pip install segmentation-models-pytorch`` (the ``bench`` extra). Run:
-``python benchmarks/segmentation.py --repeats 5``.
+``python benchmarks/segmentation.py --repeats 5``; on a GPU (CUDA-synchronised timing):
+``python benchmarks/segmentation.py --device cuda --infer-batches 1,8 --bf16 --fused --repeats 10``.
 """
 
 from __future__ import annotations
@@ -41,23 +45,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _inference_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _inference_fn(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callable[[], None]:
     model.eval()
 
     def step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             model(x)
 
     return step
 
 
-def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = False) -> Callable[[], None]:
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     return step
@@ -128,7 +134,10 @@ def make_pairs(num_classes: int, separable: bool) -> list[tuple[str, nn.Module, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--infer-batch", type=int, default=1)
+    parser.add_argument(
+        "--infer-batches", default="1", type=lambda v: [int(x) for x in v.split(",")], help="e.g. 1,8"
+    )
+    parser.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=5)
@@ -173,22 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         theirs = theirs.to(device, memory_format=memory_format)
         n_ours = sum(p.numel() for p in ours.parameters())
         n_theirs = sum(p.numel() for p in theirs.parameters())
-        x = torch.randn(args.infer_batch, 3, args.size, args.size, device=device)
-        x = x.to(memory_format=memory_format)
-        x = torch.randn(args.infer_batch, 3, args.size, args.size, device=device)
-        x = x.to(memory_format=memory_format)
-        if args.fused:
-            # As segdet eval / predict run it: BatchNorm folded into the convolutions.
-            fused = prepare_for_inference(copy.deepcopy(ours).cpu()).to(device)
-            fns = [_inference_fn(fused, x), _inference_fn(theirs, x)]
-            _time_row(name, "infer-fused", fns, args, device)
-        fns = [_inference_fn(ours, x), _inference_fn(theirs, x)]
-        _time_row(name, f"inference b{args.infer_batch}", fns, args, device)
+        precisions = [False, True] if args.bf16 else [False]
+        for b in args.infer_batches:
+            x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
+            for low in precisions:
+                tag = "bf16" if low else "fp32"
+                if args.fused:
+                    # As segdet eval / predict run it: BatchNorm folded, the layout chosen for the device.
+                    fused = prepare_for_inference(
+                        copy.deepcopy(ours), device_type=device.type, precision=tag if low else "fp32"
+                    )
+                    fns = [_inference_fn(fused, x), _inference_fn(theirs, x, low)]
+                    _time_row(name, f"fused b{b} {tag}", fns, args, device)
+                fns = [_inference_fn(ours, x, low), _inference_fn(theirs, x, low)]
+                _time_row(name, f"infer b{b} {tag}", fns, args, device)
         if not args.skip_train:
             b = args.train_batch
             x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
             y = torch.randint(0, args.num_classes, (b, args.size, args.size), device=device)
-            _time_row(name, f"train b{b}", [_train_fn(ours, x, y), _train_fn(theirs, x, y)], args, device)
+            for low in precisions:
+                fns = [_train_fn(ours, x, y, low), _train_fn(theirs, x, y, low)]
+                _time_row(name, f"train b{b} {'bf16' if low else 'fp32'}", fns, args, device)
         print(f"{'':28} {'params':>12} {n_ours / 1e6:8.2f}M {n_theirs / 1e6:8.2f}M {n_ours / n_theirs:9.3f}")
     print(
         "Remaining differences: smp's DeepLabV3Plus decoder has one 3x3 conv after the concatenation and"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_detector import SMALL
 from torch.utils.data import DataLoader
 
 from segdet.data import shapes
@@ -22,25 +23,6 @@ from segdet.engine.schedule import build_scheduler
 from segdet.engine.trainer import build_optimizer
 
 STEPS = 50
-# Small images at their own size (64 px), anchors scaled down 4x to the objects (6-37 px), few samples,
-# narrow heads (the architecture is the same; only widths shrink) so the test stays cheap on 2 cores.
-SMALL = {
-    "backbone": "resnet18",
-    "fpn_channels": 64,
-    "representation_size": 256,
-    "mask_channels": 64,
-    "min_size": 64,
-    "max_size": 64,
-    "anchor_sizes": [[8], [16], [32], [64], [128]],
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 32,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 200,
-    "rpn_post_nms_top_n_test": 100,
-}
-
-
 def overfit(tmp_path, task: str, model: str) -> dict[str, float]:
     torch.manual_seed(0)
     images = shapes.generate(tmp_path / "shapes", 4, seed=0, size=64)
@@ -81,7 +63,16 @@ def test_faster_rcnn_overfits_shapes(tmp_path):
 
 
 @pytest.mark.slow
-def test_mask_rcnn_overfits_shapes(tmp_path):
-    metrics = overfit(tmp_path, "instance", "maskrcnn_resnet50_fpn")
+def test_mask_rcnn_overfits_shapes(trained_detector, tmp_path):
+    """The same set-up, trained once for the session (``tests/engine/conftest.py``: 50 steps on the 4
+    images it is evaluated on), evaluated by ``segdet eval`` on the model as trained (no folding)."""
+    import json
+
+    from segdet.cli.main import main
+
+    out = tmp_path / "metrics.json"
+    argv = ["eval", str(trained_detector), "--device", "cpu", "--no-fuse", "--no-nnpack", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads(out.read_text())
     assert metrics["AP50"] >= 0.9, metrics
     assert metrics["mask_AP50"] >= 0.9, metrics

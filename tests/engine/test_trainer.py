@@ -30,7 +30,16 @@ TINY = {
     },
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "schedule": {"name": "cosine", "warmup_steps": 2},
-    "train": {"epochs": 3, "seed": 1, "deterministic": True, "progress": False, "log_every": 1},
+    # The CPU, also where a GPU is present: exact resume and DDP over gloo are CPU properties (CUDA paths
+    # are in test_cuda.py).
+    "train": {
+        "epochs": 3,
+        "seed": 1,
+        "deterministic": True,
+        "progress": False,
+        "log_every": 1,
+        "device": "cpu",
+    },
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from segdet.cli import inference_options
@@ -43,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ConfigError("no evaluation data: give --data PATH")
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
+    start = time.perf_counter()
     metrics = task.evaluate(trained.model, loader, device)
+    seconds = time.perf_counter() - start
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
+    print(inference_options.timing(len(dataset), seconds, device, "evaluated"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(metrics, indent=2))

@@ -44,3 +44,11 @@ def load(args: argparse.Namespace):
         nnpack=False if args.no_nnpack else None,
     )
     return trained, device
+
+
+def timing(num_images: int, seconds: float, device, verb: str) -> str:
+    """The closing line of ``segdet eval`` / ``predict``: images, wall time and seconds per image (reading,
+    the model, and writing or scoring included; on CUDA every image's outputs are read back on the host,
+    so the time is the device's too)."""
+    per = seconds / max(num_images, 1)
+    return f"{verb} {num_images} images in {seconds:.2f} s: {per:.4f} s per image on {device}"

@@ -10,6 +10,7 @@ image (boxes, class names, scores and masks of the detections scoring at least `
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from segdet.cli import inference_options
@@ -53,6 +54,19 @@ def list_images(inputs: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    trained, device = inference_options.load(args)
+    images = list_images(args.inputs)
+    start = time.perf_counter()
+    if trained.config.task != "segmentation":
+        predict_detections(trained, images, args, device)
+    else:
+        predict_segmentation(trained, images, args, device)
+    print(inference_options.timing(len(images), time.perf_counter() - start, device, "predicted"))
+    return 0
+
+
+def predict_segmentation(trained, images: list[Path], args: argparse.Namespace, device) -> None:
+    """Label PNGs (class indices) and overlays of ``trained`` on ``images``."""
     import numpy as np
     import torch
     from PIL import Image
@@ -62,13 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from segdet.data.io import load_image
     from segdet.ops.draw import overlay_semantic, save_png
 
-    trained, device = inference_options.load(args)
-    if trained.config.task != "segmentation":
-        return predict_detections(trained, list_images(args.inputs), args, device)
     # the evaluation preset's image steps: float [0, 1], then ImageNet normalisation
     preprocess = v2.Normalize(mean=list(T.IMAGENET_MEAN), std=list(T.IMAGENET_STD))
     (args.out / "labels").mkdir(parents=True, exist_ok=True)
-    images = list_images(args.inputs)
     num_classes = len(trained.classes)
     for path in images:
         raw = load_image(path)
@@ -86,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
         f"predicted {len(images)} images: label PNGs in {args.out / 'labels'}, "
         f"overlays in {args.out / 'overlays'}"
     )
-    return 0
 
 
 def image_ids(images: list[Path], coco_gt: Path | None) -> list[int]:
@@ -112,7 +121,7 @@ def image_ids(images: list[Path], coco_gt: Path | None) -> list[int]:
     return ids
 
 
-def predict_detections(trained, images: list[Path], args: argparse.Namespace, device) -> int:
+def predict_detections(trained, images: list[Path], args: argparse.Namespace, device) -> None:
     """Detections of ``trained`` on ``images``: overlays and ``predictions.json``."""
     import json
 
@@ -151,4 +160,3 @@ def predict_detections(trained, images: list[Path], args: argparse.Namespace, de
         f"{args.out / 'predictions.json'}, overlays (score >= {args.score_thresh:g}) in "
         f"{args.out / 'overlays'}"
     )
-    return 0

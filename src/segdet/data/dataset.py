@@ -63,6 +63,7 @@ class SegDetDataset(Dataset):
         self.include_crowd = include_crowd
         self.strict = strict
         self._reported: set[int] = set()
+        self._decoded: list | None = None  # preload()'s samples
 
     @property
     def classes(self) -> list[str]:
@@ -87,6 +88,23 @@ class SegDetDataset(Dataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, dict]:
         """The sample at ``index``; raises :class:`DataError` when its files are bad."""
+        if self._decoded is not None:
+            decoded = self._decoded[index]
+            if isinstance(decoded, DataError):
+                raise decoded
+            image, target = decoded
+            target = dict(target)  # the transforms replace entries: keep the cached dict as it is
+        else:
+            image, target = self.decode(index)
+        image = tv_tensors.Image(image)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        if image.dtype == torch.uint8:
+            image = tv_tensors.wrap(image.float().div_(255.0), like=image)
+        return image, target
+
+    def decode(self, index: int) -> tuple[torch.Tensor, dict]:
+        """The image at ``index`` as a ``uint8`` tensor and its target, before any transform."""
         record = self.annotations.images[index]
         image = load_image(record.path)
         h, w = image.shape[-2:]
@@ -94,13 +112,23 @@ class SegDetDataset(Dataset):
             raise DataError(
                 f"image is {w}x{h} but its annotation says {record.width}x{record.height}", record.path
             )
-        target = self.target(record)
-        image = tv_tensors.Image(image)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        if image.dtype == torch.uint8:
-            image = tv_tensors.wrap(image.float().div_(255.0), like=image)
-        return image, target
+        return image, self.target(record)
+
+    def preload(self, threads: int = 4) -> None:
+        """Decode every sample once and keep it in memory (images as ``uint8``): later loads only run the
+        transforms. For datasets that fit in memory; worker processes started afterwards share the
+        decoded tensors with this one (fork, copy-on-write). Decoding runs in ``threads`` threads
+        (Pillow and zlib release the GIL); a bad file is kept as its error and reported when loaded."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode(index: int) -> tuple[torch.Tensor, dict] | DataError:
+            try:
+                return self.decode(index)
+            except DataError as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            self._decoded = list(pool.map(decode, range(len(self))))
 
     def target(self, record: ImageRecord) -> dict:
         """The target dict of one image, before transforms."""
@@ -162,3 +190,10 @@ class SegDetDataset(Dataset):
                 record.semantic if not isinstance(record.semantic, np.ndarray) else record.path,
             )
         return sem
+
+
+def cached(dataset: SegDetDataset, cache: bool) -> SegDetDataset:
+    """``dataset``, preloaded (:meth:`SegDetDataset.preload`) when ``cache``."""
+    if cache:
+        dataset.preload()
+    return dataset

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from segdet.data.collate import collate_detection
-from segdet.data.dataset import SegDetDataset
+from segdet.data.dataset import SegDetDataset, cached
 from segdet.data.structures import AnnotationSet
 from segdet.engine.config import Config
 from segdet.engine.data_splits import train_val_splits
@@ -172,13 +172,14 @@ class DetectionTask:
     def train_dataset(self) -> Dataset:
         d = self.cfg.data
         tf = detection_transforms(train=True, hflip=d.hflip, photometric=d.photometric)
-        return SegDetDataset(self.train_ann, tf, masks=self.masks, strict=d.strict)
+        return cached(SegDetDataset(self.train_ann, tf, masks=self.masks, strict=d.strict), d.cache)
 
     def val_dataset(self) -> Dataset | None:
         if self.val_ann is None or not self.val_ann.images:
             return None
         # Only the images matter: evaluation compares with the annotation set itself (crowd included).
-        return SegDetDataset(self.val_ann, None, include_crowd=True, strict=self.cfg.data.strict)
+        dataset = SegDetDataset(self.val_ann, None, include_crowd=True, strict=self.cfg.data.strict)
+        return cached(dataset, self.cfg.data.cache)
 
     def collate(self, batch: list) -> Any:
         return collate_detection(batch)
@@ -204,9 +205,10 @@ class DetectionTask:
         return [t["image_id"] for t in batch[1]]
 
     # ------------------------------------------------------------------------------------------ loss
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The sum of the model's losses (RPN objectness and box regression, RoI classification and
-        box regression, and the mask loss for Mask R-CNN), and each of them as a float."""
+        box regression, and the mask loss for Mask R-CNN), and each of them detached (left on the
+        device: the trainer reads them only when it logs)."""
         images, targets = batch
         losses = model(images, targets)
         if self.masks and "loss_mask" not in losses:
@@ -215,7 +217,7 @@ class DetectionTask:
                 "(e.g. maskrcnn_resnet50_fpn) or task: detection"
             )
         total = sum(losses.values())
-        return total, {k: float(v.detach()) for k, v in losses.items()}
+        return total, {k: v.detach() for k, v in losses.items()}
 
     # ------------------------------------------------------------------------------------ evaluation
     def ground_truth(self) -> dict:

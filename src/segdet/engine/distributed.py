@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from segdet.errors import SegdetError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,6 +38,11 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and local >= torch.cuda.device_count():
+        raise SegdetError(
+            f"torchrun started process {local} on this machine but it has {torch.cuda.device_count()} "
+            "GPU(s): use --nproc_per_node <= the GPU count, or train.device=cpu (gloo)"
+        )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

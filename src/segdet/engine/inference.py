@@ -91,7 +91,18 @@ def prepare_for_inference(
     float32 rounding); ``None`` chooses it where it was measured faster: the R-CNN detectors on AVX2
     CPUs (not the segmentation models, which run faster channels-last). ``channels_last``: weights
     (and so activations) stored channels-last; ``None`` chooses it unless the model has grouped /
-    depthwise convolutions or runs on NNPACK.
+    depthwise convolutions or runs on NNPACK, and never in float32 on CUDA (it made R-CNN evaluation
+    slower there; :meth:`~segdet.models.detection.generalized_rcnn.GeneralizedRCNN.fuse_for_inference`).
+
+    On CUDA, PyTorch runs float32 convolutions on TF32 tensor cores by default
+    (``torch.backends.cudnn.allow_tf32 = True``): inputs and weights are rounded to 10 mantissa bits
+    (relative error ~2⁻¹¹ ≈ 5e-4 per operand, float32 accumulation) before each convolution, 1000 times
+    coarser than float32. segdet leaves that default as it is (it is what torchvision and Detectron2
+    users get, and it is 2-8x faster on Ampere and Hopper GPUs) and matrix products in full float32
+    (``torch.backends.cuda.matmul.allow_tf32 = False``, PyTorch's default). Consequence: an *untrained*
+    network, whose random detections sit on near-ties, can give visibly different detections after any
+    change of weights as small as BatchNorm folding; on trained models the change in COCO AP / mIoU is
+    what ``tests/engine/test_default_inference.py`` and ``benchmarks/fused_agreement.py`` measure.
     ``precision``: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (faster where the hardware has fast
     reduced-precision arithmetic; the change in accuracy is the user's to check, e.g. with
     ``segdet eval --precision bf16``).
@@ -105,14 +116,18 @@ def prepare_for_inference(
     if fuse and hasattr(model, "fuse_for_inference"):
         if precision != "fp32":
             nnpack = False  # under autocast the convolutions are autocast's (NNPACK is float32 only)
-        # nnpack None: fuse_for_inference chooses it from the model's device and the CPU
+            # bf16/fp16 convolutions run channels-last on CPUs and on tensor cores
+            channels_last = True if channels_last is None else channels_last
+        # None: fuse_for_inference chooses from the model's device (and NNPACK from the CPU)
         model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
     elif fuse:
         fold_batchnorm(model)
         if nnpack:
             use_nnpack(model)
         if channels_last is None:
-            channels_last = not nnpack and _prefers_channels_last(model)
+            # float32 on CUDA stays NCHW (see GeneralizedRCNN.fuse_for_inference)
+            on_cpu_or_autocast = device_type == "cpu" or precision != "fp32"
+            channels_last = not nnpack and on_cpu_or_autocast and _prefers_channels_last(model)
         if channels_last:
             model.to(memory_format=torch.channels_last)
     dtype = PRECISIONS[precision]

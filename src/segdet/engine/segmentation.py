@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdet.data.collate import collate_segmentation
-from segdet.data.dataset import SegDetDataset
+from segdet.data.dataset import SegDetDataset, cached
 from segdet.engine.config import Config
 from segdet.engine.data_splits import train_val_splits
 from segdet.errors import ConfigError
@@ -81,14 +81,16 @@ class SegmentationTask:
             photometric=d.photometric,
             ignore_index=self.ignore_index,
         )
-        return SegDetDataset(self.train_ann, tf, semantic=True, strict=d.strict)
+        return cached(SegDetDataset(self.train_ann, tf, semantic=True, strict=d.strict), d.cache)
 
     def val_dataset(self) -> Dataset | None:
         from segdet.data import transforms as T
 
         if self.val_ann is None or not self.val_ann.images:
             return None
-        return SegDetDataset(self.val_ann, T.segmentation_eval(), semantic=True, strict=self.cfg.data.strict)
+        d = self.cfg.data
+        dataset = SegDetDataset(self.val_ann, T.segmentation_eval(), semantic=True, strict=d.strict)
+        return cached(dataset, d.cache)
 
     def collate(self, batch: list) -> Any:
         images, labels = collate_segmentation(batch)

@@ -7,7 +7,8 @@ What it does not own: what a batch is, how the loss is computed and how a model 
 belong to a *task* (:class:`Task`), e.g. :class:`segdet.engine.segmentation.SegmentationTask`.
 
 Exact resume: a checkpoint is written at the end of every epoch with the model, optimiser, scheduler,
-EMA and every RNG state; the sampler's order is a pure function of ``(seed, epoch)``. On the CPU with
+EMA and every RNG state; the sampler's order and every sample's augmentation are pure functions of
+``(seed, epoch, index)`` (:mod:`segdet.engine.loader`), whatever the number of workers. On the CPU with
 ``train.deterministic``, a run killed at any moment and resumed from its last checkpoint ends with the
 same weights as a run that was never interrupted.
 """
@@ -19,7 +20,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,8 @@ from segdet.engine import distributed as dist_utils
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segdet.engine.config import Config, save_config, to_dict
 from segdet.engine.ema import ModelEMA
+from segdet.engine.finite import FiniteGuard, StepInfo
+from segdet.engine.loader import EpochSampler, build_loader
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
@@ -54,25 +56,6 @@ class Task(Protocol):
     def batch_image_ids(self, batch: Any) -> list: ...
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffled order that is a pure function of ``(seed, epoch)``: resuming at an epoch boundary
-    replays exactly the order the uninterrupted run would have used. It is the permutation
-    ``DistributedSampler`` draws, so N processes see, batch for batch, the same global batches as one."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 @dataclass
@@ -140,6 +123,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.log = MetricLog(self.run_dir, tensorboard=True) if self.dist.is_main else None
+        self.guard = FiniteGuard(
+            deferred=self.device.type != "cpu",
+            distributed=self.dist.enabled,
+            checkpoint=str(self.run_dir / "last.safetensors"),
+        )
         if resume:
             self._load_last()
 
@@ -166,17 +154,14 @@ class Trainer:
             sampler = EpochSampler(len(dataset), self.cfg.train.seed)
         else:
             sampler = torch.utils.data.SequentialSampler(dataset)
-        generator = torch.Generator().manual_seed(self.cfg.train.seed)
-        return DataLoader(
+        return build_loader(
             dataset,
             batch_size=batch,
             sampler=sampler,
-            num_workers=cfg.workers,
-            collate_fn=self.task.collate if train else self.task.val_collate,
-            drop_last=False,
-            persistent_workers=False,
-            generator=generator,
-            worker_init_fn=_seed_worker,
+            collate=self.task.collate if train else self.task.val_collate,
+            workers=cfg.workers,
+            device=self.device,
+            seed=self.cfg.train.seed + self.dist.rank if train else None,
         )
 
     # ---------------------------------------------------------------------------------------- train
@@ -232,60 +217,88 @@ class Trainer:
         return summary
 
     def _train_epoch(self, epoch: int) -> bool:
-        """One epoch; False when ``train.max_minutes`` ran out before its end."""
+        """One epoch; False when ``train.max_minutes`` ran out before its end.
+
+        Nothing here reads a device tensor on the host except every ``log_every`` steps (the logged
+        values, :class:`~segdet.engine.finite.FiniteGuard`'s check): on a GPU the host stays ahead,
+        queueing the next step while the current one runs."""
         cfg = self.cfg.train
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.ddp_model.train()
         accumulate = max(1, cfg.accumulate)
+        every = max(1, cfg.log_every)
         n = len(self.train_loader)
         progress = Progress(
-            n,
-            f"epoch {epoch + 1}/{cfg.epochs}",
-            enabled=cfg.progress and self.dist.is_main,
-            every=cfg.log_every,
+            n, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and self.dist.is_main, every=every
         )
-        running: float | None = None
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        running: torch.Tensor | None = None  # the smoothed loss, on the device
+        shown: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.train_loader):
             batch = self.task.to_device(batch, self.device)
             last_micro = (i + 1) % accumulate == 0 or i + 1 == n
-            sync = (
-                contextlib.nullcontext() if last_micro or not self.dist.enabled else self.ddp_model.no_sync()
-            )
-            with sync:
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts = self.task.loss(self.ddp_model, batch)
-                self._check_finite(loss, batch, epoch, i)
-                micro = min(accumulate, n - (i // accumulate) * accumulate)
-                self.scaler.scale(loss / micro).backward()
+            micro = min(accumulate, n - (i // accumulate) * accumulate)
+            where = StepInfo(self.state.step, epoch + 1, i, self.task.batch_image_ids(batch))
+            loss, parts = self._forward_backward(batch, micro, sync=last_micro, where=where)
             if not last_micro:
                 continue
-            if cfg.clip_grad_norm:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.state.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model)
-            value = float(loss.detach())
-            running = value if running is None else 0.9 * running + 0.1 * value
-            progress.update(i + 1, loss=running, lr=self.optimizer.param_groups[0]["lr"])
-            if self.log is not None and (self.state.step % max(1, cfg.log_every) == 0 or i + 1 == n):
+            self._optimizer_step()
+            running = loss if running is None else running.mul(0.9).add_(loss, alpha=0.1)
+            if self.state.step % every == 0 or i + 1 == n:
+                self.guard.check()
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.log.log(
-                    "train", self.state.step, epoch + (i + 1) / n, {"loss": value, "lr": lr, **parts}
-                )
+                shown = {"loss": float(running), "lr": lr}
+                if self.log is not None:
+                    values = {"loss": float(loss), "lr": lr, **{k: float(v) for k, v in parts.items()}}
+                    self.log.log("train", self.state.step, epoch + (i + 1) / n, values)
+            progress.update(i + 1, **shown)
             if self._out_of_time():
+                self.guard.check()
                 progress.close()
                 return False
+        self.guard.check()
         progress.close()
         return True
+
+    def _forward_backward(
+        self, batch: Any, micro: int, *, sync: bool, where: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The task's loss on ``batch`` (under ``train.amp``'s autocast) and its backward pass, scaled by
+        ``1 / micro`` (gradient accumulation); DDP all-reduces the gradients only when ``sync``. Returns
+        the detached loss and the task's parts (tensors or floats), left on the device."""
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.amp)
+        no_sync = not sync and self.dist.enabled
+        with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, parts = self.task.loss(self.ddp_model, batch)
+            self.guard.observe(loss, where)
+            self.scaler.scale(loss / micro).backward()
+        return loss.detach(), parts
+
+    def _optimizer_step(self) -> None:
+        """Clip (``train.clip_grad_norm``), step the optimiser (through the fp16 gradient scaler), the
+        schedule and the EMA."""
+        if self.cfg.train.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """One optimiser step on ``batch`` (already on the device) as :meth:`fit` does it, without
+        accumulation; returns the detached loss. For benchmarks of the model-bound step time."""
+        self.ddp_model.train()
+        where = StepInfo(self.state.step, self.state.epoch + 1, 0, self.task.batch_image_ids(batch))
+        loss, _ = self._forward_backward(batch, 1, sync=True, where=where)
+        self._optimizer_step()
+        return loss
 
     def _out_of_time(self) -> bool:
         """Whether the budget is spent, decided by rank 0 so every process stops at the same step."""
@@ -293,21 +306,6 @@ class Trainer:
             return False
         out = time.perf_counter() > self._deadline
         return bool(dist_utils.broadcast_object(out)) if self.dist.enabled else out
-
-    def _check_finite(self, loss: torch.Tensor, batch: Any, epoch: int, index: int) -> None:
-        """Stop before a NaN/inf loss reaches the weights, naming the step and the batch's images.
-        Under DDP every process learns of it (one all-reduce), so none is left waiting."""
-        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
-        if self.dist.enabled:
-            dist_utils.all_reduce_sum(bad)
-        if bad.item() == 0:
-            return
-        ids = self.task.batch_image_ids(batch)
-        raise SegdetError(
-            f"the loss became {loss.item()} at step {self.state.step} (epoch {epoch + 1}, batch {index}, "
-            f"images {ids}); the weights were not updated and {self.run_dir / 'last.safetensors'} holds "
-            "the last good state: lower optim.lr or set train.clip_grad_norm"
-        )
 
     def evaluate(self) -> dict[str, float]:
         model = self.ema.module if self.ema is not None else self.model
@@ -393,10 +391,3 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; NumPy and random follow it
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)  # noqa: NPY002
-    random.seed(seed)

@@ -143,16 +143,21 @@ class GeneralizedRCNN(nn.Module):
         * ``nnpack``: run the wide 3x3 convolutions through NNPACK's Winograd / FFT kernels
           (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster (a model on an
           AVX2 CPU).
-        * ``channels_last``: store weights and batches channels-last; ``None``: unless NNPACK is used
-          (NNPACK works in NCHW, and layout copies around it cost more than channels-last gains:
-          Faster R-CNN R50-FPN at 800², 2 AVX2 cores, 1.40 s NCHW against 1.46 s channels-last).
+        * ``channels_last``: store weights and batches channels-last; ``None``: on the CPU unless NNPACK
+          is used (NNPACK works in NCHW, and layout copies around it cost more than channels-last gains:
+          Faster R-CNN R50-FPN at 800², 2 AVX2 cores, 1.40 s NCHW against 1.46 s channels-last); never
+          on CUDA, where float32 channels-last made ``segdet eval`` of a Penn-Fudan Mask R-CNN (images of
+          many sizes) several times slower than the unfused NCHW model on an H200 (> 45 s against 12 s):
+          folded and NCHW, the model runs the unfused model's convolution kernels minus the BatchNorm
+          passes. Under autocast :func:`segdet.engine.inference.prepare_for_inference` asks for it.
 
         Returns the model, in eval mode."""
         self.eval()
+        on_cpu = all(p.device.type == "cpu" for p in self.parameters())
         if nnpack is None:
-            nnpack = nnpack_is_faster() and all(p.device.type == "cpu" for p in self.parameters())
+            nnpack = nnpack_is_faster() and on_cpu
         if channels_last is None:
-            channels_last = not nnpack
+            channels_last = not nnpack and on_cpu
         if fold:
             fold_batchnorm(self)
         if nnpack:
