@@ -8,47 +8,80 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from segdet.cli import inference_options
+from segdet.cli.paths import add_overwrite, output_file, path_arg
 from segdet.data.formats import FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by segdet train")
-    parser.add_argument("--data", help="dataset to evaluate on (default: the run's validation split)")
+    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint written by segdet train")
+    parser.add_argument(
+        "--data", type=path_arg, help="dataset to evaluate on (default: the run's validation split)"
+    )
     parser.add_argument("--format", choices=list(FORMATS), help="format of --data (default: the run's)")
-    parser.add_argument("--images", help="image folder, overriding the layout's")
-    parser.add_argument("--labels", help="label folder, overriding the layout's")
+    parser.add_argument("--images", type=path_arg, help="image folder, overriding the layout's")
+    parser.add_argument("--labels", type=path_arg, help="label folder, overriding the layout's")
     parser.add_argument("--split", help="split name")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="evaluate without the records and images that cannot be read (counted at the end); by "
+        "default any of them stops the evaluation: metrics over a set that silently lost images are wrong",
+    )
     inference_options.add_arguments(parser)
-    parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    parser.add_argument("--out", type=path_arg, help="write the metrics to this JSON file")
+    add_overwrite(parser, "the --out file")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from torch.utils.data import DataLoader
 
     from segdet.engine.config import DataSplit
-    from segdet.errors import ConfigError
+    from segdet.errors import ConfigError, DataError
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out:
+        output_file(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.data])
     trained, device = inference_options.load(args)
     cfg = trained.config
+    cfg.data.strict = not args.skip_bad  # reading, and decoding every image
     if args.data:
         cfg.data.format = args.format or cfg.data.format
-        cfg.data.val = DataSplit(path=args.data, images=args.images, labels=args.labels, split=args.split)
+        cfg.data.val = DataSplit(
+            path=str(args.data),
+            images=None if args.images is None else str(args.images),
+            labels=None if args.labels is None else str(args.labels),
+            split=args.split,
+        )
         cfg.data.synthetic = 0
-    task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
-    dataset = task.val_dataset()
-    if dataset is None:
-        raise ConfigError("no evaluation data: give --data PATH")
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
-    metrics = task.evaluate(trained.model, loader, device)
+    try:
+        task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
+        dataset = task.val_dataset()
+        if dataset is None:
+            raise ConfigError("no evaluation data: give --data PATH")
+        loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
+        metrics = task.evaluate(trained.model, loader, device)
+    except DataError as e:
+        if args.skip_bad:
+            raise
+        raise DataError(f"{e.problem} (--skip-bad evaluates without it)", e.file, e.record) from None
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
+    lost = len(task.val_ann.errors) + len(dataset.unreadable())
+    if lost:
+        print(
+            f"segdet: --skip-bad: {len(task.val_ann.errors)} records could not be read and "
+            f"{len(dataset.unreadable())} images could not be decoded; the metrics are over the other "
+            f"{len(dataset) - len(dataset.unreadable())} images (`segdet data check` lists them)",
+            file=sys.stderr,
+        )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(metrics, indent=2))
     return 0
 
