@@ -170,9 +170,9 @@ class DetectionTask:
 
     # ------------------------------------------------------------------------------------ components
     def build_model(self) -> nn.Module:
-        from segdet.models import build
+        from segdet.models.build import build_from_config
 
-        model = build(self.cfg.model.name, num_classes=self.num_classes, **self.cfg.model.kwargs)
+        model = build_from_config(self.cfg.model.name, self.num_classes, self.cfg.model.kwargs)
         if self.cfg.model.weights:
             # Whole-detector weights: torchvision's released files or names (converted to our keys).
             from segdet.models.detection.convert import load_torchvision_weights

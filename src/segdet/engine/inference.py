@@ -37,7 +37,7 @@ def load_trained(
     not fetched, the checkpoint's own weights replace them. A checkpoint that does not fit (keys, shapes,
     classes, task) or holds NaN / infinite weights is a one-line :class:`SegdetError`.
     """
-    from segdet.models import build
+    from segdet.models.build import build_from_config
     from segdet.models.weights import FROM_CHECKPOINT
 
     ckpt = load_checkpoint(path, map_location=device)
@@ -62,7 +62,7 @@ def load_trained(
             f"{path}: model.num_classes={num_classes} but the checkpoint has {len(classes)} classes"
         )
     try:
-        model = build(config.model.name, num_classes=num_classes, **kwargs)
+        model = build_from_config(config.model.name, num_classes, kwargs)
     except SegdetError as e:
         raise SegdetError(f"{path}: cannot rebuild the model: {e}") from None
     _check_task(model, config.task, path)

@@ -61,9 +61,9 @@ class SegmentationTask:
 
     # ------------------------------------------------------------------------------------ components
     def build_model(self) -> nn.Module:
-        from segdet.models import build
+        from segdet.models.build import build_from_config
 
-        model = build(self.cfg.model.name, num_classes=self.num_classes, **self.cfg.model.kwargs)
+        model = build_from_config(self.cfg.model.name, self.num_classes, self.cfg.model.kwargs)
         if self.cfg.model.weights:
             from segdet.models.weights import load_weights
 

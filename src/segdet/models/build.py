@@ -180,7 +180,7 @@ def build(name: str, num_classes: int = 21, **kwargs) -> nn.Module:
     """Build model ``name`` of :data:`MODELS` with ``num_classes`` outputs and the given options.
 
     Raises :class:`SegdetError` for an unknown name (suggesting the closest) or option (listing the
-    model's options), and for option values the constructor refuses (its message in one line).
+    model's options).
     """
     constructor = _constructor(name)
     options = model_options(name)
@@ -194,11 +194,17 @@ def build(name: str, num_classes: int = 21, **kwargs) -> nn.Module:
         raise SegdetError(f"model {name!r} has no option {', '.join(hints)}; options: {', '.join(options)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise SegdetError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return constructor(num_classes, **kwargs)
+
+
+def build_from_config(name: str, num_classes: int, options: dict) -> nn.Module:
+    """:func:`build` for options read from a config (a file, the command line): an option value the
+    constructor refuses (a negative width, a string for a number...) is a :class:`SegdetError` naming
+    the options, so the command line reports it in one line."""
     try:
-        return constructor(num_classes, **kwargs)
+        return build(name, num_classes=num_classes, **options)
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as e:
-        # an option value the constructor cannot take (a negative width, a string for a number...)
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
         raise SegdetError(f"model {name!r} cannot be built with {shown or 'its defaults'}: {e}") from None
 
 
