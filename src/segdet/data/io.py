@@ -85,7 +85,7 @@ def open_image(path: Path, what: str = "image") -> Iterator:
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise DataError(_too_large(int(found.group(1)) if found else None, limit), path) from None
     except FileNotFoundError:
-        raise DataError(f"{what} file not found", path) from None
+        raise DataError(f"cannot read {what}: file not found", path) from None
     except (OSError, ValueError, SyntaxError, MemoryError) as e:
         raise DataError(f"cannot read {what} ({e})", path) from None
 
