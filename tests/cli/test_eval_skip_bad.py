@@ -69,3 +69,18 @@ def test_eval_refuses_a_set_that_lost_an_image_unless_skip_bad(
     reference = tmp_path / "reference.json"
     assert main(["eval", ckpt, "--data", str(without), "--format", "masks", "--out", str(reference)]) == 0
     assert json.loads(out.read_text()) == json.loads(reference.read_text())
+
+
+def test_eval_refuses_records_the_reader_left_out(tmp_path, capsys, mask_set, tiny_segmentation_run):
+    """A record the reader could not use (here an image without its label PNG) is as silent a loss."""
+    good, _, _ = mask_set
+    partial = tmp_path / "partial"
+    shutil.copytree(good, partial)
+    next((partial / "labels").iterdir()).unlink()
+    ckpt = str(tiny_segmentation_run / "last.safetensors")
+    argv = ["eval", ckpt, "--data", str(partial), "--format", "masks"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--skip-bad" in err
+    assert main([*argv, "--skip-bad"]) == 0
+    assert "1 records could not be read" in capsys.readouterr().err

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite(parser, "the --out file")
 
 
+SKIP_BAD_HINT = "metrics over a set that lost records or images would be wrong (--skip-bad leaves them out)"
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         output_file(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.data])
     trained, device = inference_options.load(args)
     cfg = trained.config
-    cfg.data.strict = not args.skip_bad  # reading, and decoding every image
+    cfg.data.strict = False  # bad records and images are counted here, and refused unless --skip-bad
     if args.data:
         cfg.data.format = args.format or cfg.data.format
         cfg.data.val = DataSplit(
@@ -59,26 +62,30 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
         )
         cfg.data.synthetic = 0
+    task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
+    errors = task.val_ann.errors if task.val_ann is not None else []
+    if errors and not args.skip_bad:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more records)" if len(errors) > 1 else ""
+        raise DataError(f"{first.message}{more}; {SKIP_BAD_HINT}", first.file, first.record)
+    dataset = task.val_dataset()
+    if dataset is None:
+        raise ConfigError("no evaluation data: give --data PATH")
+    dataset.strict = not args.skip_bad
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
     try:
-        task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
-        dataset = task.val_dataset()
-        if dataset is None:
-            raise ConfigError("no evaluation data: give --data PATH")
-        loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
         metrics = task.evaluate(trained.model, loader, device)
-    except DataError as e:
-        if args.skip_bad:
-            raise
-        raise DataError(f"{e.problem} (--skip-bad evaluates without it)", e.file, e.record) from None
+    except DataError as e:  # an image that cannot be read (strict dataset)
+        raise DataError(f"{e.problem}; {SKIP_BAD_HINT}", e.file, e.record) from None
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
-    lost = len(task.val_ann.errors) + len(dataset.unreadable())
-    if lost:
+    skipped = len(dataset.unreadable())
+    if errors or skipped:
         print(
-            f"segdet: --skip-bad: {len(task.val_ann.errors)} records could not be read and "
-            f"{len(dataset.unreadable())} images could not be decoded; the metrics are over the other "
-            f"{len(dataset) - len(dataset.unreadable())} images (`segdet data check` lists them)",
+            f"segdet: --skip-bad: {len(errors)} records could not be read and {skipped} images could not be "
+            f"decoded; the metrics are over the other {len(dataset) - skipped} images "
+            "(`segdet data check` lists them)",
             file=sys.stderr,
         )
     if args.out:
