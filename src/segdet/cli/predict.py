@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from segdet.ops.draw import overlay_semantic, save_png
 
     images = list_images(args.inputs)
-    output_dir(args.out, overwrite=args.overwrite, sources=args.inputs)
+    output_dir(args.out, overwrite=args.overwrite, sources=args.inputs, inside_ok=True)
     names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
     trained, device = inference_options.load(args)
     if trained.config.task != "segmentation":
