@@ -23,42 +23,24 @@ def shared_dataset():
     return _shared_dataset
 
 
-# A tiny segmentation run (U-Net, 4 channels, 8 synthetic 32 px images, one epoch): what the checkpoint
-# tests load, evaluate and damage. Trained once per session, in about a second.
-TINY_SEGMENTATION = {
-    "task": "segmentation",
-    "name": "tiny",
-    "model": {"name": "unet", "base_channels": 4, "depth": 2, "norm": False},
-    "data": {
-        "synthetic": 8,
-        "synthetic_size": 32,
-        "size": 32,
-        "scale_range": [1.0, 1.0],
-        "hflip": 0.0,
-        "batch_size": 4,
-    },
-    "optim": {"name": "sgd", "lr": 0.05},
-    "train": {"epochs": 1, "seed": 0, "progress": False, "log_every": 1},
-}
+# The smoke-test run (configs/smoke_unet.yaml: U-Net, 4 channels, 8 synthetic 32 px images, one epoch):
+# what the checkpoint tests load, evaluate and damage. Trained once per session, in about a second.
+SMOKE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke_unet.yaml"
 
 
 @pytest.fixture
 def tiny_segmentation_config() -> dict:
-    """A fresh copy of :data:`TINY_SEGMENTATION` (without ``name`` and ``output_dir``)."""
-    import copy
+    """A fresh copy of the smoke-test config (``name`` and ``output_dir`` to be set by the test)."""
+    import yaml
 
-    return copy.deepcopy(TINY_SEGMENTATION)
+    return yaml.safe_load(SMOKE_CONFIG.read_text())
 
 
 @pytest.fixture(scope="session")
 def tiny_segmentation_run(tmp_path_factory):
-    """The run folder of a one-epoch ``segdet train`` of :data:`TINY_SEGMENTATION` (read it, never write)."""
-    import yaml
-
+    """The run folder of a ``segdet train`` of the smoke-test config (read it, never write)."""
     from segdet.cli.main import main
 
     root = tmp_path_factory.mktemp("tiny_segmentation")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY_SEGMENTATION, "output_dir": str(root / "runs")}))
-    assert main(["train", str(config)]) == 0
+    assert main(["train", str(SMOKE_CONFIG), f"output_dir={root / 'runs'}", "name=tiny"]) == 0
     return root / "runs" / "tiny"

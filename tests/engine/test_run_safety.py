@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,25 +42,41 @@ def digest(folder) -> dict[str, str]:
     }
 
 
-def test_a_second_run_of_the_same_name_gets_its_own_folder(tmp_path, capsys, write_config):
+@pytest.fixture
+def earlier_run(tmp_path, tiny_segmentation_run):
+    """A copy of the session's tiny run as ``tmp_path/runs/tiny``, and the argv that trains it again."""
+    import shutil
+
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_segmentation_run, run)
+    return run, ["train", str(SMOKE_CONFIG), f"output_dir={tmp_path / 'runs'}", "name=tiny"]
+
+
+SMOKE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke_unet.yaml"
+
+
+def test_a_second_run_of_the_same_name_gets_its_own_folder(capsys, earlier_run):
     """Item 4: a second ``segdet train`` with the same name overwrote the first run's checkpoints and
-    config and appended to its metrics. Now it goes to ``name-2`` and says so; ``--overwrite`` reuses
-    the folder for a fresh run."""
-    cfg = write_config()
-    assert main(["train", cfg]) == 0
-    first = tmp_path / "runs" / "run"
+    config and appended to its metrics. Now it goes to ``name-2`` and says so."""
+    first, argv = earlier_run
     before = digest(first)
-    capsys.readouterr()
-    assert main(["train", cfg]) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"{first} holds an earlier run; this run goes to {first}-2" in out
     assert digest(first) == before
-    assert (tmp_path / "runs" / "run-2" / "last.safetensors").exists()
-    assert main(["train", cfg, "--overwrite"]) == 0
-    records = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
-    assert len({r["step"] for r in records if r["split"] == "train"}) == len(
-        [r for r in records if r["split"] == "train"]
-    )
+    assert (first.parent / "tiny-2" / "last.safetensors").exists()
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
+    """``--overwrite`` reuses the folder: the earlier run's checkpoints, logs and curves go, a file of the
+    user's stays."""
+    run = tmp_path / "run"
+    (run / "plots").mkdir(parents=True)
+    for name in ("last.safetensors", "metrics.jsonl", "plots/loss.png", "notes.txt"):
+        (run / name).write_text("x")
+    config = load_config(None, [f"output_dir={tmp_path}", "name=run"])
+    assert claim_run_dir(config, overwrite=True) == run
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
 def test_runs_started_together_take_distinct_folders(tmp_path):
@@ -84,13 +101,11 @@ def test_the_trainer_refuses_a_folder_holding_a_run(tiny_segmentation_run):
         Trainer(config, task=None)  # refused before the task is used
 
 
-def test_resume_keeps_each_logged_step_once(tmp_path, write_config):
+def test_resume_keeps_each_logged_step_once(earlier_run):
     """Item 6: after ``kill -9`` and ``--resume`` the steps logged since the last checkpoint appeared twice
     in metrics.jsonl / metrics.csv. Simulated exactly: the records a killed second epoch wrote after the
     epoch-1 checkpoint are appended, then the run resumes; every (split, step) is logged once."""
-    cfg = write_config(epochs=1)
-    assert main(["train", cfg]) == 0
-    run = tmp_path / "runs" / "run"
+    run, argv = earlier_run
     step = load_checkpoint(run / "last.safetensors")["step"]
     with open(run / "metrics.jsonl", "a") as f:
         for k in (1, 2):
@@ -98,13 +113,10 @@ def test_resume_keeps_each_logged_step_once(tmp_path, write_config):
         f.write('{"split": "train", "st')  # torn by the kill
     with open(run / "metrics.csv", "a") as f:
         f.write(f"train,{step + 1},1.5,loss,9.0\n")
-    resumed = yaml.safe_load(open(cfg))
-    resumed["train"]["epochs"] = 2
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(resumed))
-    assert main(["train", cfg, "--resume"]) == 0
+    assert main([*argv, "train.epochs=2", "--resume"]) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["split"], r["step"]) for r in records]
-    assert len(keys) == len(set(keys))
+    assert len(keys) == len(set(keys)) and max(r["epoch"] for r in records) == 2
     assert all(r.get("loss") != 9.0 for r in records)
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     assert len(rows) == len(set(rows)) and not any(",9.0" in r for r in rows)
