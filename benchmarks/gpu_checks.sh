@@ -16,6 +16,7 @@ mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
+THREADS=${THREADS:-16}  # torch threads of the benchmarks
 export PYTHONUNBUFFERED=1
 
 # --- set-up: pycocotools (and smp) wheels, the JPEG copies of the data where configs look for them
@@ -41,8 +42,12 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, output to $OU
 if [ "$SMOKE" = 1 ]; then
   TESTS=(tests/engine/test_cuda.py tests/engine/test_loader.py)
   SIZE=128; REPEATS=1; MINUTES=0.2; STEPS=2; EPOCHS=1; BATCHES=1,2; PROFILE_STEPS=1
+  # toy sizes and few training images (the same code paths)
+  PF_SMALL="model.min_size=96 model.max_size=128 data.val_fraction=0.8"
+  CV_SMALL="data.size=64 data.val_fraction=0.9"
 else
   TESTS=(); SIZE=800; REPEATS=10; MINUTES=1.0; STEPS=10; EPOCHS=2; BATCHES=1,8; PROFILE_STEPS=5
+  PF_SMALL=""; CV_SMALL=""
 fi
 
 # 1. The suite, CUDA tests included (-rs: the reasons of every skip).
@@ -52,10 +57,11 @@ stage pytest 200 $PY -m pytest -n 8 -q -rs -p no:cacheprovider "${TESTS[@]}"
 stage agreement 60 $PY benchmarks/fused_agreement.py --device "$DEVICE" --size "$SIZE"
 
 # 3. A trained Penn-Fudan Mask R-CNN: default inference vs unfused, CUDA and CPU, and seconds per image.
-export PY DEVICE MINUTES STEPS EPOCHS RUN=$OUT/runs
+export PY DEVICE MINUTES STEPS EPOCHS PF_SMALL CV_SMALL RUN=$OUT/runs
 pf() {
   $PY -m segdet train configs/pennfudan_maskrcnn.yaml "train.device=$DEVICE" "train.max_minutes=$MINUTES" \
-    data.workers=6 data.batch_size=4 data.cache=true train.eval_every=100 "output_dir=$RUN" train.progress=false
+    data.workers=6 data.batch_size=4 data.cache=true train.eval_every=100 "output_dir=$RUN" train.progress=false \
+    $PF_SMALL
   local ckpt=$RUN/pennfudan_maskrcnn/last.safetensors
   for opts in "--device $DEVICE" "--device $DEVICE --no-fuse" "--device $DEVICE --precision bf16" \
               "--device cpu --no-fuse --no-nnpack" "--device cpu"; do
@@ -71,20 +77,20 @@ stage pennfudan 200 pf
 # 4. Input pipeline: (b) trainer steps on real data / (a) model-bound steps.
 tp() {
   $PY benchmarks/train_throughput.py configs/pennfudan_maskrcnn.yaml "train.device=$DEVICE" \
-    data.workers=6 data.batch_size=4 --steps "$STEPS" --epochs "$EPOCHS" --profile 3
+    data.workers=6 data.batch_size=4 $PF_SMALL --steps "$STEPS" --epochs "$EPOCHS" --profile 3
   $PY benchmarks/train_throughput.py configs/pennfudan_maskrcnn.yaml "train.device=$DEVICE" \
-    data.workers=6 data.batch_size=4 data.cache=true --steps "$STEPS" --epochs "$EPOCHS"
+    data.workers=6 data.batch_size=4 data.cache=true $PF_SMALL --steps "$STEPS" --epochs "$EPOCHS"
   $PY benchmarks/train_throughput.py configs/camvid_unet.yaml "train.device=$DEVICE" data.workers=6 \
-    train.amp=bf16 --steps "$STEPS" --epochs "$EPOCHS"
+    train.amp=bf16 $CV_SMALL --steps "$STEPS" --epochs "$EPOCHS"
 }
 export -f tp
 stage throughput 120 tp
 
 # 5. Speed against torchvision / smp, same weights.
 stage detection 130 $PY benchmarks/detection.py --device "$DEVICE" --size "$SIZE" --infer-batches "$BATCHES" \
-  --train-batch 4 --bf16 --repeats "$REPEATS" --warmup 3 --threads 16
+  --train-batch 4 --bf16 --repeats "$REPEATS" --warmup 3 --threads "$THREADS"
 stage segmentation 80 $PY benchmarks/segmentation.py --device "$DEVICE" --infer-batches "$BATCHES" --bf16 \
-  --fused --repeats "$REPEATS" --warmup 3 --threads 16 --size $((SIZE < 512 ? SIZE : 512))
+  --fused --repeats "$REPEATS" --warmup 3 --threads "$THREADS" --size $((SIZE < 512 ? SIZE : 512))
 
 # 6. Why bf16 training is slower than float32 (ours) while torchvision's is faster.
 stage profile 60 $PY benchmarks/profile_step.py --device "$DEVICE" --size "$SIZE" --steps "$PROFILE_STEPS"

@@ -21,3 +21,26 @@ def _shared_dataset(name: str) -> Path:
 def shared_dataset():
     """``shared_dataset(name)``: path of a real dataset in ../shared/data; skips the test without it."""
     return _shared_dataset
+
+
+# The smoke-test run (configs/smoke_unet.yaml: U-Net, 4 channels, 8 synthetic 32 px images, one epoch):
+# what the checkpoint tests load, evaluate and damage. Trained once per session, in about a second.
+SMOKE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke_unet.yaml"
+
+
+@pytest.fixture
+def tiny_segmentation_config() -> dict:
+    """A fresh copy of the smoke-test config (``name`` and ``output_dir`` to be set by the test)."""
+    import yaml
+
+    return yaml.safe_load(SMOKE_CONFIG.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_segmentation_run(tmp_path_factory):
+    """The run folder of a ``segdet train`` of the smoke-test config (read it, never write)."""
+    from segdet.cli.main import main
+
+    root = tmp_path_factory.mktemp("tiny_segmentation")
+    assert main(["train", str(SMOKE_CONFIG), f"output_dir={root / 'runs'}", "name=tiny"]) == 0
+    return root / "runs" / "tiny"

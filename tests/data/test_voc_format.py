@@ -176,11 +176,16 @@ def test_round_trip(tmp_path: Path):
     assert not (root / "SegmentationObject" / "b.png").exists()
 
 
-def test_write_hard_links_when_not_copying(tmp_path: Path):
-    """Images are hard-linked when the file system allows: the written image is the source's inode."""
+def test_write_copies_images_and_links_only_when_asked(tmp_path: Path):
+    """Images are copied by default (an edit of the output must not edit the source); with
+    ``link_images=True`` they are hard-linked where the file system allows (the source's inode)."""
     ds = _tiny_dataset(tmp_path)
     root = voc.write(ds, tmp_path / "out")
-    assert os.stat(root / "JPEGImages" / "a.png").st_ino == os.stat(ds.images[0].path).st_ino
+    written, source = root / "JPEGImages" / "a.png", ds.images[0].path
+    assert os.stat(written).st_ino != os.stat(source).st_ino
+    assert written.read_bytes() == source.read_bytes()
+    linked = voc.write(ds, tmp_path / "linked", link_images=True)
+    assert os.stat(linked / "JPEGImages" / "a.png").st_ino == os.stat(source).st_ino
 
 
 def test_voc_box_rounding():

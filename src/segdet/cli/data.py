@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdet.cli.paths import add_overwrite, dataset_sources, output_dir, path_arg
 from segdet.data.formats import FORMATS
 
 
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def dataset_args(p: argparse.ArgumentParser, path_name: str = "path") -> None:
         p.add_argument(
-            path_name, type=Path, help="dataset: the JSON file for coco, the root folder otherwise"
+            path_name, type=path_arg, help="dataset: the JSON file for coco, the root folder otherwise"
         )
         p.add_argument(
             "--format",
@@ -22,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             choices=list(FORMATS),
             help="annotation format (default: recognised from the layout)",
         )
-        p.add_argument("--images", type=Path, help="image folder, overriding the layout's")
-        p.add_argument("--labels", type=Path, help="label folder, overriding the layout's")
+        p.add_argument("--images", type=path_arg, help="image folder, overriding the layout's")
+        p.add_argument("--labels", type=path_arg, help="label folder, overriding the layout's")
         p.add_argument("--split", help="split name (VOC ImageSets, YOLO / CamVid split folders)")
 
     p = sub.add_parser("check", help="read a whole dataset and report every problem with file and record")
@@ -38,13 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("show", help="draw the annotations on the images into PNG files")
     dataset_args(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder (absent or empty)")
     p.add_argument("--num", type=int, default=16, help="how many images to draw (0: all)")
+    add_overwrite(p)
 
     p = sub.add_parser("convert", help="convert a dataset to another format")
     dataset_args(p, "src")
     p.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--out", type=path_arg, required=True, help="output folder (absent or empty; never the source's)"
+    )
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link the images instead of copying them (no extra space, but the output's images ARE "
+        "the source's: editing one edits the other)",
+    )
+    add_overwrite(p)
 
 
 def _read(args: argparse.Namespace, path: Path):
@@ -99,24 +110,42 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """Draw the first ``--num`` images; an unreadable one is reported and skipped (exit status 1)."""
+    import sys
+
+    from segdet.data.formats.layout import output_stems
     from segdet.data.render import draw_record
+    from segdet.errors import DataError
 
     _, dataset = _read(args, args.path)
-    args.out.mkdir(parents=True, exist_ok=True)
+    sources = dataset_sources(dataset, args.path, args.images, args.labels)
+    output_dir(args.out, overwrite=args.overwrite, sources=sources)
     count = len(dataset.images) if args.num <= 0 else min(args.num, len(dataset.images))
-    for i in range(count):
-        draw_record(dataset, i, args.out / f"{Path(dataset.images[i].file_name).stem}.png")
-    print(f"drew {count} images into {args.out}")
-    return 0
+    skipped = 0
+    for i, stem in zip(range(count), output_stems(dataset.images), strict=False):
+        try:
+            draw_record(dataset, i, args.out / f"{stem}.png")
+        except DataError as e:
+            skipped += 1
+            print(f"segdet: skipped: {e}", file=sys.stderr)
+    print(f"drew {count - skipped} images into {args.out}")
+    if skipped:
+        print(f"segdet: {skipped} of {count} images could not be drawn (listed above)", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def _convert(args: argparse.Namespace) -> int:
     from segdet.data.formats import write_dataset
 
     _, dataset = _read(args, args.src)
+    sources = dataset_sources(dataset, args.src, args.images, args.labels)
+    output_dir(args.out, overwrite=args.overwrite, sources=sources)
     errors = len(dataset.errors)
     if errors:
         print(f"{errors} records could not be read and are left out (run `segdet data check` to list them)")
-    out = write_dataset(args.to, dataset, args.out)
-    print(f"wrote {len(dataset.images)} images, {dataset.num_instances} objects as {args.to} to {out}")
+    out = write_dataset(args.to, dataset, args.out, link_images=args.link)
+    how = "hard-linked" if args.link else "copied"
+    print(
+        f"wrote {len(dataset.images)} images ({how}), {dataset.num_instances} objects as {args.to} to {out}"
+    )
     return 0

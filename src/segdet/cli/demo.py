@@ -16,9 +16,14 @@ import json
 import time
 from pathlib import Path
 
+from segdet.cli.paths import add_overwrite, output_dir, path_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("segdet-demo"), help="output folder")
+    parser.add_argument(
+        "--out", type=path_arg, default=Path("segdet-demo"), help="output folder (absent or empty)"
+    )
+    add_overwrite(parser)
     parser.add_argument("--num-images", type=int, default=96, help="synthetic training images")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="generator and training seed")
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from segdet.data.stats import dataset_stats
 
     start = time.perf_counter()
-    out: Path = args.out
+    out: Path = output_dir(args.out, overwrite=args.overwrite)
     generated = shapes.generate(out / "shapes", args.num_images, seed=args.seed, size=args.size)
     print(
         f"[1/7] generated {len(generated.images)} images with {generated.num_instances} objects "
@@ -146,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"done in {time.perf_counter() - start:.1f} s; everything is under {out.resolve()}")
         return 0
 
+    from segdet.engine.run_folder import claim_run_dir
     from segdet.engine.segmentation import SegmentationTask
     from segdet.engine.trainer import Trainer
 
     cfg = demo_config(args)
+    claim_run_dir(cfg, overwrite=args.overwrite)
     print(
         f"[4/7] training {cfg.model.name} ({cfg.model.kwargs['backbone']}) for up to {args.epochs} epochs "
         f"/ {args.minutes:g} minutes on synthetic shapes ..."
@@ -176,9 +183,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _instance_run(args: argparse.Namespace) -> None:
     from segdet.engine.detection import DetectionTask
+    from segdet.engine.run_folder import claim_run_dir
     from segdet.engine.trainer import Trainer
 
     cfg = instance_config(args)
+    claim_run_dir(cfg, overwrite=args.overwrite)
     print(
         f"[6/7] training Mask R-CNN ({cfg.model.kwargs['backbone']} FPN) for up to {args.instance_epochs} "
         f"epochs / {args.instance_minutes:g} minutes on synthetic shapes ..."

@@ -9,50 +9,90 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from segdet.cli import inference_options
+from segdet.cli.paths import add_overwrite, output_file, path_arg
 from segdet.data.formats import FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by segdet train")
-    parser.add_argument("--data", help="dataset to evaluate on (default: the run's validation split)")
+    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint written by segdet train")
+    parser.add_argument(
+        "--data", type=path_arg, help="dataset to evaluate on (default: the run's validation split)"
+    )
     parser.add_argument("--format", choices=list(FORMATS), help="format of --data (default: the run's)")
-    parser.add_argument("--images", help="image folder, overriding the layout's")
-    parser.add_argument("--labels", help="label folder, overriding the layout's")
+    parser.add_argument("--images", type=path_arg, help="image folder, overriding the layout's")
+    parser.add_argument("--labels", type=path_arg, help="label folder, overriding the layout's")
     parser.add_argument("--split", help="split name")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="evaluate without the records and images that cannot be read (counted at the end); by "
+        "default any of them stops the evaluation: metrics over a set that silently lost images are wrong",
+    )
     inference_options.add_arguments(parser)
-    parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    parser.add_argument("--out", type=path_arg, help="write the metrics to this JSON file")
+    add_overwrite(parser, "the --out file")
+
+
+SKIP_BAD_HINT = "metrics over a set that lost records or images would be wrong (--skip-bad leaves them out)"
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from torch.utils.data import DataLoader
 
     from segdet.engine.config import DataSplit
-    from segdet.errors import ConfigError
+    from segdet.errors import ConfigError, DataError
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out:
+        output_file(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.data])
     trained, device = inference_options.load(args)
     cfg = trained.config
+    cfg.data.strict = False  # bad records and images are counted here, and refused unless --skip-bad
     if args.data:
         cfg.data.format = args.format or cfg.data.format
-        cfg.data.val = DataSplit(path=args.data, images=args.images, labels=args.labels, split=args.split)
+        cfg.data.val = DataSplit(
+            path=str(args.data),
+            images=None if args.images is None else str(args.images),
+            labels=None if args.labels is None else str(args.labels),
+            split=args.split,
+        )
         cfg.data.synthetic = 0
     task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
+    errors = task.val_ann.errors if task.val_ann is not None else []
+    if errors and not args.skip_bad:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more records)" if len(errors) > 1 else ""
+        raise DataError(f"{first.message}{more}; {SKIP_BAD_HINT}", first.file, first.record)
     dataset = task.val_dataset()
     if dataset is None:
         raise ConfigError("no evaluation data: give --data PATH")
+    dataset.strict = not args.skip_bad
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
     start = time.perf_counter()
-    metrics = task.evaluate(trained.model, loader, device)
+    try:
+        metrics = task.evaluate(trained.model, loader, device)
+    except DataError as e:  # an image that cannot be read (strict dataset)
+        raise DataError(f"{e.problem}; {SKIP_BAD_HINT}", e.file, e.record) from None
     seconds = time.perf_counter() - start
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
-    print(inference_options.timing(len(dataset), seconds, device, "evaluated"))
+    skipped = len(dataset.unreadable())
+    print(inference_options.timing(len(dataset) - skipped, seconds, device, "evaluated"))
+    if errors or skipped:
+        print(
+            f"segdet: --skip-bad: {len(errors)} records could not be read and {skipped} images could not be "
+            f"decoded; the metrics are over the other {len(dataset) - skipped} images "
+            "(`segdet data check` lists them)",
+            file=sys.stderr,
+        )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(metrics, indent=2))
     return 0
 

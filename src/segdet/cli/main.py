@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from segdet.engine.perf import tune_malloc
 from segdet.errors import SegdetError
@@ -25,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("segdet.cli.models", "list the models with parameter counts and GFLOPs"),
 }
 
+# How an error that no check anticipated starts (the CLI fuzz test makes sure bad input never gets here).
+UNEXPECTED = "unexpected"
+
 # Commands that run models keep freed memory for reuse instead of returning it to the OS and faulting it in
 # again on every pass (glibc malloc thresholds, see segdet.engine.perf: 7-25% faster on our CPU).
 MODEL_COMMANDS = ("train", "eval", "predict")
@@ -35,7 +39,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="segdet",
         description="Semantic segmentation, object detection and instance segmentation toolkit.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped record")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every skipped record; tracebacks with errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -57,11 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except SegdetError as e:
-        print(f"segdet: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e), args.verbose)
+    except OSError as e:  # the machine's side: a full disk, a permission, a vanished file
+        where = e.filename if e.filename is not None else "segdet"
+        return _fail(f"{where}: {e.strerror or e}", args.verbose)
     except KeyboardInterrupt:
         print("segdet: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the last resort: still one line; the tests hold us to the cases above
+        return _fail(
+            f"{UNEXPECTED} {type(e).__name__}: {e} (a bug, or an input segdet does not check yet; "
+            "-v prints the traceback)",
+            args.verbose,
+        )
+
+
+def _fail(message: str, verbose: bool) -> int:
+    """One line on stderr (``-v`` adds the traceback above it); exit status 1."""
+    if verbose:
+        traceback.print_exc()
+    print(f"segdet: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -21,22 +21,28 @@ from pathlib import Path
 
 import numpy as np
 
+from segdet.cli.paths import add_overwrite, output_dir, output_file, path_arg
 from segdet.errors import DataError
+
+#: Most classes ``metrics seg`` takes: its confusion matrix has ``N * N`` int64 cells (128 MiB here).
+MAX_SEG_CLASSES = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="metrics_kind", metavar="KIND", required=True)
 
     coco = sub.add_parser("coco", help="COCO AP/AR of detections or instance masks (pycocotools)")
-    coco.add_argument("--gt", type=Path, required=True, help="ground truth, COCO instances JSON")
-    coco.add_argument("--dt", type=Path, required=True, help="detections, COCO results JSON")
+    coco.add_argument("--gt", type=path_arg, required=True, help="ground truth, COCO instances JSON")
+    coco.add_argument("--dt", type=path_arg, required=True, help="detections, COCO results JSON")
     coco.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
     _add_outputs(coco)
 
     voc = sub.add_parser("voc", help="Pascal VOC AP per class and mAP")
-    voc.add_argument("--gt", type=Path, required=True, help="ground-truth dataset (a VOC root by default)")
+    voc.add_argument(
+        "--gt", type=path_arg, required=True, help="ground-truth dataset (a VOC root by default)"
+    )
     voc.add_argument("--format", default="voc", help="format of --gt: voc, coco, yolo, ... (default voc)")
-    voc.add_argument("--dt", type=Path, required=True, help="detections, COCO results JSON")
+    voc.add_argument("--dt", type=path_arg, required=True, help="detections, COCO results JSON")
     voc.add_argument(
         "--metric", choices=("07", "10"), default="10", help="07: 11-point AP, 10: all-point AP (default)"
     )
@@ -44,21 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_outputs(voc)
 
     seg = sub.add_parser("seg", help="semantic segmentation IoU / Dice / accuracy of label PNGs")
-    seg.add_argument("--gt", type=Path, required=True, help="folder of ground-truth label PNGs")
-    seg.add_argument("--pred", type=Path, required=True, help="folder of predicted label PNGs (same stems)")
+    seg.add_argument("--gt", type=path_arg, required=True, help="folder of ground-truth label PNGs")
+    seg.add_argument(
+        "--pred", type=path_arg, required=True, help="folder of predicted label PNGs (same stems)"
+    )
     seg.add_argument("--num-classes", type=int, required=True)
     seg.add_argument("--ignore", type=int, default=255, help="ground-truth value not counted (default 255)")
-    seg.add_argument("--class-names", type=Path, help="text file with one class name per line")
+    seg.add_argument("--class-names", type=path_arg, help="text file with one class name per line")
     _add_outputs(seg)
 
 
 def _add_outputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="write the numbers to this JSON file")
-    parser.add_argument("--plots", type=Path, help="write PNG figures into this folder")
+    parser.add_argument("--out", type=path_arg, help="write the numbers to this JSON file (absent)")
+    parser.add_argument("--plots", type=path_arg, help="write PNG figures into this folder (absent or empty)")
+    add_overwrite(parser, "an existing --out file or --plots folder")
 
 
 def run(args: argparse.Namespace) -> int:
     commands = {"coco": _run_coco, "voc": _run_voc, "seg": _run_seg}
+    inputs = [args.gt, getattr(args, "dt", None), getattr(args, "pred", None)]
+    if args.out:
+        output_file(args.out, overwrite=args.overwrite, sources=inputs)
+    if args.plots:
+        output_dir(args.plots, overwrite=args.overwrite, sources=inputs, what="--plots")
     return commands[args.metrics_kind](args)
 
 
@@ -137,8 +151,11 @@ def _run_seg(args: argparse.Namespace) -> int:
     from segdet.data.masks import read_label_png
     from segdet.metrics.confusion import ConfusionMatrix
 
-    if args.num_classes < 1:
-        raise DataError(f"--num-classes must be >= 1, got {args.num_classes}")
+    if not 1 <= args.num_classes <= MAX_SEG_CLASSES:
+        raise DataError(
+            f"--num-classes must be in [1, {MAX_SEG_CLASSES}], got {args.num_classes} (the confusion matrix "
+            f"has num_classes**2 cells: {args.num_classes**2 * 8 / 2**30:.3g} GiB)"
+        )
     names = _class_names(args.class_names, args.num_classes)
     pairs = _pair_label_pngs(args.gt, args.pred)
     cm = ConfusionMatrix(args.num_classes, ignore_index=args.ignore)
@@ -265,6 +282,5 @@ def _json_safe(obj: object) -> object:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print(f"wrote {path}")

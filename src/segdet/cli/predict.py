@@ -14,15 +14,24 @@ import time
 from pathlib import Path
 
 from segdet.cli import inference_options
+from segdet.cli.paths import add_overwrite, output_dir, path_arg
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by segdet train")
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint written by segdet train")
+    parser.add_argument("inputs", nargs="+", type=path_arg, help="image files or folders of images")
+    parser.add_argument("--out", type=path_arg, required=True, help="output folder (absent or empty)")
+    add_overwrite(parser)
     inference_options.add_arguments(parser)
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        help="segmentation: an image whose longer side is above this many pixels is run at that size and "
+        "its label map scaled back (default: the run's data.max_size, 1333); detectors resize as their "
+        "own min_size / max_size options say",
+    )
     parser.add_argument(
         "--score-thresh", type=float, default=0.5, help="detections drawn: those scoring at least this"
     )
@@ -31,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--coco-gt",
-        type=Path,
+        type=path_arg,
         help="COCO ground-truth JSON whose image ids (matched by file name) predictions.json uses; "
         "without it images are numbered 0, 1, ... in the order read",
     )
@@ -54,48 +63,115 @@ def list_images(inputs: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    trained, device = inference_options.load(args)
+    from segdet.data.paths import distinct_stems
+
     images = list_images(args.inputs)
+    output_dir(args.out, overwrite=args.overwrite, sources=args.inputs, inside_ok=True)
+    names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
+    trained, device = inference_options.load(args)
     start = time.perf_counter()
     if trained.config.task != "segmentation":
-        predict_detections(trained, images, args, device)
+        skipped = predict_detections(trained, images, args, device, names)
     else:
-        predict_segmentation(trained, images, args, device)
-    print(inference_options.timing(len(images), time.perf_counter() - start, device, "predicted"))
-    return 0
+        skipped = predict_segmentation(trained, images, args, device, names)
+    print(inference_options.timing(skipped.done, time.perf_counter() - start, device, "predicted"))
+    return skipped.report()
 
 
-def predict_segmentation(trained, images: list[Path], args: argparse.Namespace, device) -> None:
-    """Label PNGs (class indices) and overlays of ``trained`` on ``images``."""
+def predict_segmentation(
+    trained, images: list[Path], args: argparse.Namespace, device, names: list[str]
+) -> Skipped:
+    """Label PNGs (class indices) and overlays (named ``names``) of ``trained`` on ``images``."""
     import numpy as np
-    import torch
     from PIL import Image
     from torchvision.transforms import v2
 
     from segdet.data import transforms as T
-    from segdet.data.io import load_image
+    from segdet.errors import SegdetError
     from segdet.ops.draw import overlay_semantic, save_png
 
+    max_size = args.max_size if args.max_size is not None else trained.config.data.max_size
+    if max_size < 1:
+        raise SegdetError(f"--max-size must be at least 1, got {max_size}")
     # the evaluation preset's image steps: float [0, 1], then ImageNet normalisation
     preprocess = v2.Normalize(mean=list(T.IMAGENET_MEAN), std=list(T.IMAGENET_STD))
     (args.out / "labels").mkdir(parents=True, exist_ok=True)
     num_classes = len(trained.classes)
-    for path in images:
-        raw = load_image(path)
-        x = preprocess(raw.float().div(255.0))
-        with torch.no_grad():
-            pred = trained.model(x.unsqueeze(0).to(device)).argmax(1)[0].cpu()
+    skipped = Skipped(len(images))
+    for path, name in zip(images, names, strict=True):
+        raw = skipped.load(path)
+        if raw is None:
+            continue
+        pred = segment(trained.model, preprocess(raw.float().div(255.0)), device, max_size)
         Image.fromarray(pred.numpy().astype(np.uint8 if num_classes <= 256 else np.uint16)).save(
-            args.out / "labels" / f"{path.stem}.png"
+            args.out / "labels" / f"{name}.png"
         )
         save_png(
             overlay_semantic(raw, pred, num_classes, 255, alpha=0.5),
-            args.out / "overlays" / f"{path.stem}.png",
+            args.out / "overlays" / f"{name}.png",
         )
     print(
-        f"predicted {len(images)} images: label PNGs in {args.out / 'labels'}, "
+        f"predicted {skipped.done} images: label PNGs in {args.out / 'labels'}, "
         f"overlays in {args.out / 'overlays'}"
     )
+    return skipped
+
+
+def segment(model, image, device, max_size: int):
+    """The label map (``H x W``, on the CPU) of one normalised ``3 x H x W`` image. An image whose
+    longer side exceeds ``max_size`` runs at that size (antialiased resize) and its label map is scaled
+    back to ``H x W`` (nearest): memory and time stay bounded whatever the image's size."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = image.shape[-2:]
+    scale = max_size / max(h, w)
+    if scale < 1:
+        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+    with torch.no_grad():
+        labels = model(image.unsqueeze(0).to(device)).argmax(1, keepdim=True)
+    if labels.shape[-2:] != (h, w):
+        labels = F.interpolate(labels.float(), size=(h, w), mode="nearest").long()
+    return labels[0, 0].cpu()
+
+
+class Skipped:
+    """Images that could not be read: each reported on stderr when met, all counted at the end."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.problems = total, []
+
+    @property
+    def done(self) -> int:
+        return self.total - len(self.problems)
+
+    def load(self, path: Path):
+        """The image as ``load_image`` gives it, or None (reported) when it cannot be read."""
+        import sys
+
+        from segdet.data.io import load_image
+        from segdet.errors import DataError
+
+        try:
+            return load_image(path)
+        except DataError as e:
+            self.problems.append(str(e))
+            print(f"segdet: skipped: {e}", file=sys.stderr)
+            return None
+
+    def report(self) -> int:
+        """The exit status: 1 when some image was skipped (said on stderr), else 0."""
+        import sys
+
+        if not self.problems:
+            return 0
+        print(
+            f"segdet: {len(self.problems)} of {self.total} images could not be read and were skipped "
+            "(listed above)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def image_ids(images: list[Path], coco_gt: Path | None) -> list[int]:
@@ -121,21 +197,25 @@ def image_ids(images: list[Path], coco_gt: Path | None) -> list[int]:
     return ids
 
 
-def predict_detections(trained, images: list[Path], args: argparse.Namespace, device) -> None:
-    """Detections of ``trained`` on ``images``: overlays and ``predictions.json``."""
+def predict_detections(
+    trained, images: list[Path], args: argparse.Namespace, device, names: list[str]
+) -> Skipped:
+    """Detections of ``trained`` on ``images``: overlays (named ``names``) and ``predictions.json``."""
     import json
 
     import torch
 
-    from segdet.data.io import load_image
     from segdet.engine.detection import detections_to_coco
     from segdet.ops.draw import draw_detections, save_png
 
     masks = trained.config.task == "instance"
     ids = image_ids(images, args.coco_gt)
     results: list[dict] = []
-    for path, image_id in zip(images, ids, strict=True):
-        raw = load_image(path)
+    skipped = Skipped(len(images))
+    for path, image_id, name in zip(images, ids, names, strict=True):
+        raw = skipped.load(path)
+        if raw is None:
+            continue
         with torch.no_grad():
             output = trained.model([raw.float().div(255.0).to(device)])[0]
         for entry in detections_to_coco(
@@ -152,11 +232,11 @@ def predict_detections(trained, images: list[Path], args: argparse.Namespace, de
             masks=output["masks"][shown] if masks and "masks" in output else None,
             class_names=trained.classes,
         )
-        save_png(picture, args.out / "overlays" / f"{path.stem}.png")
-    args.out.mkdir(parents=True, exist_ok=True)
+        save_png(picture, args.out / "overlays" / f"{name}.png")
     (args.out / "predictions.json").write_text(json.dumps(results))
     print(
-        f"predicted {len(images)} images: {len(results)} detections (score >= {args.json_thresh:g}) in "
+        f"predicted {skipped.done} images: {len(results)} detections (score >= {args.json_thresh:g}) in "
         f"{args.out / 'predictions.json'}, overlays (score >= {args.score_thresh:g}) in "
         f"{args.out / 'overlays'}"
     )
+    return skipped

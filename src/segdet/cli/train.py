@@ -14,6 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="config overrides, e.g. optim.lr=0.01 train.epochs=5",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="reuse the run folder output_dir/name, deleting the earlier run's checkpoints and logs "
+        "(without it, a run whose folder holds an earlier run goes to a new numbered folder, name-2 ...)",
+    )
 
 
 def build_task(cfg):
@@ -28,13 +34,20 @@ def build_task(cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    from segdet.engine import distributed
     from segdet.engine.config import load_config
-    from segdet.engine.trainer import Trainer
+    from segdet.engine.run_folder import claim_run_dir
+    from segdet.engine.trainer import Trainer, select_device
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # only overrides were given
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    # The run folder is chosen once (by rank 0 under torchrun) before anything is written into it.
+    dist = distributed.init_distributed(select_device(cfg.train.device))
+    if dist.is_main:
+        claim_run_dir(cfg, resume=args.resume, overwrite=args.overwrite)
+    cfg.name = distributed.broadcast_object(cfg.name)
     trainer = Trainer(cfg, build_task(cfg), resume=args.resume)
     summary = trainer.fit()
     if trainer.dist.is_main:
@@ -43,5 +56,22 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"done: {summary['epochs']} epochs, best {cfg.train.best_metric} {shown} "
             f"(epoch {summary['best_epoch']}); run folder {summary['run_dir']}"
+        )
+        return report_unreadable(trainer.train_set, trainer.val_set)
+    return 0
+
+
+def report_unreadable(*datasets) -> int:
+    """Say on stderr how many images the datasets skipped as unreadable (training went on without
+    them); 0 always: the run itself succeeded."""
+    import sys
+
+    skipped = sorted({str(p) for d in datasets if hasattr(d, "unreadable") for p in d.unreadable()})
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f", ... (+{len(skipped) - 5} more)" if len(skipped) > 5 else "")
+        print(
+            f"segdet: {len(skipped)} unreadable images were skipped: {shown} "
+            "(`segdet data check` says why; data.strict: true refuses them)",
+            file=sys.stderr,
         )
     return 0

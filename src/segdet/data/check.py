@@ -2,8 +2,10 @@
 
 The reader reports what is wrong inside annotation files (malformed lines, impossible boxes, unknown
 classes, duplicate ids); :func:`check_files` adds what needs the files themselves: images that are
-missing, unreadable or of another size than annotated, and label / instance-mask images whose size or
-values do not fit. It never stops at the first problem.
+missing, unreadable, above the pixel limit (:func:`segdet.data.io.max_image_pixels`) or of another size
+than annotated, and label / instance-mask images whose size or values do not fit; images in a mode that
+loading converts (16-bit or float grey, CMYK: :data:`segdet.data.io.MODE_NOTES`) are warnings. It never
+stops at the first problem.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdet.data.io import image_size, verify_image
+from segdet.data.io import MODE_NOTES, open_image
 from segdet.data.masks import read_label_png
 from segdet.data.structures import AnnotationSet, ImageRecord, InstancePNG, Problem
 from segdet.errors import DataError
@@ -37,9 +39,14 @@ def _check_image(record: ImageRecord, dataset: AnnotationSet, decode: bool) -> l
     problems: list[Problem] = []
     where = f"image id={record.id}"
     try:
-        w, h = verify_image(record.path) if decode else image_size(record.path)
+        with open_image(record.path) as im:
+            (w, h), mode = im.size, im.mode
+            if decode:
+                im.load()
     except DataError as e:
         return [Problem("error", str(record.path), where, e.problem)]
+    if mode in MODE_NOTES:
+        problems.append(Problem("warning", str(record.path), where, MODE_NOTES[mode]))
     if (w, h) != (record.width, record.height):
         problems.append(
             Problem(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,10 @@ class SegDetDataset(Dataset):
         semantic: load the semantic mask into ``target["semantic"]``.
         include_crowd: keep crowd objects (``iscrowd``); training usually leaves them out.
         strict: refuse (raise :class:`DataError`) an image that cannot be read or whose masks do not
-            fit it; otherwise report it once and yield the next readable sample instead.
+            fit it; otherwise report it once (logged) and count it (:meth:`unreadable`).
+        substitute: without ``strict``, what a bad image's index yields: the next readable sample
+            (training: batches stay full), or, with ``substitute=False``, ``None``, which the evaluation
+            collate functions leave out (evaluation: no image may be counted twice).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class SegDetDataset(Dataset):
         semantic: bool = False,
         include_crowd: bool = False,
         strict: bool = False,
+        substitute: bool = True,
     ) -> None:
         self.annotations = annotations
         self.transforms = transforms
@@ -62,7 +67,10 @@ class SegDetDataset(Dataset):
         self.semantic = semantic
         self.include_crowd = include_crowd
         self.strict = strict
-        self._reported: set[int] = set()
+        self.substitute = substitute
+        # One flag per image, in shared memory: DataLoader workers mark what they skipped where the
+        # main process can count it.
+        self._bad = torch.zeros(len(annotations.images), dtype=torch.bool).share_memory_()
         self._decoded: list | None = None  # preload()'s samples
 
     @property
@@ -72,7 +80,7 @@ class SegDetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.annotations.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | None:
         n = len(self)
         for step in range(n):
             i = (index + step) % n
@@ -81,10 +89,17 @@ class SegDetDataset(Dataset):
             except DataError as e:
                 if self.strict:
                     raise
-                if i not in self._reported:
-                    self._reported.add(i)
+                if i < len(self._bad) and not self._bad[i]:
+                    self._bad[i] = True
                     logger.warning("skipping image %d: %s", self.annotations.images[i].id, e)
+                if not self.substitute:
+                    return None
         raise DataError("no readable image in the dataset", self.annotations.source)
+
+    def unreadable(self) -> list[Path]:
+        """The image files skipped so far (in any worker process) because they could not be loaded."""
+        images = self.annotations.images
+        return [images[i].path for i in torch.nonzero(self._bad).flatten().tolist() if i < len(images)]
 
     def load(self, index: int) -> tuple[torch.Tensor, dict]:
         """The sample at ``index``; raises :class:`DataError` when its files are bad."""

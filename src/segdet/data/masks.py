@@ -18,19 +18,12 @@ from segdet.errors import DataError
 def read_label_png(path: Path) -> np.ndarray:
     """Read a label / instance-id PNG as an H x W integer array of its raw values (palette indices for
     palette PNGs, grey values otherwise)."""
-    from PIL import Image
+    from segdet.data.io import open_image
 
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16", "1"):
-                raise DataError(
-                    f"label image has mode {im.mode}; expected a single-channel or palette PNG", path
-                )
-            return np.asarray(im).astype(np.int64, copy=False)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read label image ({e})", path) from None
+    with open_image(path, "label image") as im:
+        if im.mode not in ("P", "L", "I", "I;16", "1"):
+            raise DataError(f"label image has mode {im.mode}; expected a single-channel or palette PNG", path)
+        return np.asarray(im).astype(np.int64, copy=False)
 
 
 def mask_to_bitmap(mask: Mask, height: int, width: int) -> np.ndarray:

@@ -40,6 +40,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:  # a full disk, a quota, a vanished folder
+        reason = getattr(e, "strerror", None) or str(e)
+        kept = "the previous checkpoint is kept" if path.exists() else "nothing was written"
+        raise SegdetError(f"{path}: cannot write the checkpoint ({reason}); {kept}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

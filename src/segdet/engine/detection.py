@@ -32,7 +32,7 @@ from segdet.data.dataset import SegDetDataset, cached
 from segdet.data.structures import AnnotationSet
 from segdet.engine.config import Config
 from segdet.engine.data_splits import train_val_splits
-from segdet.errors import ConfigError
+from segdet.errors import ConfigError, SegdetError
 
 #: Mask probability above which a pixel belongs to the object (torchvision's and Detectron2's 0.5).
 MASK_THRESHOLD = 0.5
@@ -92,6 +92,17 @@ def detections_to_coco(
             entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
         results.append(entry)
     return results
+
+
+def check_finite_output(output: dict[str, torch.Tensor], image_id: int) -> None:
+    """A :class:`SegdetError` when the boxes, scores or masks of one image's output are not finite."""
+    for key in ("boxes", "scores", "masks"):
+        value = output.get(key)
+        if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise SegdetError(
+                f"the model's {key} for image {image_id} have NaN or infinite values: its weights or its "
+                "numerics are broken (e.g. fp16 overflow); no metrics are computed"
+            )
 
 
 def coco_metrics(gt: dict, results: list[dict], *, masks: bool) -> dict[str, float]:
@@ -159,9 +170,9 @@ class DetectionTask:
 
     # ------------------------------------------------------------------------------------ components
     def build_model(self) -> nn.Module:
-        from segdet.models import build
+        from segdet.models.build import build_from_config
 
-        model = build(self.cfg.model.name, num_classes=self.num_classes, **self.cfg.model.kwargs)
+        model = build_from_config(self.cfg.model.name, self.num_classes, self.cfg.model.kwargs)
         if self.cfg.model.weights:
             # Whole-detector weights: torchvision's released files or names (converted to our keys).
             from segdet.models.detection.convert import load_torchvision_weights
@@ -178,14 +189,19 @@ class DetectionTask:
         if self.val_ann is None or not self.val_ann.images:
             return None
         # Only the images matter: evaluation compares with the annotation set itself (crowd included).
-        dataset = SegDetDataset(self.val_ann, None, include_crowd=True, strict=self.cfg.data.strict)
+        dataset = SegDetDataset(
+            self.val_ann, None, include_crowd=True, strict=self.cfg.data.strict, substitute=False
+        )
         return cached(dataset, self.cfg.data.cache)
 
     def collate(self, batch: list) -> Any:
         return collate_detection(batch)
 
     def val_collate(self, batch: list) -> Any:
-        return collate_detection(batch)
+        """:func:`collate_detection` of the readable samples (unreadable ones are ``None``); ``None``
+        when there is none."""
+        batch = [s for s in batch if s is not None]
+        return collate_detection(batch) if batch else None
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
         images, targets = batch
@@ -235,10 +251,13 @@ class DetectionTask:
         """COCO results of every image ``loader`` yields, by image id (this process's share)."""
         results: dict[int, list[dict]] = {}
         for batch in loader:
+            if batch is None:  # every image of the batch was unreadable
+                continue
             images, targets = self.to_device(batch, device)
             outputs = model(images)
             for target, output in zip(targets, outputs, strict=True):
                 image_id = int(target["image_id"])
+                check_finite_output(output, image_id)
                 results[image_id] = detections_to_coco(output, image_id, self.category_ids, masks=self.masks)
         return results
 
@@ -246,4 +265,10 @@ class DetectionTask:
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         per_image = gather_results(self.predict(model, loader, device))
         results = [r for image_id in sorted(per_image) for r in per_image[image_id]]
-        return coco_metrics(self.ground_truth(), results, masks=self.masks)
+        gt = self.ground_truth()
+        if len(per_image) < len(gt["images"]):
+            # Images that could not be read were left out: so is their ground truth (else every object
+            # on them would count as missed).
+            gt = {**gt, "images": [im for im in gt["images"] if im["id"] in per_image]}
+            gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in per_image]
+        return coco_metrics(gt, results, masks=self.masks)

@@ -10,7 +10,7 @@ from torch import nn
 
 from segdet.engine.checkpoint import load_checkpoint
 from segdet.engine.config import Config, from_dict
-from segdet.errors import SegdetError
+from segdet.errors import ConfigError, SegdetError
 
 
 @dataclass
@@ -31,21 +31,90 @@ def load_trained(
     path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True
 ) -> TrainedModel:
     """Rebuild the model a checkpoint was trained with and load its weights (the EMA weights when the
-    run kept an EMA and ``use_ema``), in eval mode."""
-    from segdet.models import build
+    run kept an EMA and ``use_ema``), in eval mode.
+
+    Nothing but ``path`` is read: pretrained weights the saved config names (``backbone_weights``) are
+    not fetched, the checkpoint's own weights replace them. A checkpoint that does not fit (keys, shapes,
+    classes, task) or holds NaN / infinite weights is a one-line :class:`SegdetError`.
+    """
+    from segdet.models.build import build_from_config
+    from segdet.models.weights import FROM_CHECKPOINT
 
     ckpt = load_checkpoint(path, map_location=device)
+    for key in ("config", "classes", "model"):
+        if key not in ckpt:
+            raise SegdetError(f"{path}: not a training checkpoint (no {key!r})")
     try:
         config = from_dict(ckpt["config"])
-        classes = list(ckpt["classes"])
-    except KeyError as e:
-        raise SegdetError(f"{path}: not a training checkpoint (no {e.args[0]!r})") from None
+    except ConfigError as e:
+        raise SegdetError(f"{path}: the saved config is not valid: {e}") from None
+    classes, ids = _classes(ckpt, path)
+    if ckpt.get("task", config.task) != config.task:
+        raise SegdetError(
+            f"{path}: the checkpoint's task {ckpt['task']!r} is not its config's {config.task!r}"
+        )
+    kwargs = dict(config.model.kwargs)
+    if kwargs.get("backbone_weights") is not None:
+        kwargs["backbone_weights"] = FROM_CHECKPOINT
     num_classes = config.model.num_classes or len(classes)
-    model = build(config.model.name, num_classes=num_classes, **config.model.kwargs)
-    state = ckpt["ema"]["module"] if use_ema and ckpt.get("ema") else ckpt["model"]
-    model.load_state_dict(state)
+    if num_classes < len(classes):
+        raise SegdetError(
+            f"{path}: model.num_classes={num_classes} but the checkpoint has {len(classes)} classes"
+        )
+    try:
+        model = build_from_config(config.model.name, num_classes, kwargs)
+    except SegdetError as e:
+        raise SegdetError(f"{path}: cannot rebuild the model: {e}") from None
+    _check_task(model, config.task, path)
+    ema = ckpt.get("ema")
+    state = ema.get("module") if use_ema and isinstance(ema, dict) and ema.get("module") else ckpt["model"]
+    _load_state(model, state, path)
+    epoch = ckpt.get("epoch", 0)
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    return TrainedModel(model.to(device).eval(), config, classes, epoch, ids)
+
+
+def _classes(ckpt: dict, path: str | Path) -> tuple[list[str], list[int]]:
+    """The checkpoint's class names and their dataset ids (``1..K`` when it kept none), checked."""
+    classes = ckpt["classes"]
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) for c in classes):
+        raise SegdetError(f"{path}: 'classes' is not a non-empty list of class names")
     ids = ckpt.get("category_ids") or list(range(1, len(classes) + 1))
-    return TrainedModel(model.to(device).eval(), config, classes, int(ckpt.get("epoch", 0)), list(ids))
+    if (
+        not isinstance(ids, list | tuple)
+        or len(ids) != len(classes)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise SegdetError(f"{path}: 'category_ids' is not one integer id per class")
+    return list(classes), list(ids)
+
+
+def _check_task(model: nn.Module, task: str, path: str | Path) -> None:
+    """Detectors (torchvision's interface: ``forward(images, targets=None)``) for detection and instance
+    segmentation, dense predictors (``forward(x)``) for segmentation."""
+    import inspect
+
+    detector = "targets" in inspect.signature(model.forward).parameters
+    if detector != (task != "segmentation"):
+        kind = "a detector" if detector else "a segmentation model"
+        raise SegdetError(f"{path}: task {task!r} but the model {type(model).__name__} is {kind}")
+
+
+def _load_state(model: nn.Module, state: object, path: str | Path) -> None:
+    """``model.load_state_dict(state)`` after checking that it fits and that every weight is finite."""
+    from segdet.models.weights import mismatch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SegdetError(f"{path}: the model weights are not a mapping of names to tensors")
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise SegdetError(f"{path}: the weights do not fit the model {type(model).__name__}: {problem}")
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise SegdetError(
+                f"{path}: weight {name!r} has NaN or infinite values; the checkpoint is unusable"
+            )
+    model.load_state_dict(state)
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

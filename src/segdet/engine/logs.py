@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,22 @@ class MetricLog:
                     self.events.add_scalar(f"{split}/{k}", v, step)
             self.events.flush()
 
+    def truncate(self, step: int) -> None:
+        """Drop the records logged after optimiser step ``step`` (a resumed run restarts from the
+        checkpoint of that step: the steps a killed run logged after it would otherwise appear twice).
+        Files are rewritten atomically; TensorBoard keeps its events (it shows the latest per step)."""
+        if self.jsonl.exists():
+            lines = [x for x in self.jsonl.read_text().splitlines() if x.strip()]
+            kept = [x for x in lines if _step_of_json(x) <= step]
+            if len(kept) < len(lines):
+                _replace(self.jsonl, "".join(x + "\n" for x in kept))
+        if self.csv.exists():
+            with open(self.csv, newline="") as f:
+                rows = list(csv.reader(f))
+            kept_rows = rows[:1] + [r for r in rows[1:] if _step_of_csv(r) <= step]
+            if len(kept_rows) < len(rows):
+                _replace(self.csv, _csv_text(kept_rows))
+
     def records(self) -> list[dict]:
         if not self.jsonl.exists():
             return []
@@ -48,6 +66,33 @@ class MetricLog:
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
+
+
+def _step_of_json(line: str) -> float:
+    """The step of a JSONL record; a torn last line (a kill mid-write) counts as after every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _step_of_csv(row: list[str]) -> float:
+    try:
+        return float(row[1])
+    except (ValueError, IndexError):
+        return math.inf
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:

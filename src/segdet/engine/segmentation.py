@@ -22,7 +22,7 @@ from segdet.data.collate import collate_segmentation
 from segdet.data.dataset import SegDetDataset, cached
 from segdet.engine.config import Config
 from segdet.engine.data_splits import train_val_splits
-from segdet.errors import ConfigError
+from segdet.errors import ConfigError, SegdetError
 
 
 def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -61,9 +61,9 @@ class SegmentationTask:
 
     # ------------------------------------------------------------------------------------ components
     def build_model(self) -> nn.Module:
-        from segdet.models import build
+        from segdet.models.build import build_from_config
 
-        model = build(self.cfg.model.name, num_classes=self.num_classes, **self.cfg.model.kwargs)
+        model = build_from_config(self.cfg.model.name, self.num_classes, self.cfg.model.kwargs)
         if self.cfg.model.weights:
             from segdet.models.weights import load_weights
 
@@ -89,7 +89,9 @@ class SegmentationTask:
         if self.val_ann is None or not self.val_ann.images:
             return None
         d = self.cfg.data
-        dataset = SegDetDataset(self.val_ann, T.segmentation_eval(), semantic=True, strict=d.strict)
+        dataset = SegDetDataset(
+            self.val_ann, T.segmentation_eval(), semantic=True, strict=d.strict, substitute=False
+        )
         return cached(dataset, d.cache)
 
     def collate(self, batch: list) -> Any:
@@ -97,7 +99,10 @@ class SegmentationTask:
         return images, labels, [t["image_id"] for _, t in batch]
 
     def val_collate(self, batch: list) -> Any:
-        return collate_padded(batch, self.ignore_index)
+        """:func:`collate_padded` of the readable samples (unreadable ones are ``None``); ``None`` when
+        there is none."""
+        batch = [s for s in batch if s is not None]
+        return collate_padded(batch, self.ignore_index) if batch else None
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
         images, labels, ids = batch
@@ -153,8 +158,15 @@ class SegmentationTask:
 
         cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
         for batch in loader:
-            images, labels, _ = self.to_device(batch, device)
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            images, labels, ids = self.to_device(batch, device)
             logits = model(images)
+            if not bool(torch.isfinite(logits).all()):
+                raise SegdetError(
+                    f"the model's output has NaN or infinite values on images {ids}: its weights or its "
+                    "numerics are broken (e.g. fp16 overflow); no metrics are computed"
+                )
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             cm.update(logits.argmax(1), labels)

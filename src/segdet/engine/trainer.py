@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from segdet.engine import distributed as dist_utils
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from segdet.engine.config import Config, save_config, to_dict
+from segdet.engine.config import DEVICE, Config, save_config, to_dict
 from segdet.engine.ema import ModelEMA
 from segdet.engine.finite import FiniteGuard, StepInfo
 from segdet.engine.loader import EpochSampler, build_loader
@@ -70,9 +70,15 @@ class TrainState:
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE.fullmatch(name):
+        raise SegdetError(f"device {name!r} is not one of auto, cpu, mps, cuda, cuda:N")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SegdetError(f"train.device={name!r} but CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SegdetError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SegdetError(f"device {name!r}: MPS is not available on this machine")
     return device
 
 
@@ -96,6 +102,11 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.run_dir = config.run_dir
         self.resume = resume
+        if not resume and (self.run_dir / "last.safetensors").exists():
+            raise SegdetError(
+                f"{self.run_dir} holds an earlier run: resume it, or choose another name "
+                "(segdet train numbers a new run folder itself; --overwrite replaces the run)"
+            )
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -371,6 +382,8 @@ class Trainer:
         rng = ckpt["rng"]
         rng["torch"] = rng["torch"].cpu()
         set_rng_state(rng)
+        if self.log is not None:  # what a killed run logged after this checkpoint is logged again
+            self.log.truncate(self.state.step)
         self._print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.step}")
 
     def _print(self, message: str) -> None:

@@ -12,10 +12,12 @@ same numbers:
   area = ``mask.area(rle)`` and, where ``bbox`` is missing, bbox = ``mask.toBbox(rle)``;
 * polygons and uncompressed RLE are converted as ``COCO.annToRLE`` does (``frPyObjects`` + ``merge``).
 
-Differences, all on input that pycocotools would crash on or silently mis-evaluate: results on unknown
-images *or categories*, duplicate ids, NaN/inf numbers, RLE sizes that differ from the image size, and
-``segm`` evaluation of results without ``segmentation`` raise :class:`DataError`; mask results given as
-polygons are converted instead of crashing ``loadRes``.
+Differences, all on input that pycocotools would crash on, hang on or silently mis-evaluate: results on
+unknown images *or categories*, duplicate ids, NaN/inf numbers, boxes of negative width or height, RLE
+sizes that differ from the image size, RLE strings that are malformed or whose runs do not cover exactly
+``h * w`` pixels (``mask.iou`` loops forever on those), and ``segm`` evaluation of results without
+``segmentation`` raise :class:`DataError`, ground truth and results alike; mask results given as polygons
+are converted instead of crashing ``loadRes``.
 
 Fast path: columns are pulled out with list comprehensions and converted with numpy in one go; only when
 that fails is the input walked record by record, to name the first bad record in the error.
@@ -146,7 +148,12 @@ def _box_array(boxes: list, file: str | None, what: str) -> np.ndarray:
                 raise DataError(
                     f"bbox must be 4 finite numbers [x, y, w, h], got {b!r}", file, f"{what}[{i}]"
                 )
-    return flat.reshape(n, 4)
+    flat = flat.reshape(n, 4)
+    negative = np.flatnonzero((flat[:, 2] < 0) | (flat[:, 3] < 0))
+    if len(negative):  # pycocotools would take it, with a negative area, and match it to nothing
+        i = int(negative[0])
+        raise DataError(f"bbox {boxes[i]!r} has a negative width or height", file, f"{what}[{i}]")
+    return flat
 
 
 def _index_of(ids: np.ndarray, table: np.ndarray, file: str | None, what: str, key: str) -> np.ndarray:
@@ -195,13 +202,46 @@ def _to_rle(segm: object, h: int, w: int, file: str | None, record: str) -> dict
 
 
 def _rles(segms: list, img: np.ndarray, gt: CocoGroundTruth, file: str | None, what: str) -> list[dict]:
+    """Compressed RLEs of ``segms`` (one per record, on image ``img``), each checked to cover exactly its
+    image: pycocotools decodes whatever it is given and loops forever in ``mask.iou`` on runs that do not
+    add up to ``h * w`` (:func:`_check_totals`)."""
     if gt.heights is None:  # bbox evaluation of mask results on images without sizes: RLE only
         for i, s in enumerate(segms):
             if not (isinstance(s, dict) and isinstance(s.get("counts"), (str, bytes)) and "size" in s):
                 raise DataError(
                     "polygon/uncompressed masks need the image height and width", file, f"{what}[{i}]"
                 )
-        return segms
+        for i, s in enumerate(segms):
+            size = s["size"]
+            if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+                raise DataError(f"RLE size {size!r} is not [height, width]", file, f"{what}[{i}]")
+        pixels = np.array([s["size"][0] * s["size"][1] for s in segms], dtype=np.int64)
+        return _check_totals(segms, pixels, file, what)
+    rles = _rles_of_images(segms, img, gt, file, what)
+    return _check_totals(rles, gt.heights[img] * gt.widths[img], file, what)
+
+
+def _check_totals(rles: list[dict], pixels: np.ndarray, file: str | None, what: str) -> list[dict]:
+    """``rles`` after checking that each compressed string decodes (:func:`rle_totals`) to runs that
+    cover exactly ``pixels[i]`` pixels; DataError naming the first that does not."""
+    from segdet.data.formats.coco_checks import rle_totals
+
+    valid, total = rle_totals([r["counts"] for r in rles])
+    bad = np.flatnonzero(~valid | (total != pixels))
+    if len(bad):
+        i = int(bad[0])
+        problem = (
+            "RLE 'counts' is not a valid compressed RLE string"
+            if not valid[i]
+            else f"RLE runs cover {int(total[i])} pixels, the image has {int(pixels[i])}"
+        )
+        raise DataError(problem, file, f"{what}[{i}]")
+    return rles
+
+
+def _rles_of_images(
+    segms: list, img: np.ndarray, gt: CocoGroundTruth, file: str | None, what: str
+) -> list[dict]:
     try:  # fast path: all compressed RLEs of their image's size
         sizes = np.array([s["size"] for s in segms], dtype=np.int64).reshape(len(segms), 2)
         fast = {type(s["counts"]) for s in segms} <= {str, bytes} and bool(

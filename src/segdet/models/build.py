@@ -197,6 +197,17 @@ def build(name: str, num_classes: int = 21, **kwargs) -> nn.Module:
     return constructor(num_classes, **kwargs)
 
 
+def build_from_config(name: str, num_classes: int, options: dict) -> nn.Module:
+    """:func:`build` for options read from a config (a file, the command line): an option value the
+    constructor refuses (a negative width, a string for a number...) is a :class:`SegdetError` naming
+    the options, so the command line reports it in one line."""
+    try:
+        return build(name, num_classes=num_classes, **options)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise SegdetError(f"model {name!r} cannot be built with {shown or 'its defaults'}: {e}") from None
+
+
 def count_flops(
     model: nn.Module, input_size: tuple[int, int], batch: int = 1, *, random_input: bool = False
 ) -> int:

@@ -34,6 +34,20 @@ _SHOWN_KEYS = 4
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
+class _FromCheckpoint:
+    """The type of :data:`FROM_CHECKPOINT`."""
+
+    def __repr__(self) -> str:
+        return "FROM_CHECKPOINT"
+
+
+#: A weights source that loads nothing: a model rebuilt from a trained checkpoint passes it where its
+#: config names pretrained weights (``backbone_weights``), so the model is built as it was trained
+#: (pretrained defaults such as frozen BatchNorm) without fetching or reading anything but the
+#: checkpoint, whose own weights are loaded next.
+FROM_CHECKPOINT = _FromCheckpoint()
+
+
 def _load_file(path: Path) -> Mapping:
     if not path.is_file():
         raise DataError("no such weights file", file=path)
@@ -137,6 +151,8 @@ def load_weights(
     only returned (use it to load a classifier's trunk into a model with new heads). A key present on
     both sides with different shapes is an error in both modes.
     """
+    if source is FROM_CHECKPOINT:
+        return {"missing": [], "unexpected": []}
     state = load_state_dict(source)
     prefixes = tuple(
         getattr(model, "ignored_weight_prefixes", ()) if ignore_prefixes is None else ignore_prefixes
@@ -145,10 +161,24 @@ def load_weights(
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    problems = mismatch(own, state, strict=strict)
+    if problems:
+        label = source if isinstance(source, str | os.PathLike) else str(source)
+        raise DataError(f"weights do not match {type(model).__name__}: {problems}", file=label)
+    model.load_state_dict(state, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def mismatch(own: Mapping[str, Tensor], state: Mapping[str, object], *, strict: bool = True) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``, in one line (empty
+    when it fits): the first missing and unexpected keys (``strict``) and those of another shape, with
+    their counts."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     misshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}"
         for k in own
-        if k in state and state[k].shape != own[k].shape
+        if k in state and getattr(state[k], "shape", None) != own[k].shape
     ]
     problems = []
     if missing and strict:
@@ -157,8 +187,4 @@ def load_weights(
         problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
     if misshaped:
         problems.append(f"{len(misshaped)} keys of another shape ({_listed(misshaped)})")
-    if problems:
-        label = source if isinstance(source, str | os.PathLike) else str(source)
-        raise DataError(f"weights do not match {type(model).__name__}: " + "; ".join(problems), file=label)
-    model.load_state_dict(state, strict=False)
-    return {"missing": missing, "unexpected": unexpected}
+    return "; ".join(problems)

@@ -4,11 +4,13 @@ Every format module provides::
 
     read(path, *, images=None, labels=None, strict=False, **options) -> AnnotationSet
     write(dataset, out, **options) -> Path   # a complete dataset in the format's usual layout;
-                                             # the returned path is what ``read`` takes back
+                                             # the returned path is what ``read`` takes back;
+                                             # images are copied (``link_images=True``: hard links)
 
 ``path`` is what users point at: the JSON file for ``coco`` (a folder holding
 ``annotations/*.json`` works too), the dataset's root folder for the others. ``images`` and ``labels``
-override the folders a layout implies.
+override the folders a layout implies. Names read from annotation files (image file names, ``data.yaml``
+folders) must stay inside the folder they are relative to (:func:`segdet.data.paths.confined`).
 """
 
 from __future__ import annotations

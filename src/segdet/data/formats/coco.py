@@ -33,6 +33,7 @@ from segdet.data.formats.coco_checks import (
     rle_problem,
 )
 from segdet.data.formats.coco_write import results_to_coco, to_coco_dict, write, write_results
+from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance
 from segdet.data.validate import ProblemLog, check_box, check_unique_id
 from segdet.errors import DataError
@@ -191,11 +192,16 @@ def _read_images(
             problem = (
                 f"image size {entry.get('width')!r}x{entry.get('height')!r} is not two positive integers"
             )
+        if problem is None:
+            try:
+                path = confined(image_dir, name, what="image 'file_name'")
+            except DataError as e:
+                problem = e.problem
         if problem is not None:
             log.error(file, record, problem)
             bad.add(iid)
             continue
-        records[iid] = ImageRecord(iid, image_dir / name, width, height, file_name=name)
+        records[iid] = ImageRecord(iid, path, width, height, file_name=name)
     return records, bad
 
 

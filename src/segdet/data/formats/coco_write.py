@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pycocotools import mask as mask_utils
 
-from segdet.data.formats.image_files import place_image, safe_relative
+from segdet.data.formats.image_files import place_image
 from segdet.data.masks import mask_to_rle, read_label_png
+from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG, Mask
 from segdet.errors import DataError
 
@@ -96,15 +97,22 @@ def _as_rle(seg: list | dict, im: ImageRecord, source: str) -> dict:
 
 
 def write(
-    dataset: AnnotationSet, out: str | Path, *, copy_images: bool = True, json_name: str = "instances.json"
+    dataset: AnnotationSet,
+    out: str | Path,
+    *,
+    copy_images: bool = True,
+    link_images: bool = False,
+    json_name: str = "instances.json",
 ) -> Path:
-    """Write ``out/annotations/<json_name>`` and (with ``copy_images``) ``out/images/<file_name>`` (hard
-    links where possible). Returns the JSON path, which :func:`read` takes back."""
+    """Write ``out/annotations/<json_name>`` and (with ``copy_images``) ``out/images/<file_name>``: copies,
+    or hard links with ``link_images``. A ``file_name`` leading outside ``images/`` is refused. Returns the
+    JSON path, which :func:`read` takes back."""
     out = Path(out)
     data = to_coco_dict(dataset)
     if copy_images:
         for im in dataset.images:
-            place_image(im.path, out / "images" / safe_relative(im.file_name, f"image id={im.id}"))
+            dst = confined(out / "images", im.file_name, what="image file name", record=f"image id={im.id}")
+            place_image(im.path, dst, link=link_images)
     json_path = out / "annotations" / json_name
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(data))

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from segdet.errors import DataError
 
 
-def safe_relative(file_name: str, record: str = "") -> Path:
-    """``file_name`` as a relative path that stays inside the folder it is joined to.
-
-    Annotation files name images relative to an image folder; a name that is absolute or climbs out
-    with ``..`` would make a writer write outside its output folder, so it is refused.
-    """
-    rel = PurePosixPath(file_name.replace("\\", "/"))
-    if not file_name or rel.is_absolute() or ".." in rel.parts:
-        raise DataError(
-            f"image file name {file_name!r} is not a relative path inside the image folder", None, record
-        )
-    return Path(*rel.parts)
-
-
-def place_image(src: Path, dst: Path) -> None:
-    """Put the image ``src`` at ``dst``: a hard link when the file system allows it (no copy, no extra
-    space), else a copy. An existing ``dst`` that already is ``src`` is left alone (rewriting a dataset
-    in place)."""
+def place_image(src: Path, dst: Path, *, link: bool = False) -> None:
+    """Put a copy of the image ``src`` at ``dst``; with ``link`` a hard link where the file system allows
+    it (no extra space, but the output then *is* the source: editing one edits the other), else a copy.
+    An existing ``dst`` (or a symbolic link there) is replaced, never written through; one that already
+    is ``src`` is left alone."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise DataError("image file not found", src)
@@ -36,9 +23,12 @@ def place_image(src: Path, dst: Path) -> None:
             if dst.exists() and os.path.samefile(src, dst):
                 return
             dst.unlink()
-        try:
-            os.link(src, dst)
-        except OSError:  # another device, or a file system without hard links
-            shutil.copy2(src, dst)
+        if link:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:  # another device, or a file system without hard links
+                pass
+        shutil.copyfile(src, dst)
     except OSError as e:
-        raise DataError(f"cannot write image ({e})", dst) from None
+        raise DataError(f"cannot write image ({e.strerror or e})", dst) from None

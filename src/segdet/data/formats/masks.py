@@ -203,7 +203,7 @@ def check_label_file(path: Path, width: int, height: int, num_classes: int, igno
     return problems
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Path:
+def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
     """Write ``images/``, ``labels/`` (grey PNGs, values kept exactly) and ``classes.txt`` under ``out``.
 
     ``classes.txt`` lists ``semantic_classes``, followed by an ``Unlabelled`` line when ``ignore_index``
@@ -223,7 +223,7 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
         )
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
         if copy_images:
-            place_image(record.path, out / "images" / f"{stem}{image_suffix(record)}")
+            place_image(record.path, out / "images" / f"{stem}{image_suffix(record)}", link=link_images)
         if record.semantic is None:
             logger.warning(
                 "%s: no semantic mask; written as ignore (%d) only", record.path, dataset.ignore_index

@@ -213,7 +213,7 @@ def _cross_check(text: PascalText, path: Path, values: list[int], size: tuple[in
         )
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Path:
+def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
     """Write ``dataset`` in the Penn-Fudan layout at ``out``; returns ``out``.
 
     Object ``k`` of an image becomes value ``k`` of ``PedMasks/X_mask.png`` (8-bit grey, 16-bit beyond
@@ -228,7 +228,7 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
         image_name = f"{stem}{image_suffix(record)}"
         if copy_images:
-            place_image(record.path, out / "PNGImages" / image_name)
+            place_image(record.path, out / "PNGImages" / image_name, link=link_images)
         _write_masks(record, stem, image_name, dataset.classes, out)
     if list(dataset.classes) != DEFAULT_CLASSES:
         write_classes_txt(out / "classes.txt", list(dataset.classes))

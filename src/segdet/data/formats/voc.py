@@ -30,6 +30,7 @@ from segdet.data.dataset import SegDetDataset
 from segdet.data.formats.layout import find_image, read_classes_txt, read_text
 from segdet.data.formats.voc_write import write
 from segdet.data.io import image_size
+from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
 from segdet.data.validate import ProblemLog, check_box
 from segdet.errors import DataError
@@ -196,7 +197,11 @@ def _read_xml(
         log.error(xml_path, "line 1", f"root element is <{root.tag}>, expected <annotation>")
         return None
 
-    image = _image_path(root, stem, folders.images)
+    try:
+        image = _image_path(root, stem, folders.images)
+    except DataError as e:
+        log.error(xml_path, "filename", e.problem)
+        return None
     if isinstance(image, str):
         log.error(folders.images / image, "filename", "image file not found")
         return None
@@ -222,13 +227,13 @@ def _read_xml(
 
 
 def _image_path(root: ET.Element, stem: str, img_dir: Path) -> Path | str:
-    """The image named by ``<filename>`` (or found by the XML's stem); the name looked for when absent."""
+    """The image named by ``<filename>`` (or found by the XML's stem); the name looked for when absent.
+    A ``<filename>`` leading outside the image folder is a :class:`DataError`."""
     filename = _text(root, "filename")
+    candidate = confined(img_dir, filename, what="<filename>") if filename else None
     try:
-        if filename:
-            candidate = img_dir / filename
-            if candidate.is_file():
-                return candidate
+        if candidate is not None and candidate.is_file():
+            return candidate
         found = find_image(img_dir, stem)
     except (OSError, ValueError):  # a file name with a NUL byte or too long for the file system
         found = None

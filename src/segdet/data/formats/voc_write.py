@@ -48,10 +48,10 @@ def voc_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     return xmin, ymin, xmax, ymax
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Path:
+def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
     """Write ``dataset`` as a VOC root at ``out``; returns ``out`` (what :func:`voc.read` takes).
 
-    Images are placed (``copy_images``: hard-linked, or copied across devices) into ``JPEGImages/``
+    Images are copied (``copy_images``; hard-linked with ``link_images``) into ``JPEGImages/``
     under their own extension;
     every image is listed in ``ImageSets/Main/all.txt``, those with masks in
     ``ImageSets/Segmentation/all.txt``. ``classes.txt`` is written when the classes are not VOC's 20.
@@ -73,7 +73,7 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True) -> Pat
     for record, stem in zip(dataset.images, stems, strict=True):
         image_name = stem + image_suffix(record)
         if copy_images:
-            place_image(record.path, out / "JPEGImages" / image_name)
+            place_image(record.path, out / "JPEGImages" / image_name, link=link_images)
         instances = [o for o in record.instances if not o.iscrowd]
         if len(instances) < len(record.instances):
             n = len(record.instances) - len(instances)

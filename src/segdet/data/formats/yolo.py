@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,9 +32,10 @@ import yaml
 
 from segdet.data.contours import bitmap_to_polygons, merge_polygons
 from segdet.data.dataset import SegDetDataset
-from segdet.data.formats.image_files import place_image, safe_relative
+from segdet.data.formats.image_files import place_image
 from segdet.data.io import image_size
 from segdet.data.masks import mask_to_bitmap, read_label_png
+from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
 from segdet.data.validate import ProblemLog, check_box, check_label
 from segdet.errors import DataError
@@ -185,7 +187,7 @@ def _folders(
         if entry is None:
             image_dir = root / "images" / split
         elif isinstance(entry, str) and not entry.endswith(".txt"):
-            image_dir = _base(root, config) / entry
+            image_dir = confined(_base(root, config), entry, what=f"data.yaml '{split}' folder", file=root)
         else:
             raise DataError(f"'{split}' is {entry!r}; only a single image folder is supported", root)
     else:
@@ -200,13 +202,13 @@ def _folders(
 
 def _base(root: Path, config: dict) -> Path:
     """The folder ``data.yaml``'s split entries are relative to: its ``path`` key (relative to the
-    YAML's folder) when that exists, else the YAML's folder (``path`` often names the author's disk)."""
+    YAML's folder) when that exists, else the YAML's folder (``path`` often names the author's disk).
+    A ``path`` outside the YAML's folder is refused: the reader would list and read whatever is there."""
     p = config.get("path")
-    if isinstance(p, str) and p:
-        base = Path(p) if Path(p).is_absolute() else root / p
-        if base.is_dir():
-            return base
-    return root
+    if not isinstance(p, str) or not p or os.path.abspath(root / p) == os.path.abspath(root):
+        return root  # absent, or the YAML's own folder (".", or its absolute path)
+    base = confined(root, p, what="data.yaml 'path'", file=root)
+    return base if base.is_dir() else root
 
 
 def label_dir_for(image_dir: Path) -> Path:
@@ -304,19 +306,23 @@ def _is_float(token: str) -> bool:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def write(dataset: AnnotationSet, out: str | Path, *, copy_images: bool = True) -> Path:
+def write(
+    dataset: AnnotationSet, out: str | Path, *, copy_images: bool = True, link_images: bool = False
+) -> Path:
     """Write ``out/images/``, ``out/labels/`` and ``out/data.yaml``; returns ``out`` (what :func:`read`
     takes back).
 
     Objects with a mask become polygon rows (bitmap, RLE and instance-PNG masks traced with
     :func:`segdet.data.contours.bitmap_to_polygons`, several parts joined by
     :func:`~segdet.data.contours.merge_polygons`), others box rows; coordinates have 6 decimals. Crowd
-    objects have no YOLO form and are skipped with a logged warning.
+    objects have no YOLO form and are skipped with a logged warning. Images are copied (hard-linked with
+    ``link_images``); a ``file_name`` leading outside ``images/`` is refused.
     """
     out = Path(out)
     written: set[Path] = set()
     for im in dataset.images:
-        rel = safe_relative(im.file_name, f"image id={im.id}")
+        image = confined(out / "images", im.file_name, what="image file name", record=f"image id={im.id}")
+        rel = image.relative_to(out / "images")
         label_rel = rel.with_suffix(".txt")
         if label_rel in written:
             raise DataError(
@@ -328,7 +334,7 @@ def write(dataset: AnnotationSet, out: str | Path, *, copy_images: bool = True) 
         label_file.parent.mkdir(parents=True, exist_ok=True)
         label_file.write_text("".join(r + "\n" for r in rows))
         if copy_images:
-            place_image(im.path, out / "images" / rel)
+            place_image(im.path, image, link=link_images)
     (out / "images").mkdir(parents=True, exist_ok=True)
     config = {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(dataset.classes))}
     (out / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
