@@ -144,7 +144,7 @@ def _convert(args: argparse.Namespace) -> int:
     if errors:
         print(f"{errors} records could not be read and are left out (run `segdet data check` to list them)")
     out = write_dataset(args.to, dataset, args.out, link_images=args.link)
-    how = "hard-linked" if args.link else "copied"
+    how = "hard-linked where the file system allows" if args.link else "copied"
     print(
         f"wrote {len(dataset.images)} images ({how}), {dataset.num_instances} objects as {args.to} to {out}"
     )
