@@ -132,6 +132,11 @@ class TrainConfig:
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     log_every: int = 10  # steps
+    # Also write last.safetensors inside an epoch, every this many optimiser steps and/or minutes, with
+    # the position in the epoch: --resume then continues at the next batch, with the weights an
+    # uninterrupted run would have (bit for bit on the CPU). None: at the end of every epoch only.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
     progress: bool = True
     channels_last: bool = False
 
@@ -252,6 +257,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.ema_decay": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "train.eval_every": (lambda v: v >= 1, "must be at least 1"),
     "train.log_every": (lambda v: v >= 1, "must be at least 1"),
+    "train.checkpoint_every": (lambda v: v >= 1, "must be at least 1 (optimiser steps)"),
+    "train.checkpoint_minutes": (lambda v: v > 0, "must be > 0"),
 }
 
 

@@ -22,6 +22,7 @@ decoding for datasets that fit in memory.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -50,22 +51,23 @@ class EpochSampler(Sampler[int]):
 
 class EpochTagged(Sampler[int]):
     """``sampler``'s indices ``i`` as ``epoch * size + i``, for :class:`SeededSamples`; ``set_epoch`` is
-    passed on to ``sampler`` (an :class:`EpochSampler` or a ``DistributedSampler``)."""
+    passed on to ``sampler`` (an :class:`EpochSampler` or a ``DistributedSampler``). ``skip``: leave out
+    the epoch's first indices (a run resumed inside an epoch continues with the next batch)."""
 
     def __init__(self, sampler: Sampler[int], size: int) -> None:
-        self.sampler, self.size, self.epoch = sampler, size, 0
+        self.sampler, self.size, self.epoch, self.skip = sampler, size, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         offset = self.epoch * self.size
-        return (offset + i for i in self.sampler)
+        return (offset + i for i in itertools.islice(self.sampler, self.skip, None))
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(0, len(self.sampler) - self.skip)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

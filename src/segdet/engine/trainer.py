@@ -6,9 +6,11 @@ detection of a non-finite loss, periodic evaluation, logs, and checkpoints that 
 What it does not own: what a batch is, how the loss is computed and how a model is evaluated — those
 belong to a *task* (:class:`Task`), e.g. :class:`segdet.engine.segmentation.SegmentationTask`.
 
-Exact resume: a checkpoint is written at the end of every epoch with the model, optimiser, scheduler,
-EMA and every RNG state; the sampler's order and every sample's augmentation are pure functions of
-``(seed, epoch, index)`` (:mod:`segdet.engine.loader`), whatever the number of workers. On the CPU with
+Exact resume: a checkpoint is written at the end of every epoch (and inside epochs every
+``train.checkpoint_every`` steps / ``train.checkpoint_minutes``, with the position in the epoch) with the
+model, optimiser, scheduler, EMA and every RNG state; the sampler's order and every sample's augmentation
+are pure functions of ``(seed, epoch, index)`` (:mod:`segdet.engine.loader`), whatever the number of
+workers, so a resumed epoch skips the batches already trained and goes on with the next. On the CPU with
 ``train.deterministic``, a run killed at any moment and resumed from its last checkpoint ends with the
 same weights as a run that was never interrupted.
 """
@@ -33,7 +35,7 @@ from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from segdet.engine.config import DEVICE, Config, save_config, to_dict
 from segdet.engine.ema import ModelEMA
 from segdet.engine.finite import FiniteGuard, StepInfo
-from segdet.engine.loader import EpochSampler, build_loader
+from segdet.engine.loader import EpochSampler, EpochTagged, build_loader
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
@@ -61,6 +63,7 @@ class Task(Protocol):
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
+    position: int = 0  # batches of epoch ``epoch`` already trained (a checkpoint inside an epoch)
     step: int = 0  # optimiser steps done
     best: float | None = None
     best_epoch: int | None = None
@@ -129,6 +132,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.amp == "fp16")
         self.state = TrainState()
         self._deadline: float | None = None
+        self._saved_at = time.perf_counter()  # the last checkpoint's time (train.checkpoint_minutes)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -186,7 +190,8 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch, cfg.train.epochs):
                 finished = self._train_epoch(epoch)
-                self.state.epoch = epoch + 1
+                if finished:  # else the position inside the epoch is kept: --resume continues it
+                    self.state.epoch, self.state.position = epoch + 1, 0
                 last = epoch + 1 == cfg.train.epochs or not finished
                 evaluate = self.val_loader is not None and (
                     (epoch + 1) % max(1, cfg.train.eval_every) == 0 or last
@@ -213,6 +218,7 @@ class Trainer:
                 self.log.close()
         summary = {
             "epochs": self.state.epoch,
+            "position": self.state.position,
             "steps": self.state.step,
             "best": self.state.best,
             "best_epoch": self.state.best_epoch,
@@ -228,26 +234,30 @@ class Trainer:
         return summary
 
     def _train_epoch(self, epoch: int) -> bool:
-        """One epoch; False when ``train.max_minutes`` ran out before its end.
+        """One epoch, from batch ``state.position`` on (a run resumed inside it); False when
+        ``train.max_minutes`` ran out before its end (``state.position`` then says where).
 
         Nothing here reads a device tensor on the host except every ``log_every`` steps (the logged
-        values, :class:`~segdet.engine.finite.FiniteGuard`'s check): on a GPU the host stays ahead,
-        queueing the next step while the current one runs."""
+        values, :class:`~segdet.engine.finite.FiniteGuard`'s check) and at checkpoints: on a GPU the
+        host stays ahead, queueing the next step while the current one runs."""
         cfg = self.cfg.train
+        start = self.state.position
         sampler = self.train_loader.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        if isinstance(sampler, EpochTagged):
+            sampler.set_epoch(epoch, skip=start * self.train_loader.batch_size)
+        elif start:
+            raise SegdetError("a run can resume inside an epoch only with the trainer's own sampler")
         self.ddp_model.train()
         accumulate = max(1, cfg.accumulate)
         every = max(1, cfg.log_every)
-        n = len(self.train_loader)
+        n = start + len(self.train_loader)
         progress = Progress(
             n, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and self.dist.is_main, every=every
         )
         running: torch.Tensor | None = None  # the smoothed loss, on the device
         shown: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(self.train_loader):
+        for i, batch in enumerate(self.train_loader, start=start):
             batch = self.task.to_device(batch, self.device)
             last_micro = (i + 1) % accumulate == 0 or i + 1 == n
             micro = min(accumulate, n - (i // accumulate) * accumulate)
@@ -256,6 +266,7 @@ class Trainer:
             if not last_micro:
                 continue
             self._optimizer_step()
+            self.state.position = i + 1
             running = loss if running is None else running.mul(0.9).add_(loss, alpha=0.1)
             if self.state.step % every == 0 or i + 1 == n:
                 self.guard.check()
@@ -269,9 +280,22 @@ class Trainer:
                 self.guard.check()
                 progress.close()
                 return False
+            if i + 1 < n and self._checkpoint_due():
+                self.guard.check()
+                self._save("last.safetensors")
         self.guard.check()
         progress.close()
         return True
+
+    def _checkpoint_due(self) -> bool:
+        """Whether ``train.checkpoint_every`` steps or ``train.checkpoint_minutes`` have passed since the
+        last checkpoint (the clock decided by rank 0, so every process saves at the same step)."""
+        cfg = self.cfg.train
+        due = bool(cfg.checkpoint_every) and self.state.step % cfg.checkpoint_every == 0
+        if cfg.checkpoint_minutes is not None and not due:
+            late = time.perf_counter() - self._saved_at > 60.0 * cfg.checkpoint_minutes
+            due = bool(dist_utils.broadcast_object(late)) if self.dist.enabled else late
+        return due
 
     def _forward_backward(
         self, batch: Any, micro: int, *, sync: bool, where: StepInfo
@@ -346,6 +370,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(),
             "epoch": self.state.epoch,
+            "position": self.state.position,
             "step": self.state.step,
             "best": self.state.best,
             "best_epoch": self.state.best_epoch,
@@ -360,6 +385,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.run_dir / name, self.checkpoint_state())
         dist_utils.barrier()
+        self._saved_at = time.perf_counter()
 
     def _load_last(self) -> None:
         path = self.run_dir / "last.safetensors"
@@ -374,6 +400,7 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.state = TrainState(
             epoch=ckpt["epoch"],
+            position=int(ckpt.get("position") or 0),
             step=ckpt["step"],
             best=ckpt["best"],
             best_epoch=ckpt["best_epoch"],
@@ -384,7 +411,9 @@ class Trainer:
         set_rng_state(rng)
         if self.log is not None:  # what a killed run logged after this checkpoint is logged again
             self.log.truncate(self.state.step)
-        self._print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.step}")
+        position, epoch = self.state.position, self.state.epoch + 1
+        inside = f", batch {position} of epoch {epoch}" if position else ""
+        self._print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.step}{inside}")
 
     def _print(self, message: str) -> None:
         if self.dist.is_main:
