@@ -62,13 +62,17 @@ def random_rois(num: int, images: int, height: float, width: float, seed: int, d
 
 
 def assert_same_as_torchvision(features, rois, output_size, spatial_scale):
-    """Forward and backward (random upstream gradient) equal to torchvision's, exactly."""
+    """Forward (with and without the arg-max, i.e. with and without grad) and backward (random
+    upstream gradient) equal to torchvision's, exactly."""
+    with torch.no_grad():
+        no_grad = roi_pool(features, rois, output_size, spatial_scale)
     features = features.detach().requires_grad_(True)
     got = roi_pool(features, rois, output_size, spatial_scale)
     expected = tv_roi_pool(features, rois, output_size, spatial_scale)
     assert got.shape == expected.shape and got.dtype == expected.dtype
     assert got.is_contiguous()
     assert torch.equal(got, expected)
+    assert torch.equal(no_grad, expected)
     upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1), dtype=got.dtype)
     (g_ours,) = torch.autograd.grad(got, features, upstream)
     (g_ref,) = torch.autograd.grad(expected, features, upstream)
