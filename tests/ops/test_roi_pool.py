@@ -32,6 +32,15 @@ tv_roi_pool = torchvision.ops.roi_pool
 roi_pool_module = importlib.import_module("segdet.ops.roi_pool")
 
 
+@pytest.fixture(autouse=True)
+def sparse_table_always(monkeypatch, request):
+    """Every test pools with the sparse table, however small its map (``roi_pool`` hands calls whose
+    bins are tiny to torchvision's kernel), except those that test that choice."""
+    if "dispatch" not in request.node.name:
+        monkeypatch.setattr(roi_pool_module, "MIN_VISITS", 0)
+        monkeypatch.setattr(roi_pool_module, "MIN_BIN_AREA", 0)
+
+
 def random_rois(num: int, images: int, height: float, width: float, seed: int, dtype=torch.float32):
     """``[num, 5]`` RoIs in image pixels: random boxes plus the edge cases (outside the map, across
     its borders, exactly on them, degenerate, inverted, on rounding halves)."""
@@ -179,8 +188,8 @@ def test_rect_max_of_explicit_rectangles():
     x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
     rects = [(0, 0, 9, 0, 10), (1, 2, 5, 3, 4), (1, 8, 9, 9, 10), (0, 3, 3, 1, 5), (0, 4, 7, 2, 9)]
     n, top, bottom, left, right = (torch.tensor(v) for v in zip(*rects, strict=True))
-    value, argmax, missing = rect_max(x, n, top, bottom, left, right)
-    assert missing  # one rectangle is empty
+    value, argmax, unpickable = rect_max(x, n, top, bottom, left, right)
+    assert not unpickable
     for q, (b, t, u, le, r) in enumerate(rects):
         block = x[b, :, t:u, le:r].flatten(1)
         if block.shape[1] == 0:
@@ -215,3 +224,23 @@ def test_property_matches_torchvision(n, c, h, w, k, ph, pw, scale, seed, levels
     corners = (torch.rand(k, 4, generator=g) * 1.4 - 0.2) * torch.tensor([w, h, w, h]) / scale
     rois = torch.cat([torch.randint(0, n, (k, 1), generator=g).float(), corners], dim=1)
     assert_same_as_torchvision(features, rois, (ph, pw), scale)
+
+
+def test_dispatch_small_bins_to_torchvision(monkeypatch):
+    """Bins of ~1 cell go to torchvision's kernel, bins of many cells to the sparse table (the rule on
+    the mean bin area; the one on the total work is lowered to fit a small map)."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return tv_roi_pool(*args, **kwargs)
+
+    monkeypatch.setattr(roi_pool_module, "tv_roi_pool", counting)
+    monkeypatch.setattr(roi_pool_module, "MIN_VISITS", 1000)
+    features = torch.randn(1, 8, 64, 64)
+    tiny = torch.tensor([[0.0, 0, 0, 100, 100]]).repeat(4, 1)  # 7 x 7 bins of ~1 cell at 1/16
+    assert torch.equal(roi_pool(features, tiny, 7, 1 / 16), tv_roi_pool(features, tiny, 7, 1 / 16))
+    assert len(calls) == 1
+    large = torch.tensor([[0.0, 0, 0, 1000, 1000]]).repeat(4, 1)  # bins of ~81 cells
+    assert torch.equal(roi_pool(features, large, 7, 1 / 16), tv_roi_pool(features, large, 7, 1 / 16))
+    assert len(calls) == 1

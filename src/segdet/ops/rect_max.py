@@ -259,12 +259,13 @@ def _answer_levels(keys: Tensor, buffers: Tensor, plan: _Plan, out: Tensor) -> N
 
 
 class RectMax(NamedTuple):
-    """``value`` and ``argmax`` (``None`` when not asked for) ``[*S, C]``; ``missing``: whether some
-    ``argmax`` may be ``-1`` (an empty rectangle, or unpickable elements in the map)."""
+    """``value`` and ``argmax`` (``None`` when not asked for) ``[*S, C]``; ``unpickable``: whether the
+    map holds elements that never win (NaN, -inf, <= -FLT_MAX), so that ``argmax`` may be -1 outside
+    the empty rectangles too."""
 
     value: Tensor
     argmax: Tensor | None
-    missing: bool
+    unpickable: bool
 
 
 def rect_max(
@@ -292,7 +293,6 @@ def rect_max(
     if with_argmax and argmax is None:
         argmax = torch.empty(*shape, C, dtype=torch.int32)
     argmax = argmax if with_argmax else None
-    empty = (rect[2] <= rect[1]) | (rect[4] <= rect[3])
     if rect[0].numel() == 0 or C == 0:
         return RectMax(value, argmax, False)
     flat = [t.reshape(-1) for t in rect]
@@ -323,5 +323,4 @@ def rect_max(
             value[r0:r1, ..., c0:c1] = v
             if argmax is not None:
                 argmax[r0:r1, ..., c0:c1] = a
-    missing = bool(empty.any()) or (with_argmax and keys.has_unpickable)
-    return RectMax(value, argmax, missing)
+    return RectMax(value, argmax, with_argmax and keys.has_unpickable)

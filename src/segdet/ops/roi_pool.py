@@ -28,6 +28,8 @@ their dtype, as torchvision's autocast wrapper does; ``rois`` are converted to t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -35,6 +37,9 @@ from torchvision.ops import roi_pool as tv_roi_pool
 
 from segdet.ops.rect_max import rect_max
 
+# Below these, torchvision's kernel is called instead (see ``_torchvision_is_faster``).
+MIN_VISITS = 1 << 22
+MIN_BIN_AREA = 4.5
 # Output elements per step of the backward scatter: bounds its int64 index buffer (reused, not
 # page-faulted in again on every step).
 BACKWARD_ELEMENTS = 1 << 20
@@ -90,49 +95,76 @@ def _image_index(rois: Tensor, batch: int) -> Tensor:
     return index
 
 
-def _pool(
-    x: Tensor, rois: Tensor, spatial_scale: float, output_size: tuple[int, int], with_argmax: bool
-) -> tuple[Tensor, Tensor | None, bool, Tensor]:
-    """Pool ``x`` (float32 / float64): ``output [K, C, PH, PW]``, ``argmax`` (int32 ``[C, K, PH, PW]``,
-    channel-major for the backward pass; ``None`` unless ``with_argmax``), whether some ``argmax`` may
-    be -1, and the RoIs' image indices."""
-    N, C, H, W = x.shape
-    K, (ph, pw) = rois.shape[0], output_size
-    image = _image_index(rois, N)
+class _Bins(NamedTuple):
+    """Bin edges (``roi_bins``) and image index of every RoI."""
+
+    top: Tensor
+    bottom: Tensor
+    left: Tensor
+    right: Tensor
+    image: Tensor
+
+    def empty(self) -> Tensor:
+        """bool ``[K, PH * PW]``: the bins that pool nothing (outside the map, or degenerate)."""
+        rows, cols = self.bottom <= self.top, self.right <= self.left
+        return (rows[:, :, None] | cols[:, None, :]).flatten(1)
+
+
+def _torchvision_is_faster(bins: _Bins, channels: int) -> bool:
+    """Whether torchvision's loop beats the sparse table on these bins.
+
+    The loop costs ``visits``, the sum of the bins' areas (x C); the table a fixed ~10 vectorised
+    passes per output element plus its levels. Measured here: with bins of ~3 cells on average the
+    loop is faster, from ~6 cells on the table is (the more so the larger the bins); below ~4 M
+    visits the table's fixed cost (some 50 operator calls) dominates."""
+    rows = (bins.bottom - bins.top).clamp(min=0).sum(1)
+    cols = (bins.right - bins.left).clamp(min=0).sum(1)
+    visits = channels * int((rows * cols).sum())
+    outputs = channels * bins.top.numel() * bins.left.shape[1]
+    return visits < MIN_VISITS or visits < MIN_BIN_AREA * outputs
+
+
+def _pool(x: Tensor, bins: _Bins, with_argmax: bool) -> tuple[Tensor, Tensor | None, bool]:
+    """Pool ``x`` (float32 / float64): ``output [K, C, PH, PW]``, ``argmax`` (``[C, K, PH, PW]``,
+    channel-major for the backward pass, int16 when the map has fewer than 2**15 cells, else int32;
+    ``None`` unless ``with_argmax``) and whether ``argmax`` may be -1 outside the empty bins."""
+    _, C, H, W = x.shape
+    (K, ph), pw = bins.top.shape, bins.left.shape[1]
     out = torch.empty(K, C, ph, pw, dtype=x.dtype)
-    argmax = torch.empty(C, K, ph, pw, dtype=torch.int32) if with_argmax else None
+    small = torch.int16 if H * W < 2**15 else torch.int32
+    argmax = torch.empty(C, K, ph, pw, dtype=small) if with_argmax else None
     if out.numel() == 0:
-        return out, argmax, False, image
-    if H * W == 0:
+        return out, argmax, False
+    if H * W == 0:  # every bin is empty
         if argmax is not None:
             argmax.fill_(-1)
-        return out.zero_(), argmax, True, image
-    top, bottom, left, right = roi_bins(rois, spatial_scale, output_size, H, W)
+        return out.zero_(), argmax, False
     pooled = rect_max(
         x,
-        image[:, None, None],
-        top[:, :, None],
-        bottom[:, :, None],
-        left[:, None, :],
-        right[:, None, :],
+        bins.image[:, None, None],
+        bins.top[:, :, None],
+        bins.bottom[:, :, None],
+        bins.left[:, None, :],
+        bins.right[:, None, :],
         value=out.permute(0, 2, 3, 1),
         argmax=None if argmax is None else argmax.permute(1, 2, 3, 0),
         with_argmax=with_argmax,
     )
-    return out, argmax, pooled.missing, image
+    return out, argmax, pooled.unpickable
 
 
 def _unpool(
-    grad: Tensor, argmax: Tensor, missing: bool, image: Tensor, shape: tuple[int, int, int, int]
+    grad: Tensor, argmax: Tensor, empty: Tensor, unpickable: bool, image: Tensor, shape: tuple[int, ...]
 ) -> Tensor:
-    """``dL/dx``: ``grad[k, c, p, q]`` added to ``x[image[k], c]`` at ``argmax[c, k, p, q]`` (skipping
-    ``-1``, which only occurs when ``missing``).
+    """``dL/dx``: ``grad[k, c, p, q]`` added to ``x[image[k], c]`` at ``argmax[c, k, p, q]``, skipping
+    -1: the ``empty`` bins (``[K, PH * PW]``) and, when ``unpickable``, bins of only NaN / -inf.
 
     Each element receives its terms in torchvision's order (ascending RoI, then bin), so the sums are
     the same float additions. The work goes by image and block of channels: one ``scatter_add_`` along
     the flattened ``H W`` of the block's planes ``[channels, HW]`` (parallel over channels) takes every
     RoI's terms, so the block's planes stay in cache while they are added to. Variables: ``src`` /
-    ``index`` the gradient / arg-max of the image's RoIs in the block as ``[channels, RoIs x PH x PW]``."""
+    ``index`` the gradient / arg-max of the image's RoIs in the block as ``[channels, RoIs x PH x PW]``;
+    a skipped term adds 0 at position 0 instead."""
     N, C, H, W = shape
     grad_input = torch.zeros(N, C, H * W, dtype=grad.dtype)
     K, bins = grad.shape[0], grad.shape[2] * grad.shape[3]
@@ -147,6 +179,7 @@ def _unpool(
         if k0 == k1:
             continue
         rows = slice(k0, k1) if in_order else order[k0:k1]
+        skip = torch.nonzero(empty[rows].reshape(-1)).view(-1)
         block = max(1, min(C, BACKWARD_ELEMENTS // ((k1 - k0) * bins)))
         src = torch.empty(block, k1 - k0, bins, dtype=grad.dtype)
         index = torch.empty(block, k1 - k0, bins, dtype=torch.int64)
@@ -156,31 +189,36 @@ def _unpool(
             s.copy_(grad[rows, c0:c1].transpose(0, 1))
             i.copy_(argmax[c0:c1, rows])
             s, i = s.view(c1 - c0, -1), i.view(c1 - c0, -1)
-            if missing:  # nothing pooled there: add 0 at position 0 instead
-                skip = i < 0
-                s.masked_fill_(skip, 0)
-                i.masked_fill_(skip, 0)
+            if unpickable:
+                missing = i < 0
+                s.masked_fill_(missing, 0)
+                i.masked_fill_(missing, 0)
+            elif skip.numel():
+                s.index_fill_(1, skip, 0)
+                i.index_fill_(1, skip, 0)
             grad_input[n, c0:c1].scatter_add_(1, i, s)
     return grad_input.view(shape)
 
 
 class _RoIPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input: Tensor, rois: Tensor, spatial_scale: float, output_size: tuple[int, int]):
-        dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
-        out, argmax, missing, image = _pool(
-            input.to(dtype), rois.to(dtype), spatial_scale, output_size, ctx.needs_input_grad[0]
-        )
-        ctx.save_for_backward(argmax, image)
-        ctx.shape, ctx.missing = tuple(input.shape), missing
+    def forward(ctx, input: Tensor, bins: _Bins):
+        out, argmax, unpickable = _pool(_pooling_dtype(input), bins, ctx.needs_input_grad[0])
+        ctx.save_for_backward(argmax, bins.empty(), bins.image)
+        ctx.shape, ctx.unpickable = tuple(input.shape), unpickable
         return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        argmax, image = ctx.saved_tensors
-        dtype = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
-        return _unpool(grad.to(dtype), argmax, ctx.missing, image, ctx.shape).to(grad.dtype), None, None, None
+        argmax, empty, image = ctx.saved_tensors
+        grad_input = _unpool(_pooling_dtype(grad), argmax, empty, ctx.unpickable, image, ctx.shape)
+        return grad_input.to(grad.dtype), None
+
+
+def _pooling_dtype(t: Tensor) -> Tensor:
+    """float32 / float64 as they are, half precision in float32 (torchvision's autocast does the same)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def roi_pool(
@@ -199,7 +237,7 @@ def roi_pool(
         spatial_scale: features per input pixel (``1/16`` for a stride-16 map).
 
     Returns ``[K, C, PH, PW]``, equal to torchvision's output (the same maxima; a bin whose first
-    maximum is ``-0.0`` reads ``0.0``) with the same gradient."""
+    maximum is ``-0.0`` may read ``0.0``) with the same gradient."""
     rois = boxes if isinstance(boxes, Tensor) else boxes_to_rois(boxes)
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be [K, 5] rows (image index, x1, y1, x2, y2), got {tuple(rois.shape)}")
@@ -208,4 +246,9 @@ def roi_pool(
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(map(int, output_size))
     if input.device.type != "cpu":
         return tv_roi_pool(input, rois, size, spatial_scale)
-    return _RoIPool.apply(input, rois, float(spatial_scale), size)
+    N, C, H, W = input.shape
+    rois = rois.to(_pooling_dtype(input).dtype)
+    bins = _Bins(*roi_bins(rois, spatial_scale, size, H, W), _image_index(rois, N))
+    if _torchvision_is_faster(bins, C):
+        return tv_roi_pool(_pooling_dtype(input), rois, size, spatial_scale).to(input.dtype)
+    return _RoIPool.apply(input, bins)
