@@ -19,7 +19,13 @@ Each side is timed on the same inputs, interleaved (A B A B ...), after one unti
 the table gives medians of ``--repeat`` runs: the forward pass of a map that requires grad (so both
 compute the arg-max), the backward pass (one upstream gradient), their sum, and the forward pass
 under ``torch.no_grad()`` (inference). Outputs and gradients are checked equal (``torch.equal``)
-before timing. The machine may be shared: the load average is printed before and after.
+before timing. Each case's mean bin area and the path segdet takes (its sparse table, or
+torchvision's kernel for tiny bins) are printed with it.
+
+The machine may be shared: the load average is printed before and after. On an oversubscribed
+machine OpenMP's default spin-waiting makes every parallel torch operation wait for a descheduled
+worker thread (milliseconds each; torchvision's kernel is single-threaded and does not notice): time
+with ``OMP_WAIT_POLICY=PASSIVE`` or ``--threads 1`` there.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ import torch
 import torchvision
 
 from segdet.ops import roi_pool
+from segdet.ops.roi_pool import roi_bins
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,38 @@ def make_rois(case: Case, seed: int = 0) -> torch.Tensor:
         box = box.clamp(min=0).minimum(torch.tensor([width, height, width, height]))
         rows.append(torch.cat([torch.full((k, 1), float(image)), box], dim=1))
     return torch.cat(rows)
+
+
+def describe(case: Case, device: torch.device) -> str:
+    """Mean bin area (cells) and segdet's path for the case."""
+    rois = make_rois(case)
+    top, bottom, left, right = roi_bins(rois, case.spatial_scale, (case.output_size,) * 2, *case.shape[2:])
+    area = ((bottom - top).clamp(min=0).sum(1) * (right - left).clamp(min=0).sum(1)).sum()
+    mean = float(area) / (rois.shape[0] * case.output_size**2)
+    n, c, h, w = case.shape
+    with torch.no_grad():
+        features = torch.zeros(case.shape)
+        calls = _count_torchvision_calls(
+            lambda: roi_pool(features, rois, case.output_size, case.spatial_scale)
+        )
+    path = "torchvision's kernel" if calls or device.type != "cpu" else "sparse table"
+    return f"{case.name}: {rois.shape[0]} RoIs on {n}x{c}x{h}x{w}, mean bin {mean:.1f} cells -> {path}"
+
+
+def _count_torchvision_calls(fn: Callable[[], object]) -> int:
+    module = sys.modules["segdet.ops.roi_pool"]
+    original, calls = module.tv_roi_pool, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    module.tv_roi_pool = counting
+    try:
+        fn()
+    finally:
+        module.tv_roi_pool = original
+    return len(calls)
 
 
 def _sync(device: torch.device) -> None:
@@ -155,6 +195,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for case in chosen:
+        print(describe(case, device))
         result = bench_case(case, args.repeat, device)
         for key in ("fwd", "bwd", "fwd+bwd", "infer"):
             tv, ours = result["tv"][key], result["ours"][key]

@@ -28,10 +28,14 @@ of Bender & Farach-Colton 2000) of *keys*, not values:
   anchored at its corners, ``i = floor(log2 L_h)``, ``j = floor(log2 L_w)``: its key is the max of four
   table entries, however large the rectangle.
 
+Without the arg-max the keys are the values themselves (raised to ``-FLT_MAX`` where unpickable, which
+is also what a rectangle of nothing else must read): half the bytes and no decoding.
+
 Cost: (number of levels) x N*C*H*W to build the table plus four gathers per rectangle and channel,
 against ``sum of rectangle areas x C`` for the direct loop. The channels go in chunks, channels-last
 (``[N, H, W, chunk]``: one gathered table row holds a chunk's channels), and the levels are built one
-after the other in few buffers, each answering the rectangles of its level as soon as it is built.
+after the other in four buffers, each answering the rectangles of its level as soon as it is built.
+The results are decoded into contiguous tensors and copied into the outputs (of any strides).
 """
 
 from __future__ import annotations
@@ -284,8 +288,9 @@ def rect_max(
     ``x``: ``[N, C, H, W]`` float32 or float64 on the CPU. ``n, top, bottom, left, right``: int64
     tensors that broadcast to one shape ``S`` (rectangles clipped to ``[0, H] x [0, W]``; empty ones
     allowed). Returns ``value`` (``x.dtype``) and ``argmax`` (int32, ``h * W + w``; skipped unless
-    ``with_argmax``), both ``[*S, C]``, written into ``value`` / ``argmax`` (of any strides) when given.
-    See the module docstring for the conventions and the algorithm."""
+    ``with_argmax``), both ``[*S, C]``, written into ``value`` / ``argmax`` (of any strides and, for
+    ``argmax``, any integer dtype holding ``H * W``) when given. See the module docstring for the
+    conventions and the algorithm."""
     N, C, H, W = x.shape
     rect = torch.broadcast_tensors(n, top, bottom, left, right)
     shape = rect[0].shape

@@ -15,15 +15,21 @@ sum of dL/dout[k, c, p, q] over the bins whose argmax is a`` (torchvision's tie 
 empty bin and ``-FLT_MAX`` when only NaN / -inf lie in a bin, with no gradient for either).
 
 torchvision's CPU kernel visits every element of every bin with scalar code on one thread: its cost is
-``sum of RoI areas x C``. Here the bins' maxima are range-maximum queries on a sparse table
-(:mod:`segdet.ops.rect_max`): a few vectorised passes over the map, then four gathers per bin,
-whatever its size. The backward pass is one ``scatter_add_`` of the output gradient into the argmax
-positions, in torchvision's order (RoI, channel, bin), so it is deterministic and equal to
-torchvision's up to nothing at all (the same float additions in the same order).
+the sum of the bins' areas times C. Here the bins' maxima are range-maximum queries on a sparse table
+(:mod:`segdet.ops.rect_max`): a few vectorised passes over the map per level, then four gathers per
+bin and channel, whatever the bin's size; the arg-max comes with the maximum. The table's cost per
+output is fixed (about ten passes of vectorised torch operations), so it wins by far on bins of tens
+of cells and loses on bins of one or two: calls whose bins are that small on average (or whose work
+is tiny) go to torchvision's kernel (``_torchvision_is_faster``, the crossover as measured).
+
+The backward pass scatters the output gradient into the arg-max positions (``scatter_add_``), in
+torchvision's order (RoI, then bin, for every element), so it is deterministic and *equal* to
+torchvision's: the same float additions in the same order.
 
 Other devices use torchvision's kernel. Half-precision inputs are pooled in float32 and returned in
 their dtype, as torchvision's autocast wrapper does; ``rois`` are converted to the pooling dtype
-(torchvision requires them to match).
+(torchvision requires them to match). Image indices outside ``[0, N)`` are refused (torchvision reads
+out of bounds).
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def roi_bins(
 
 def _image_index(rois: Tensor, batch: int) -> Tensor:
     index = rois[:, 0].long()  # truncation, as the C kernel's int conversion
-    if index.numel() and (bool((index < 0).any()) or bool((index >= batch).any())):
+    if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < batch:
         raise ValueError(f"rois[:, 0] must be image indices in [0, {batch}), got {index.unique().tolist()}")
     return index
 
