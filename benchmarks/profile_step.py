@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                     step()
                 _sync()
             tag = "bf16" if bf16 else "fp32"
-            print(f"\n=== {side} {args.model} R-CNN train step b{args.batch} {tag}: "
-                  f"median {statistics.median(times) * 1e3:.1f} ms ===")
+            print(
+                f"\n=== {side} {args.model} R-CNN train step b{args.batch} {tag}: "
+                f"median {statistics.median(times) * 1e3:.1f} ms ==="
+            )
             print(prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=60))
         model.cpu()
     return 0

@@ -23,6 +23,8 @@ from segdet.engine.schedule import build_scheduler
 from segdet.engine.trainer import build_optimizer
 
 STEPS = 50
+
+
 def overfit(tmp_path, task: str, model: str) -> dict[str, float]:
     torch.manual_seed(0)
     images = shapes.generate(tmp_path / "shapes", 4, seed=0, size=64)

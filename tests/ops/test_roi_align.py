@@ -1,4 +1,5 @@
-"""segdet.ops.roi_align (RoIs split over CPU threads) against torchvision.ops.roi_align / roi_pool.
+"""segdet.ops.roi_align (RoIs split over CPU threads) against torchvision.ops.roi_align (RoI max pooling:
+test_roi_pool.py).
 
 Reference: torchvision's own op on all RoIs in one call. Forward: bit-identical (torch.equal). Backward:
 the features' gradient within 1e-5 (the chunks' gradients are summed in another order).
@@ -37,7 +38,6 @@ CASES = [
         torchvision.ops.roi_align,
         {"sampling_ratio": 0, "aligned": True},
     ),
-    ("pool", threaded.roi_pool, torchvision.ops.roi_pool, {}),
 ]
 
 
@@ -93,5 +93,3 @@ def test_rois_of_the_wrong_shape_are_refused():
     rois = _rois(100, 1, 10.0)[:, 1:]  # 4 columns: not the [K, 5] layout
     with pytest.raises(ValueError, match=r"\[K, 5\]"):
         threaded.roi_align(features, rois, 2, 1.0, 2)
-    with pytest.raises(ValueError, match=r"\[K, 5\]"):
-        threaded.roi_pool(features, rois, 2, 1.0)

@@ -1,4 +1,4 @@
-"""segdet.ops: box geometry, the R-CNN box coder, NMS / Soft-NMS and drawing."""
+"""segdet.ops: box geometry, the R-CNN box coder, NMS / Soft-NMS, RoI max pooling and drawing."""
 
 from segdet.ops.box_coder import BoxCoder
 from segdet.ops.boxes import (
@@ -14,6 +14,7 @@ from segdet.ops.boxes import (
 )
 from segdet.ops.draw import color_palette, colorize_semantic, draw_detections, overlay_semantic, save_png
 from segdet.ops.nms import batched_nms, nms, soft_nms
+from segdet.ops.roi_pool import roi_pool
 
 __all__ = [
     "BoxCoder",
@@ -32,6 +33,7 @@ __all__ = [
     "nms",
     "overlay_semantic",
     "remove_small_boxes",
+    "roi_pool",
     "save_png",
     "soft_nms",
 ]

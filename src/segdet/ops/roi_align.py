@@ -1,6 +1,6 @@
-"""RoIAlign and RoIPool on every CPU thread.
+"""RoIAlign on every CPU thread (RoI max pooling: :mod:`segdet.ops.roi_pool`).
 
-torchvision's CPU kernels of ``roi_align`` and ``roi_pool`` (forward and backward) run on one thread,
+torchvision's CPU kernels of ``roi_align`` (forward and backward) run on one thread,
 whatever ``torch.get_num_threads()`` says: in a Faster R-CNN R50-FPN forward at 800x800 the box pooler's
 1000 RoIs cost ~15% of the time while the other cores wait. The output of each RoI depends on that RoI
 only, so the RoIs are cut into one contiguous chunk per intra-op thread and the chunks are pooled at the
@@ -25,7 +25,6 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
-from torchvision.ops import roi_pool as tv_roi_pool
 
 T = TypeVar("T")
 
@@ -99,35 +98,6 @@ class _RoIAlign(torch.autograd.Function):
         return total.to(grad.dtype), None, None, None, None, None, None
 
 
-class _RoIPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, spatial_scale, output_size, chunks):
-        x, rois, parts = _kernel_inputs(input, rois, chunks)
-        op = torch.ops.torchvision.roi_pool
-        results = _in_threads(
-            lambda r: op(x, r, spatial_scale, output_size[0], output_size[1]), [(r,) for r in parts]
-        )
-        ctx.save_for_backward(rois, torch.cat([argmax for _, argmax in results]))
-        ctx.args = (spatial_scale, output_size, chunks, tuple(input.shape))
-        return torch.cat([out for out, _ in results]).to(input.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rois, argmax = ctx.saved_tensors
-        spatial_scale, (ph, pw), chunks, (n, c, h, w) = ctx.args
-        op = torch.ops.torchvision._roi_pool_backward
-        parts = zip(
-            grad.to(rois.dtype).tensor_split(chunks),
-            rois.tensor_split(chunks),
-            argmax.tensor_split(chunks),
-            strict=True,
-        )
-        total = _summed_in_threads(
-            lambda g, r, a: op(g, r, a, spatial_scale, ph, pw, n, c, h, w), list(parts)
-        )
-        return total.to(grad.dtype), None, None, None, None
-
-
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -146,14 +116,3 @@ def roi_align(
     if chunks == 1:
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlign.apply(input, rois, spatial_scale, _pair(output_size), sampling_ratio, aligned, chunks)
-
-
-def roi_pool(
-    input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0
-) -> Tensor:
-    """``torchvision.ops.roi_pool`` (Girshick, "Fast R-CNN", 2015) on every CPU thread; see the module
-    docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``."""
-    chunks = _num_chunks(input, rois)
-    if chunks == 1:
-        return tv_roi_pool(input, rois, output_size, spatial_scale)
-    return _RoIPool.apply(input, rois, spatial_scale, _pair(output_size), chunks)

@@ -11,10 +11,11 @@ falling one level short by round-off. The level of a feature map is ``-log2(scal
 ``feature_size / image_size`` is rounded to a power of two (``2 ** round(log2(.))``, measured on the height
 against the largest image of the batch), so features of odd-sized inputs still get exact strides.
 
-Then every RoI of one level, from all images of the batch, is pooled in one call of torchvision's
-``roi_align`` (He et al., "Mask R-CNN", ICCV 2017: bilinear sampling, no quantisation) or ``roi_pool``
-(Girshick, "Fast R-CNN", ICCV 2015: max over quantised bins). With a single feature map (e.g. ``C4``
-heads) every RoI is pooled from it.
+Then every RoI of one level, from all images of the batch, is pooled in one call of ``roi_align``
+(He et al., "Mask R-CNN", ICCV 2017: bilinear sampling, no quantisation; torchvision's kernel on every
+CPU thread, :mod:`segdet.ops.roi_align`) or ``roi_pool`` (Girshick, "Fast R-CNN", ICCV 2015: max over
+quantised bins; :mod:`segdet.ops.roi_pool`, equal to torchvision's). With a single feature map (e.g.
+``C4`` heads) every RoI is pooled from it.
 
 The level rule and scales are those of torchvision's ``MultiScaleRoIAlign``, so its results are
 reproduced exactly.
@@ -29,18 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from segdet.ops.boxes import box_area
-from segdet.ops.roi_align import roi_align, roi_pool
+from segdet.ops.roi_align import roi_align
+from segdet.ops.roi_pool import boxes_to_rois, roi_pool
 
 POOL_MODES = ("align", "pool")
-
-
-def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
-    """Per-image ``[R_i, 4]`` boxes -> ``[ΣR_i, 5]`` rows ``(image index, x1, y1, x2, y2)`` for roi_align."""
-    concat = torch.cat(boxes, dim=0)
-    image_index = torch.cat(
-        [torch.full((len(b), 1), i, dtype=concat.dtype, device=concat.device) for i, b in enumerate(boxes)]
-    )
-    return torch.cat((image_index, concat), dim=1)
 
 
 def infer_scale(feature_size: int, image_size: int) -> float:
