@@ -84,7 +84,7 @@ def prepare_for_inference(
     """The model set up for fast inference, in eval mode.
 
     ``fuse``: every BatchNorm folded into the convolution before it (R-CNN models through their
-    ``fuse_for_inference``; others through :func:`segdet.models.detection.fuse.fold_batchnorm`): the
+    ``fuse_for_inference``; others through :func:`segdet.models.fuse.fold_batchnorm`): the
     same outputs up to float32 rounding, one pass less over every feature map. The model is changed in
     place and can no longer be trained. ``nnpack`` (with ``fuse``): the wide 3x3 convolutions run
     through NNPACK's Winograd / FFT kernels (:mod:`segdet.ops.nnpack_conv`: the same outputs up to
@@ -96,7 +96,7 @@ def prepare_for_inference(
     reduced-precision arithmetic; the change in accuracy is the user's to check, e.g. with
     ``segdet eval --precision bf16``).
     """
-    from segdet.models.detection.fuse import fold_batchnorm
+    from segdet.models.fuse import fold_batchnorm
     from segdet.ops.nnpack_conv import use_nnpack
 
     if precision not in PRECISIONS:

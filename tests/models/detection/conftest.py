@@ -1,5 +1,5 @@
-"""Helpers of the detector tests: images with spatial structure and torchvision detectors with random
-but non-degenerate weights (so that a parity test can fail)."""
+"""Helpers of the detector tests: images with spatial structure, torchvision detectors with random
+but non-degenerate weights (so that a parity test can fail), and detections compared pair by pair."""
 
 from __future__ import annotations
 
@@ -16,6 +16,30 @@ def structured_image(height: int, width: int, generator: torch.Generator) -> tor
     coarse = torch.rand(1, 3, max(height // 16, 2), max(width // 16, 2), generator=generator)
     smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
     return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=generator)).clamp(0, 1)
+
+
+def assert_paired_detections(
+    got: list[dict], expected: list[dict], atol: float = 1e-4, label_shift: int = 1, min_count: int = 10
+) -> None:
+    """Per image the same number of detections (more than ``min_count``), each of ours paired one to one
+    with an unused one of ``expected`` of the same label (ours + ``label_shift``) whose box coordinates
+    and score are closest; every pair within ``atol``. Pairing (not list order) makes the check immune to
+    near-tied scores sorted differently, and distances (not IoU) cover boxes clipped to zero area."""
+    assert len(got) == len(expected)
+    for ours, theirs in zip(got, expected, strict=True):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) > min_count
+        assert set(ours) == set(theirs)
+        distance = torch.maximum(
+            torch.cdist(ours["boxes"].double(), theirs["boxes"].double(), p=float("inf")),
+            (ours["scores"].double()[:, None] - theirs["scores"].double()[None, :]).abs(),
+        )
+        distance[(ours["labels"] + label_shift)[:, None] != theirs["labels"][None, :]] = float("inf")
+        used = torch.zeros(len(theirs["boxes"]), dtype=torch.bool)
+        for i in torch.argsort(ours["scores"], descending=True).tolist():
+            row = distance[i].masked_fill(used, float("inf"))
+            j = int(row.argmin())
+            assert float(row[j]) <= atol, (i, ours["boxes"][i].tolist(), float(row[j]))
+            used[j] = True
 
 
 @torch.no_grad()
@@ -54,3 +78,9 @@ def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int)
 def detector_helpers():
     """``(structured_image, randomize_batchnorm)``."""
     return structured_image, randomize_batchnorm
+
+
+@pytest.fixture
+def paired_detections():
+    """:func:`assert_paired_detections`."""
+    return assert_paired_detections

@@ -30,12 +30,13 @@ from torch import Tensor, nn
 from segdet.models.backbones import ResNetBackbone
 from segdet.models.detection.anchors import C4_ASPECT_RATIOS, C4_SIZES, FPN_SIZES, AnchorGenerator
 from segdet.models.detection.backbone_fpn import BackboneWithFPN, mobilenet_body, resnet_body
-from segdet.models.detection.box_head import ConvFCHead, TwoMLPHead
-from segdet.models.detection.generalized_rcnn import GeneralizedRCNN
-from segdet.models.detection.mask_head import MaskRCNNHeads, MaskRCNNPredictor
-from segdet.models.detection.poolers import MultiScaleRoIPool
-from segdet.models.detection.rcnn_settings import RCNNSettings, assemble, pretrained_defaults, with_settings
-from segdet.models.detection.rpn_head import RPNHead
+from segdet.models.detection.rcnn.box_head import ConvFCHead, TwoMLPHead
+from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+from segdet.models.detection.rcnn.mask_head import MaskRCNNHeads, MaskRCNNPredictor
+from segdet.models.detection.rcnn.poolers import MultiScaleRoIPool
+from segdet.models.detection.rcnn.rpn_head import RPNHead
+from segdet.models.detection.rcnn.settings import RCNNSettings, assemble
+from segdet.models.detection.settings import pretrained_defaults, with_settings
 
 RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 FPN_WIDTH = 256
@@ -161,7 +162,7 @@ def resnet_fpn_detector(
 
 
 def _resnet_fpn_builder(name: str, default_backbone: str, v2: bool, mask: bool, doc: str):
-    @with_settings()
+    @with_settings(RCNNSettings)
     def build(
         num_classes: int,
         *,
@@ -222,7 +223,7 @@ fasterrcnn_resnet50_fpn_v2 = _resnet_fpn_builder(
 
 
 def _mobilenet_builder(name: str, doc: str, **defaults: object):
-    @with_settings(**defaults)
+    @with_settings(RCNNSettings, **defaults)
     def build(
         num_classes: int,
         *,
@@ -303,7 +304,7 @@ class Res5Head(nn.Module):
         return self.layer4(x).mean(dim=(2, 3))
 
 
-@with_settings(rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000)
+@with_settings(RCNNSettings, rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000)
 def fasterrcnn_resnet50_c4(
     num_classes: int,
     *,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from segdet.models.detection.head_outputs import flatten_anchor_outputs
 
 
 class RPNHead(nn.Module):
@@ -68,7 +69,8 @@ def _rename_legacy_conv(module: nn.Module, state_dict: dict[str, Any], prefix: s
 
 
 def flatten_head_outputs(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Concatenate the levels' outputs in anchor order (level, y, x, anchor; see :mod:`.anchors`).
+    """Concatenate the levels' outputs in anchor order (level, y, x, anchor; see
+    :mod:`segdet.models.detection.head_outputs`).
 
     Args:
         logits: per level ``N x A_l x H_l x W_l``.
@@ -77,9 +79,4 @@ def flatten_head_outputs(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Te
     Returns:
         ``(objectness [N, Σ H_l W_l A_l], deltas [N, Σ H_l W_l A_l, 4])``.
     """
-    flat_logits, flat_deltas = [], []
-    for level_logits, level_deltas in zip(logits, deltas, strict=True):
-        n, a, h, w = level_logits.shape
-        flat_logits.append(level_logits.permute(0, 2, 3, 1).reshape(n, h * w * a))
-        flat_deltas.append(level_deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4))
-    return torch.cat(flat_logits, dim=1), torch.cat(flat_deltas, dim=1)
+    return flatten_anchor_outputs(logits, 1)[..., 0], flatten_anchor_outputs(deltas, 4)

@@ -3,7 +3,7 @@ Lin et al., CVPR 2017, sec. 4.1).
 
 **Proposals** (training and inference):
 
-1. The head (:class:`~segdet.models.detection.rpn_head.RPNHead`) predicts, for every anchor ``i``, an
+1. The head (:class:`~segdet.models.detection.rcnn.rpn_head.RPNHead`) predicts, for every anchor ``i``, an
    objectness logit ``o_i`` and deltas ``t_i``; both are flattened in anchor order (level, y, x, anchor).
 2. Per level and image, the ``k_l = min(pre_nms_top_n, H_l W_l A_l)`` anchors of highest logit are kept
    (logits are detached: no gradient flows through the proposals, as in the paper's approximate joint
@@ -51,8 +51,9 @@ from segdet.losses import binary_cross_entropy_loss, smooth_l1_loss
 from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
-from segdet.models.detection.rpn_head import flatten_head_outputs
-from segdet.models.detection.sampler import BalancedPositiveNegativeSampler
+from segdet.models.detection.postprocess import topk_per_level
+from segdet.models.detection.rcnn.rpn_head import flatten_head_outputs
+from segdet.models.detection.rcnn.sampler import BalancedPositiveNegativeSampler
 from segdet.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 DEFAULT_PRE_NMS_TOP_N = {"training": 2000, "testing": 1000}
@@ -135,19 +136,8 @@ class RegionProposalNetwork(nn.Module):
             ``(indices [N, Σ k_l], levels [Σ k_l])``: per image the anchors of level 0 by decreasing
             logit, then level 1, ...; and the level of each column (the same for every image).
         """
-        top_n = self.pre_nms_top_n()
-        indices, counts = [], []
-        offset = 0
-        for level_logits in objectness.split(list(num_anchors_per_level), dim=1):
-            k = min(top_n, level_logits.shape[1])
-            indices.append(level_logits.topk(k, dim=1).indices + offset)
-            counts.append(k)
-            offset += level_logits.shape[1]
-        levels = torch.repeat_interleave(
-            torch.arange(len(counts), device=objectness.device),
-            torch.tensor(counts, device=objectness.device),
-        )
-        return torch.cat(indices, dim=1), levels
+        _, indices, _, levels = topk_per_level(objectness, num_anchors_per_level, self.pre_nms_top_n())
+        return indices, levels
 
     def filter_proposals(
         self, boxes: Tensor, scores: Tensor, levels: Tensor, image_sizes: Sequence[tuple[int, int]]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from segdet.losses import cross_entropy_loss, smooth_l1_loss
-from segdet.models.detection.layers import ConvNormAct
+from segdet.models.layers import ConvNormAct
 
 
 class TwoMLPHead(nn.Module):

@@ -11,10 +11,10 @@ from torchvision.models.detection import mask_rcnn as tv_mask
 from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.ops import MultiScaleRoIAlign
 
-from segdet.models.detection.box_head import ConvFCHead, FastRCNNPredictor, TwoMLPHead, fastrcnn_loss
-from segdet.models.detection.mask_head import MaskRCNNHeads, MaskRCNNPredictor
-from segdet.models.detection.poolers import MultiScaleRoIPool
-from segdet.models.detection.roi_heads import RoIHeads
+from segdet.models.detection.rcnn.box_head import ConvFCHead, FastRCNNPredictor, TwoMLPHead, fastrcnn_loss
+from segdet.models.detection.rcnn.mask_head import MaskRCNNHeads, MaskRCNNPredictor
+from segdet.models.detection.rcnn.poolers import MultiScaleRoIPool
+from segdet.models.detection.rcnn.roi_heads import RoIHeads
 
 CHANNELS = 8
 NUM_CLASSES = 4  # background + 3

@@ -11,8 +11,8 @@ from torchvision.models import detection as tv_detection
 from segdet.errors import SegdetError
 from segdet.models import MODELS, build, from_torchvision, model_options
 from segdet.models.backbones import FrozenBatchNorm2d
-from segdet.models.detection.faster_rcnn import Res5Head
-from segdet.models.detection.generalized_rcnn import GeneralizedRCNN
+from segdet.models.detection.rcnn.faster_rcnn import Res5Head
+from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
 
 DETECTORS = [name for name in MODELS if name.startswith(("fasterrcnn", "maskrcnn"))]
 # One per distinct design: with backbone="resnet18" the resnet101 builders equal the resnet50 ones, the
@@ -292,7 +292,7 @@ def test_mobilenet_trainable_layers_follow_torchvision():
     FPN inputs are its taps (blocks 13 and 16, 160 and 960 channels, both stride 32)."""
     from torchvision.models.detection.backbone_utils import mobilenet_backbone
 
-    from segdet.models.detection.convert import convert_key
+    from segdet.models.detection.rcnn.convert import convert_key
 
     # torchvision's mobilenet_backbone has frozen BatchNorm by default: compare like with like.
     model = build("fasterrcnn_mobilenet_v3_large_fpn", num_classes=2, trainable_layers=3, frozen_bn=True)

@@ -17,8 +17,8 @@ from segdet.models.detection.anchors import (
     AnchorGenerator,
 )
 from segdet.models.detection.image_list import ImageList
-from segdet.models.detection.rpn import RegionProposalNetwork
-from segdet.models.detection.rpn_head import RPNHead, flatten_head_outputs
+from segdet.models.detection.rcnn.rpn import RegionProposalNetwork
+from segdet.models.detection.rcnn.rpn_head import RPNHead, flatten_head_outputs
 
 CHANNELS = 8
 PADDED = (128, 192)  # a multiple of 32 (and of the strides 4..64)

@@ -10,39 +10,30 @@ NMS 0.7 for the RPN and 0.5 per class for the detections, 100 detections per ima
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from segdet.models.detection.anchors import AnchorGenerator
-from segdet.models.detection.box_head import FastRCNNPredictor
-from segdet.models.detection.generalized_rcnn import GeneralizedRCNN
-from segdet.models.detection.roi_heads import RoIHeads
-from segdet.models.detection.rpn import RegionProposalNetwork
-from segdet.models.detection.transform import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from segdet.models.detection.rcnn.box_head import FastRCNNPredictor
+from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+from segdet.models.detection.rcnn.roi_heads import RoIHeads
+from segdet.models.detection.rcnn.rpn import RegionProposalNetwork
+from segdet.models.detection.settings import TransformSettings, check_num_classes
 
 
 @dataclass(frozen=True)
-class RCNNSettings:
+class RCNNSettings(TransformSettings):
     """Transform, RPN and RoI-head settings; the names and defaults of torchvision's ``FasterRCNN``.
 
-    Transform: ``min_size`` (int, or a tuple drawn from in training), ``max_size``, ``image_mean``,
-    ``image_std``, ``size_divisible``. RPN: anchors kept per level before NMS and proposals kept per
-    image after it (``rpn_pre_nms_top_n_*``, ``rpn_post_nms_top_n_*``), ``rpn_nms_thresh``, the
+    Transform: the :class:`~segdet.models.detection.settings.TransformSettings` fields. RPN: anchors
+    kept per level before NMS and proposals kept per image after it (``rpn_pre_nms_top_n_*``,
+    ``rpn_post_nms_top_n_*``), ``rpn_nms_thresh``, the
     matching thresholds and sampling of its training, ``rpn_score_thresh`` and ``rpn_min_size``
     (proposals scored or sized below are dropped). RoI heads: ``box_score_thresh``, ``box_nms_thresh``,
     ``box_detections_per_img`` (inference), matching and sampling (training), ``bbox_reg_weights``.
     """
 
-    min_size: int | tuple[int, ...] = 800
-    max_size: int = 1333
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
-    size_divisible: int = 32
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -64,54 +55,6 @@ class RCNNSettings:
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
 
 
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RCNNSettings))
-
-
-def with_settings(**defaults: object) -> Callable:
-    """Decorate a builder ``fn(num_classes, *, <own options>, settings: RCNNSettings)`` so that it takes
-    the :class:`RCNNSettings` fields as keyword options instead (``defaults`` overriding the class's),
-    and so that its signature lists them (``segdet.models.model_options`` and ``build`` read it)."""
-    unknown = set(defaults) - set(SETTING_NAMES)
-    if unknown:
-        raise ValueError(f"not RCNNSettings fields: {sorted(unknown)}")
-
-    def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-        own = [p for name, p in signature.parameters.items() if name != "settings"]
-        own_names = {p.name for p in own}
-        extra = [
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(f.name, f.default))
-            for f in dataclasses.fields(RCNNSettings)
-        ]
-
-        @functools.wraps(fn)
-        def builder(num_classes: int, **options: object) -> GeneralizedRCNN:
-            own_options = {k: v for k, v in options.items() if k in own_names}
-            setting_options = {k: v for k, v in options.items() if k not in own_names}
-            unknown = sorted(set(setting_options) - set(SETTING_NAMES))
-            if unknown:
-                raise TypeError(f"{fn.__name__}() got unexpected options {unknown}")
-            settings = RCNNSettings(**{**defaults, **setting_options})
-            return fn(num_classes, **own_options, settings=settings)
-
-        builder.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
-        return builder
-
-    return decorate
-
-
-def pretrained_defaults(
-    weights: object, trainable_layers: int | None, frozen_bn: bool | None, all_layers: int
-) -> tuple[int, bool]:
-    """torchvision's rule: with a pretrained backbone, 3 trainable stages and frozen BatchNorm (small
-    detection batches give poor batch statistics); from scratch, everything trains with plain BatchNorm.
-    Explicit values win."""
-    pretrained = weights is not None
-    trainable = trainable_layers if trainable_layers is not None else (3 if pretrained else all_layers)
-    frozen = frozen_bn if frozen_bn is not None else pretrained
-    return trainable, frozen
-
-
 def assemble(
     num_classes: int,
     settings: RCNNSettings,
@@ -128,11 +71,8 @@ def assemble(
 ) -> GeneralizedRCNN:
     """A :class:`GeneralizedRCNN` with ``num_classes`` object classes (``num_classes + 1`` logits, the
     background included) from its parts and ``settings``."""
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_num_classes(num_classes)
     s = settings
-    min_size = tuple(s.min_size) if isinstance(s.min_size, Sequence) else s.min_size
-    transform = DetectionTransform(min_size, s.max_size, s.image_mean, s.image_std, s.size_divisible)
     rpn = RegionProposalNetwork(
         anchor_generator,
         rpn_head,
@@ -162,6 +102,6 @@ def assemble(
         mask_head=mask_head,
         mask_predictor=mask_predictor,
     )
-    model = GeneralizedRCNN(transform, backbone, rpn, roi_heads, num_classes)
+    model = GeneralizedRCNN(s.transform(), backbone, rpn, roi_heads, num_classes)
     model.settings = settings
     return model

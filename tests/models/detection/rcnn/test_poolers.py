@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 
-from segdet.models.detection.poolers import MultiScaleRoIPool, infer_scale, map_levels
+from segdet.models.detection.rcnn.poolers import MultiScaleRoIPool, infer_scale, map_levels
 
 IMAGE_SIZES = [(400, 512), (512, 360)]  # (h, w); the padded batch is 512 x 512
 

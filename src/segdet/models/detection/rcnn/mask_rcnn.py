@@ -13,7 +13,7 @@ detections carry ``masks`` ``[D, 1, H, W]``, probabilities pasted in the origina
 
 from __future__ import annotations
 
-from segdet.models.detection.faster_rcnn import _resnet_fpn_builder
+from segdet.models.detection.rcnn.faster_rcnn import _resnet_fpn_builder
 
 maskrcnn_resnet50_fpn = _resnet_fpn_builder(
     "maskrcnn_resnet50_fpn", "resnet50", False, True, "Mask R-CNN, ResNet-50 + FPN (torchvision's v1)."

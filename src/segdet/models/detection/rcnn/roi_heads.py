@@ -10,17 +10,17 @@ Training (Girshick, "Fast R-CNN", ICCV 2015, sec. 2.3; Ren et al., "Faster R-CNN
 3. ``batch_size_per_image`` (512) RoIs are sampled per image, at most ``positive_fraction`` (25%)
    foreground;
 4. their features are pooled and the box head gives class logits and class-specific deltas; the loss is
-   :func:`~segdet.models.detection.box_head.fastrcnn_loss` ``L = L_cls + [u >= 1] L_loc`` with targets
+   :func:`~.box_head.fastrcnn_loss` ``L = L_cls + [u >= 1] L_loc`` with targets
    encoded w.r.t. the RoI by the R-CNN box coder (weights ``(10, 10, 5, 5)``);
 5. with a mask branch, the foreground sampled RoIs are pooled again (14 x 14) and
-   :func:`~segdet.models.detection.mask_head.maskrcnn_loss` is added.
+   :func:`~.mask_head.maskrcnn_loss` is added.
 
 Inference (``postprocess``): softmax scores; every RoI gives one box per foreground class (decoded with
 that class's deltas, clipped to the image); candidates with ``score > score_thresh`` (0.05) and sides
 ``>= 0.01`` px are kept; NMS at ``nms_thresh`` (0.5) runs per image and class; the best
 ``detections_per_img`` (100) per image remain. The mask branch then predicts each detection's mask for
 its class (``m x m`` probabilities; paste them with
-:func:`~segdet.models.detection.mask_head.paste_masks_in_image`).
+:func:`segdet.ops.masks.paste_masks_in_image`).
 
 Labels here count the background: class 0 is background, objects are ``1 .. K-1`` (torchvision's
 convention; a dataset's 0-based labels are shifted by one by the model that owns this module).
@@ -34,22 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segdet.models.detection.box_head import fastrcnn_loss
-from segdet.models.detection.mask_head import maskrcnn_inference, maskrcnn_loss
 from segdet.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
-from segdet.models.detection.sampler import BalancedPositiveNegativeSampler
+from segdet.models.detection.postprocess import image_bounds, select_detections
+from segdet.models.detection.rcnn.box_head import fastrcnn_loss
+from segdet.models.detection.rcnn.mask_head import maskrcnn_inference, maskrcnn_loss
+from segdet.models.detection.rcnn.sampler import BalancedPositiveNegativeSampler
 from segdet.ops.box_coder import BoxCoder
 from segdet.ops.boxes import box_iou, remove_small_boxes
-from segdet.ops.nms import batched_nms
 
 
 class RoIHeads(nn.Module):
     """Box (and optional mask) heads of Faster / Mask R-CNN; see the module docstring.
 
     Args:
-        box_pooler: :class:`~segdet.models.detection.poolers.MultiScaleRoIPool` (7 x 7).
-        box_head: e.g. :class:`~segdet.models.detection.box_head.TwoMLPHead`.
-        box_predictor: :class:`~segdet.models.detection.box_head.FastRCNNPredictor`.
+        box_pooler: :class:`~segdet.models.detection.rcnn.poolers.MultiScaleRoIPool` (7 x 7).
+        box_head: e.g. :class:`~segdet.models.detection.rcnn.box_head.TwoMLPHead`.
+        box_predictor: :class:`~segdet.models.detection.rcnn.box_head.FastRCNNPredictor`.
         fg_iou_thresh, bg_iou_thresh: matching thresholds (foreground ``>= fg``, background ``< bg``).
         batch_size_per_image, positive_fraction: RoI sampling.
         bbox_reg_weights: box coder weights ``(w_x, w_y, w_w, w_h)``.
@@ -180,10 +180,8 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """Detections per image (see the module docstring), for all images at once.
-
-        Class-wise NMS of all images runs as one ``batched_nms`` whose groups are ``(image, class)``
-        pairs, so boxes of different images or classes never suppress each other, as in per-image NMS.
+        """Detections per image (see the module docstring), for all images at once: NMS per (image,
+        class) and the per-image cap by :func:`~segdet.models.detection.postprocess.select_detections`.
         """
         device = class_logits.device
         num_classes = class_logits.shape[-1]
@@ -194,9 +192,8 @@ class RoIHeads(nn.Module):
         )
 
         boxes = self.box_coder.decode(box_regression, proposals)  # [R, K, 4]
-        # Clip every RoI's boxes to its own image: per-row bounds, (h, w) of the RoI's image.
-        sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=device).reshape(-1, 2)[image_of_roi]
-        upper = sizes.flip(1).repeat(1, 2)[:, None, :]  # (w, h, w, h)
+        # Clip every RoI's boxes to its own image.
+        upper = image_bounds(image_sizes, image_of_roi, boxes.dtype)[:, None, :]
         boxes = torch.minimum(boxes.clamp(min=0), upper)
         scores = F.softmax(class_logits, dim=-1)
 
@@ -208,30 +205,16 @@ class RoIHeads(nn.Module):
 
         keep = torch.nonzero(scores > self.score_thresh).flatten()
         keep = keep[remove_small_boxes(boxes[keep], 1e-2)]
-        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
-
-        # batched_nms separates groups by shifting each one by group * (max coordinate + 1); with groups
-        # (image, class) these shifts reach ~1e6 px, where float32 would round boxes by ~0.06 px and change
-        # IoUs near the threshold. In float64 the shift is exact to ~1e-10 px.
-        groups = images * num_classes + labels
-        keep = batched_nms(boxes.double(), scores.double(), groups, self.nms_thresh)  # by decreasing score
-        # Group by image keeping the score order (stable sort), then keep each image's best ones.
-        keep = keep[torch.sort(images[keep], stable=True).indices]
-        per_image = torch.bincount(images[keep], minlength=num_images)
-        starts = torch.cumsum(per_image, 0) - per_image
-        rank = torch.arange(len(keep), device=device) - starts[images[keep]]
-        keep = keep[rank < self.detections_per_img]
-
-        kept_counts = torch.bincount(images[keep], minlength=num_images).tolist()
-        return [
-            {"boxes": b, "labels": lab, "scores": s}
-            for b, lab, s in zip(
-                boxes[keep].split(kept_counts),
-                labels[keep].split(kept_counts),
-                scores[keep].split(kept_counts),
-                strict=True,
-            )
-        ]
+        return select_detections(
+            boxes[keep],
+            scores[keep],
+            labels[keep],
+            images[keep],
+            num_images,
+            num_classes,
+            self.nms_thresh,
+            self.detections_per_img,
+        )
 
     # -- forward -------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from segdet.models.detection.sampler import BalancedPositiveNegativeSampler
+from segdet.models.detection.rcnn.sampler import BalancedPositiveNegativeSampler
 
 
 def test_counts_follow_the_fraction():

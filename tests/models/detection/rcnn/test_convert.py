@@ -12,7 +12,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from segdet.errors import DataError, SegdetError
 from segdet.models import build, from_torchvision, load_torchvision_weights
-from segdet.models.detection.convert import convert_torchvision_state_dict
+from segdet.models.detection.rcnn.convert import convert_torchvision_state_dict
 
 
 def _tv_maskrcnn_resnet18(num_classes: int = 5, **kwargs) -> tv_detection.MaskRCNN:
