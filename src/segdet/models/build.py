@@ -154,6 +154,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "maskrcnn_resnet50_fpn": detection.maskrcnn_resnet50_fpn,
     "maskrcnn_resnet101_fpn": detection.maskrcnn_resnet101_fpn,
     "maskrcnn_resnet50_fpn_v2": detection.maskrcnn_resnet50_fpn_v2,
+    # --- detection: one-stage detectors ---
+    "retinanet_resnet50_fpn": detection.retinanet_resnet50_fpn,
+    "retinanet_resnet50_fpn_v2": detection.retinanet_resnet50_fpn_v2,
     # --- end of detection ---
 }
 

@@ -3,7 +3,7 @@
 Shared here: the :class:`~.detector.Detector` base (targets, transform in and out, fusing), the
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
 settings and torchvision conversion. Each family is a sub-package composing them: ``rcnn`` (Faster /
-Mask R-CNN).
+Mask R-CNN), ``retinanet``.
 """
 
 from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
@@ -22,6 +22,12 @@ from segdet.models.detection.rcnn import (
     maskrcnn_resnet101_fpn,
 )
 from segdet.models.detection.rcnn.convert import convert_torchvision_state_dict
+from segdet.models.detection.retinanet import (
+    RetinaNet,
+    RetinaNetSettings,
+    retinanet_resnet50_fpn,
+    retinanet_resnet50_fpn_v2,
+)
 from segdet.models.detection.settings import TransformSettings
 from segdet.models.detection.transform import DetectionTransform
 
@@ -30,6 +36,8 @@ __all__ = [
     "Detector",
     "GeneralizedRCNN",
     "RCNNSettings",
+    "RetinaNet",
+    "RetinaNetSettings",
     "TransformSettings",
     "convert_torchvision_state_dict",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
@@ -43,4 +51,6 @@ __all__ = [
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
     "maskrcnn_resnet101_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
 ]

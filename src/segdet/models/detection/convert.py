@@ -26,13 +26,19 @@ def from_torchvision(tv_model: nn.Module) -> nn.Module:
     """Our model equivalent to the torchvision detector ``tv_model`` (see the module docstring):
     ``FasterRCNN`` / ``MaskRCNN`` (ResNet or MobileNetV3 FPN), ``RetinaNet`` (ResNet FPN, v1 and v2),
     ``SSD`` (``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large``)."""
-    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection import FasterRCNN, RetinaNet
 
     if isinstance(tv_model, FasterRCNN):
         from segdet.models.detection.rcnn.convert import rcnn_from_torchvision
 
         return rcnn_from_torchvision(tv_model)
-    raise SegdetError(f"expected a torchvision FasterRCNN or MaskRCNN, got {type(tv_model).__name__}")
+    if isinstance(tv_model, RetinaNet):
+        from segdet.models.detection.retinanet.convert import retinanet_from_torchvision
+
+        return retinanet_from_torchvision(tv_model)
+    raise SegdetError(
+        f"expected a torchvision FasterRCNN, MaskRCNN or RetinaNet, got {type(tv_model).__name__}"
+    )
 
 
 def load_torchvision_weights(model: nn.Module, source: object, *, bn_eps: float | None = None) -> None:
@@ -52,10 +58,12 @@ def load_torchvision_weights(model: nn.Module, source: object, *, bn_eps: float 
     """
     from segdet.models.detection.rcnn.convert import load_rcnn_weights
     from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+    from segdet.models.detection.retinanet.convert import load_retinanet_weights
+    from segdet.models.detection.retinanet.model import RetinaNet
     from segdet.models.weights import load_state_dict
 
     label = str(getattr(source, "url", source))
-    loaders = {GeneralizedRCNN: load_rcnn_weights}
+    loaders = {GeneralizedRCNN: load_rcnn_weights, RetinaNet: load_retinanet_weights}
     for kind, loader in loaders.items():
         if isinstance(model, kind):
             loader(model, load_state_dict(source), label, bn_eps)
