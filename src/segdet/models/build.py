@@ -157,6 +157,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # --- detection: one-stage detectors ---
     "retinanet_resnet50_fpn": detection.retinanet_resnet50_fpn,
     "retinanet_resnet50_fpn_v2": detection.retinanet_resnet50_fpn_v2,
+    "ssd300_vgg16": detection.ssd300_vgg16,
+    "ssd512_vgg16": detection.ssd512_vgg16,
+    "ssdlite320_mobilenet_v3_large": detection.ssdlite320_mobilenet_v3_large,
     # --- end of detection ---
 }
 

@@ -3,7 +3,7 @@
 Shared here: the :class:`~.detector.Detector` base (targets, transform in and out, fusing), the
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
 settings and torchvision conversion. Each family is a sub-package composing them: ``rcnn`` (Faster /
-Mask R-CNN), ``retinanet``.
+Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512, SSDLite).
 """
 
 from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
@@ -29,15 +29,24 @@ from segdet.models.detection.retinanet import (
     retinanet_resnet50_fpn_v2,
 )
 from segdet.models.detection.settings import TransformSettings
+from segdet.models.detection.ssd import (
+    SSD,
+    SSDSettings,
+    ssd300_vgg16,
+    ssd512_vgg16,
+    ssdlite320_mobilenet_v3_large,
+)
 from segdet.models.detection.transform import DetectionTransform
 
 __all__ = [
+    "SSD",
     "DetectionTransform",
     "Detector",
     "GeneralizedRCNN",
     "RCNNSettings",
     "RetinaNet",
     "RetinaNetSettings",
+    "SSDSettings",
     "TransformSettings",
     "convert_torchvision_state_dict",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
@@ -53,4 +62,7 @@ __all__ = [
     "maskrcnn_resnet101_fpn",
     "retinanet_resnet50_fpn",
     "retinanet_resnet50_fpn_v2",
+    "ssd300_vgg16",
+    "ssd512_vgg16",
+    "ssdlite320_mobilenet_v3_large",
 ]

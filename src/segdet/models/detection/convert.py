@@ -27,6 +27,7 @@ def from_torchvision(tv_model: nn.Module) -> nn.Module:
     ``FasterRCNN`` / ``MaskRCNN`` (ResNet or MobileNetV3 FPN), ``RetinaNet`` (ResNet FPN, v1 and v2),
     ``SSD`` (``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large``)."""
     from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection.ssd import SSD
 
     if isinstance(tv_model, FasterRCNN):
         from segdet.models.detection.rcnn.convert import rcnn_from_torchvision
@@ -36,8 +37,12 @@ def from_torchvision(tv_model: nn.Module) -> nn.Module:
         from segdet.models.detection.retinanet.convert import retinanet_from_torchvision
 
         return retinanet_from_torchvision(tv_model)
+    if isinstance(tv_model, SSD):
+        from segdet.models.detection.ssd.convert import ssd_from_torchvision
+
+        return ssd_from_torchvision(tv_model)
     raise SegdetError(
-        f"expected a torchvision FasterRCNN, MaskRCNN or RetinaNet, got {type(tv_model).__name__}"
+        f"expected a torchvision FasterRCNN, MaskRCNN, RetinaNet or SSD, got {type(tv_model).__name__}"
     )
 
 
@@ -60,10 +65,12 @@ def load_torchvision_weights(model: nn.Module, source: object, *, bn_eps: float 
     from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
     from segdet.models.detection.retinanet.convert import load_retinanet_weights
     from segdet.models.detection.retinanet.model import RetinaNet
+    from segdet.models.detection.ssd.convert import load_ssd_weights
+    from segdet.models.detection.ssd.model import SSD
     from segdet.models.weights import load_state_dict
 
     label = str(getattr(source, "url", source))
-    loaders = {GeneralizedRCNN: load_rcnn_weights, RetinaNet: load_retinanet_weights}
+    loaders = {GeneralizedRCNN: load_rcnn_weights, RetinaNet: load_retinanet_weights, SSD: load_ssd_weights}
     for kind, loader in loaders.items():
         if isinstance(model, kind):
             loader(model, load_state_dict(source), label, bn_eps)
