@@ -11,14 +11,15 @@ An image without objects has every anchor background.
     L_cls,i = Σ_{a not ignored} Σ_k FL(σ(x_ak), 1[k = class of a's object])  /  max(1, F_i)
     L_box,i = Σ_{a foreground} ℓ(a)  /  max(1, F_i)
 
-with the sigmoid focal loss ``FL`` (α = 0.25, γ = 2; :func:`segdet.losses.sigmoid_focal_loss`) over
-all ``K`` classes of every non-ignored anchor, and the box loss ``ℓ`` either the L1 (torchvision's v1)
-or smooth L1 (the paper's, β = 0.11 as Detectron's) distance between predicted and encoded target deltas
-(BoxCoder weights ``(1, 1, 1, 1)``) summed over the four coordinates, or the GIoU loss ``1 - GIoU`` of
-the decoded box and the object's box (torchvision's v2). Normalising by the foreground count (not the
-anchor count) is the paper's: the ~100k background anchors contribute little after the focal term. Both
-are averaged over the batch's images (torchvision's normalisation per image, the paper's over the
-batch: equal for one image), reported as ``classification`` and ``bbox_regression``.
+with the sigmoid focal loss ``FL`` (α = 0.25, γ = 2; :func:`segdet.losses.sigmoid_focal_loss`, here
+evaluated by :func:`~.focal.one_hot_focal_loss`) over all ``K`` classes of every non-ignored anchor,
+and the box loss ``ℓ`` either the L1 (torchvision's v1) or smooth L1 (the paper's, β = 0.11 as
+Detectron's) distance between predicted and encoded target deltas (BoxCoder weights ``(1, 1, 1, 1)``)
+summed over the four coordinates, or the GIoU loss ``1 - GIoU`` of the decoded box and the object's box
+(torchvision's v2). Normalising by the foreground count (not the anchor count) is the paper's: the
+~100k background anchors contribute little after the focal term. Both are averaged over the batch's
+images (torchvision's normalisation per image, the paper's over the batch: equal for one image),
+reported as ``classification`` and ``bbox_regression``.
 
 The same numbers as torchvision's ``RetinaNet.compute_loss`` (tested to 1e-5), computed for the whole
 batch at once instead of per image.
@@ -31,8 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from segdet.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from segdet.losses import giou_loss, l1_loss, smooth_l1_loss
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
+from segdet.models.detection.retinanet.focal import one_hot_focal_loss
 from segdet.ops import BoxCoder, box_iou
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
@@ -91,11 +93,11 @@ def retinanet_loss(
     gt_boxes = torch.cat([t["boxes"] for t in targets]).to(deltas.dtype)[obj]
     gt_labels = torch.cat([t["labels"] for t in targets])[obj]
 
-    cls_targets = torch.zeros_like(logits)
-    cls_targets[image, anchor, gt_labels] = 1.0
-    valid = (matched != BETWEEN_THRESHOLDS)[..., None]
-    focal = sigmoid_focal_loss(logits, cls_targets, alpha=alpha, gamma=gamma, reduction="none")
-    classification = torch.where(valid, focal, 0.0).sum(dim=(1, 2)) / num_foreground
+    ignored = torch.nonzero(matched == BETWEEN_THRESHOLDS, as_tuple=True)
+    image_weight = 1.0 / (num_foreground * num_images)
+    classification = one_hot_focal_loss(
+        logits, image_weight, (image, anchor, gt_labels), ignored, alpha=alpha, gamma=gamma
+    )
 
     anchors_fg, deltas_fg = anchors[anchor], deltas[image, anchor]
     if box_loss == "giou":
@@ -110,6 +112,6 @@ def retinanet_loss(
         0, image, per_box
     )
     return {
-        "classification": classification.sum() / num_images,
+        "classification": classification,
         "bbox_regression": (per_image / num_foreground).sum() / num_images,
     }
