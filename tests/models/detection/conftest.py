@@ -42,6 +42,33 @@ def assert_paired_detections(
             used[j] = True
 
 
+def train_and_detect(model: nn.Module, num_classes: int, min_detections: int = 0) -> dict[str, torch.Tensor]:
+    """One training forward and backward of ``model`` on two images of different sizes (three objects):
+    every loss finite and positive; then its losses on the same images without any object (returned, for
+    the caller's checks), and in eval mode per image at least ``min_detections`` detections, labels in
+    ``0..num_classes-1``, boxes inside the original image."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [(96, 128), (120, 80)]
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12, 60, 50], [70, 40, 120, 90]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[5.0, 5, 70, 100]]), "labels": torch.tensor([0])},
+    ]
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    with torch.no_grad():
+        background_losses = model(images, empty)
+        detections = model.eval()(images)
+    for det, (h, w) in zip(detections, sizes, strict=True):
+        assert det["labels"].dtype == torch.int64 and len(det["labels"]) >= min_detections
+        if len(det["labels"]):
+            assert 0 <= int(det["labels"].min()) and int(det["labels"].max()) < num_classes
+            assert float(det["boxes"][:, 2].max()) <= w and float(det["boxes"][:, 3].max()) <= h
+    return {**background_losses, "trained": losses}
+
+
 @torch.no_grad()
 def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int) -> None:
     """Give every BatchNorm of a torchvision detector non-trivial statistics and affine parameters.
@@ -78,6 +105,12 @@ def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int)
 def detector_helpers():
     """``(structured_image, randomize_batchnorm)``."""
     return structured_image, randomize_batchnorm
+
+
+@pytest.fixture
+def smoke_train():
+    """:func:`train_and_detect`."""
+    return train_and_detect
 
 
 @pytest.fixture

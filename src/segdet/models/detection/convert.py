@@ -159,6 +159,15 @@ def check_and_load(model: nn.Module, state: dict[str, Tensor], source: str) -> N
     model.load_state_dict({k: v for k, v in state.items() if k in own})
 
 
+def load_converted(ours: nn.Module, state: dict[str, Tensor], family: str) -> None:
+    """:func:`check_and_load` of a converted torchvision model's state dict, a mismatch reported as a
+    torchvision variant of ``family`` that has no segdet equivalent."""
+    try:
+        check_and_load(ours, state, f"torchvision {family}")
+    except DataError as e:
+        raise SegdetError(f"unsupported torchvision {family} variant: {e}") from None
+
+
 def copy_flags(ours: nn.Module, tv_model: nn.Module, our_name: Callable[[str], str]) -> nn.Module:
     """Give ``ours`` the BatchNorm eps, ``requires_grad`` flags, train/eval mode, device and dtype of
     ``tv_model``; ``our_name`` maps a torchvision parameter name to ours. Returns ``ours``."""

@@ -10,7 +10,7 @@ ordered level, then location (row-major: y, then x), then anchor (see :mod:`.anc
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def flatten_anchor_outputs(outputs: list[Tensor], channels: int) -> Tensor:
@@ -31,3 +31,19 @@ def flatten_anchor_outputs(outputs: list[Tensor], channels: int) -> Tensor:
 def anchors_per_level(outputs: list[Tensor], channels: int) -> list[int]:
     """``H_l W_l A_l`` of each level of head outputs laid out as for :func:`flatten_anchor_outputs`."""
     return [o.shape[1] // channels * o.shape[2] * o.shape[3] for o in outputs]
+
+
+def dense_head_outputs(
+    head: nn.Module, levels: list[Tensor], num_scores: int
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Run a dense ``head`` (per level ``(scores N x A C x H x W, deltas N x 4A x H x W)`` lists) and
+    flatten its outputs: ``(scores [N, M, C], deltas [N, M, 4], anchors per level)`` with ``C =
+    num_scores``. Under reduced-precision autocast they come back in float32: decoding, losses and NMS
+    stay in float32, since bf16's 8-bit mantissa would round coordinates of a few hundred pixels by
+    1-4 px."""
+    score_levels, delta_levels = head(levels)
+    scores = flatten_anchor_outputs(score_levels, num_scores)
+    deltas = flatten_anchor_outputs(delta_levels, 4)
+    if deltas.dtype not in (torch.float32, torch.float64):
+        scores, deltas = scores.float(), deltas.float()
+    return scores, deltas, anchors_per_level(delta_levels, 4)

@@ -40,6 +40,7 @@ from segdet.models.detection.convert import (
     body_options,
     check_and_load,
     copy_flags,
+    load_converted,
     norms,
     transform_options,
 )
@@ -179,8 +180,5 @@ def rcnn_from_torchvision(tv_model: nn.Module) -> GeneralizedRCNN:
 
     arch = name
     state = convert_torchvision_state_dict(tv_model.state_dict(), arch)
-    try:
-        check_and_load(ours, state, f"torchvision {name}")
-    except DataError as e:
-        raise SegdetError(f"unsupported torchvision model variant: {e}") from None
+    load_converted(ours, state, "R-CNN")
     return copy_flags(ours, tv_model, lambda key: convert_key(key, arch))

@@ -39,63 +39,6 @@ RATIOS = (0.5, 1.0, 2.0)
 HEAD_NORMS = {"group": functools.partial(nn.GroupNorm, 32), None: None}
 
 
-def retinanet_resnet_fpn(
-    num_classes: int,
-    settings: RetinaNetSettings,
-    *,
-    backbone: str,
-    backbone_weights: object,
-    trainable_layers: int | None,
-    frozen_bn: bool | None,
-    returned_layers: Sequence[int],
-    anchor_sizes: Sequence[Sequence[int]] | None,
-    aspect_ratios: Sequence[Sequence[float]] | None,
-    fpn_channels: int,
-    p6_from: Literal["p5", "c5"],
-    head_norm: Literal["group"] | None,
-    prior_probability: float,
-    v2: bool,
-) -> RetinaNet:
-    """RetinaNet on a ResNet FPN (shared by the builders; options as theirs)."""
-    check_num_classes(num_classes)
-    if backbone not in RESNET_DEPTHS:
-        raise ValueError(f"backbone must be one of {sorted(RESNET_DEPTHS)}, got {backbone!r}")
-    if p6_from not in ("p5", "c5"):
-        raise ValueError(f"p6_from must be 'p5' or 'c5', got {p6_from!r}")
-    if head_norm not in HEAD_NORMS:
-        raise ValueError(f"head_norm must be 'group' or None, got {head_norm!r}")
-    trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
-    if v2 and frozen_bn is None:
-        frozen = False  # torchvision's v2 recipe trains with BatchNorm everywhere
-    body = resnet_body(
-        RESNET_DEPTHS[backbone],
-        returned_layers=returned_layers,
-        trainable_layers=trainable,
-        frozen_bn=frozen,
-        weights=backbone_weights,
-    )
-    p6_in = fpn_channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
-    net = BackboneWithFPN(body, fpn_channels, LastLevelP6P7(p6_in, fpn_channels, use_P5=p6_from == "p5"))
-    levels = len(returned_layers) + 2
-    if anchor_sizes is None:
-        if levels > len(RETINANET_SIZES):
-            raise ValueError(f"give anchor_sizes for {levels} levels")
-        anchor_sizes = RETINANET_SIZES[len(RETINANET_SIZES) - levels :]
-    if len(anchor_sizes) != levels:
-        raise ValueError(f"{len(anchor_sizes)} anchor size levels for {levels} feature levels")
-    anchors = AnchorGenerator(
-        anchor_sizes, aspect_ratios if aspect_ratios is not None else (RATIOS,) * levels
-    )
-    head = RetinaNetHead(
-        fpn_channels,
-        anchors.num_anchors_per_location()[0],
-        num_classes,
-        prior_probability,
-        norm_layer=HEAD_NORMS[head_norm],
-    )
-    return RetinaNet(settings.transform(), net, anchors, head, num_classes, settings)
-
-
 def _builder(name: str, v2: bool, doc: str):
     @with_settings(RetinaNetSettings, **({"box_loss": "giou"} if v2 else {}))
     def build(
@@ -114,22 +57,43 @@ def _builder(name: str, v2: bool, doc: str):
         prior_probability: float = PRIOR_PROBABILITY,
         settings: RetinaNetSettings,
     ) -> RetinaNet:
-        return retinanet_resnet_fpn(
-            num_classes,
-            settings,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            trainable_layers=trainable_layers,
-            frozen_bn=frozen_bn,
+        check_num_classes(num_classes)
+        if backbone not in RESNET_DEPTHS:
+            raise ValueError(f"backbone must be one of {sorted(RESNET_DEPTHS)}, got {backbone!r}")
+        if p6_from not in ("p5", "c5"):
+            raise ValueError(f"p6_from must be 'p5' or 'c5', got {p6_from!r}")
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be 'group' or None, got {head_norm!r}")
+        trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
+        if v2 and frozen_bn is None:
+            frozen = False  # torchvision's v2 recipe trains with BatchNorm everywhere
+        body = resnet_body(
+            RESNET_DEPTHS[backbone],
             returned_layers=returned_layers,
-            anchor_sizes=anchor_sizes,
-            aspect_ratios=aspect_ratios,
-            fpn_channels=fpn_channels,
-            p6_from=p6_from,
-            head_norm=head_norm,
-            prior_probability=prior_probability,
-            v2=v2,
+            trainable_layers=trainable,
+            frozen_bn=frozen,
+            weights=backbone_weights,
         )
+        p6_in = fpn_channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
+        net = BackboneWithFPN(body, fpn_channels, LastLevelP6P7(p6_in, fpn_channels, use_P5=p6_from == "p5"))
+        levels = len(returned_layers) + 2
+        if anchor_sizes is None:
+            if levels > len(RETINANET_SIZES):
+                raise ValueError(f"give anchor_sizes for {levels} levels")
+            anchor_sizes = RETINANET_SIZES[len(RETINANET_SIZES) - levels :]
+        if len(anchor_sizes) != levels:
+            raise ValueError(f"{len(anchor_sizes)} anchor size levels for {levels} feature levels")
+        anchors = AnchorGenerator(
+            anchor_sizes, aspect_ratios if aspect_ratios is not None else (RATIOS,) * levels
+        )
+        head = RetinaNetHead(
+            fpn_channels,
+            anchors.num_anchors_per_location()[0],
+            num_classes,
+            prior_probability,
+            norm_layer=HEAD_NORMS[head_norm],
+        )
+        return RetinaNet(settings.transform(), net, anchors, head, num_classes, settings)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = doc + (

@@ -29,19 +29,37 @@ from segdet.models.layers import ConvNormAct
 PRIOR_PROBABILITY = 0.01
 
 
-def _subnet(channels: int, depth: int, norm_layer: Callable[[int], nn.Module] | None) -> nn.Sequential:
-    return nn.Sequential(*(ConvNormAct(channels, channels, 3, norm_layer=norm_layer) for _ in range(depth)))
+class _Subnet(nn.Module):
+    """``depth`` x (``3x3`` conv, [norm], ReLU) then a ``3x3`` predictor of ``outputs`` channels, stored
+    as ``self.<predictor>`` (torchvision's ``cls_logits`` / ``bbox_reg``); all from ``N(0, 0.01²)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        outputs: int,
+        predictor: str,
+        norm_layer: Callable[[int], nn.Module] | None,
+        depth: int,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            *(ConvNormAct(in_channels, in_channels, 3, norm_layer=norm_layer) for _ in range(depth))
+        )
+        self.add_module(predictor, nn.Conv2d(in_channels, outputs, 3, padding=1))
+        self.predictor = predictor
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, std=0.01)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """Per level ``N x C x H_l x W_l`` -> ``N x outputs x H_l x W_l``."""
+        predictor = getattr(self, self.predictor)
+        return [predictor(self.conv(f)) for f in features]
 
 
-def _init_normal(module: nn.Module) -> None:
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, std=0.01)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
-
-class RetinaNetClassificationHead(nn.Module):
+class RetinaNetClassificationHead(_Subnet):
     """``K A`` class logits per location of every level (module docstring)."""
 
     def __init__(
@@ -53,20 +71,13 @@ class RetinaNetClassificationHead(nn.Module):
         norm_layer: Callable[[int], nn.Module] | None = None,
         depth: int = 4,
     ) -> None:
-        super().__init__()
-        self.conv = _subnet(in_channels, depth, norm_layer)
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
-        _init_normal(self)
+        super().__init__(in_channels, num_anchors * num_classes, "cls_logits", norm_layer, depth)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability))
         self.num_classes = num_classes
         self.num_anchors = num_anchors
 
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """Per level ``N x C x H_l x W_l`` -> ``N x (A K) x H_l x W_l`` logits."""
-        return [self.cls_logits(self.conv(f)) for f in features]
 
-
-class RetinaNetRegressionHead(nn.Module):
+class RetinaNetRegressionHead(_Subnet):
     """``4 A`` box deltas per location of every level (module docstring)."""
 
     def __init__(
@@ -76,14 +87,7 @@ class RetinaNetRegressionHead(nn.Module):
         norm_layer: Callable[[int], nn.Module] | None = None,
         depth: int = 4,
     ) -> None:
-        super().__init__()
-        self.conv = _subnet(in_channels, depth, norm_layer)
-        self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
-        _init_normal(self)
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """Per level ``N x C x H_l x W_l`` -> ``N x 4A x H_l x W_l`` deltas."""
-        return [self.bbox_reg(self.conv(f)) for f in features]
+        super().__init__(in_channels, num_anchors * 4, "bbox_reg", norm_layer, depth)
 
 
 class RetinaNetHead(nn.Module):

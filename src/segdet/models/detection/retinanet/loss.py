@@ -33,23 +33,11 @@ import torch
 from torch import Tensor
 
 from segdet.losses import giou_loss, l1_loss, smooth_l1_loss
-from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
+from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, matched_objects
 from segdet.models.detection.retinanet.focal import one_hot_focal_loss
-from segdet.ops import BoxCoder, box_iou
+from segdet.ops import BoxCoder
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
-
-
-def match_anchors(matcher: Matcher, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
-    """``[N, M]`` index of each anchor's object in its image's target, or ``-1`` (background) /
-    ``-2`` (ignored), for the ``M`` anchors shared by the ``N`` images."""
-    matched = []
-    for target in targets:
-        if target["boxes"].numel() == 0:
-            matched.append(torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device))
-        else:
-            matched.append(matcher(box_iou(target["boxes"], anchors)))
-    return torch.stack(matched)
 
 
 def retinanet_loss(
@@ -71,7 +59,7 @@ def retinanet_loss(
         logits: ``[N, M, K]`` class logits in anchor order.
         deltas: ``[N, M, 4]`` predicted box deltas.
         anchors: ``[M, 4]`` xyxy anchors shared by the images.
-        matched: ``[N, M]`` from :func:`match_anchors`.
+        matched: ``[N, M]`` from :func:`~segdet.models.detection.matcher.match_to_targets`.
         targets: per image ``boxes`` ``[G_i, 4]`` and ``labels`` ``[G_i]`` in ``0..K-1``.
         box_coder: the delta encoding.
         alpha, gamma: of the focal loss.
@@ -83,15 +71,9 @@ def retinanet_loss(
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
     num_images = logits.shape[0]
-    foreground = matched >= 0
-    num_foreground = foreground.sum(dim=1).clamp(min=1).to(logits.dtype)  # [N]
-    # Foreground anchors of the whole batch, their image and their object (index into all objects).
-    image, anchor = torch.nonzero(foreground, as_tuple=True)
-    counts = torch.as_tensor([len(t["boxes"]) for t in targets], device=matched.device)
-    first_object = torch.cumsum(counts, 0) - counts
-    obj = matched[image, anchor] + first_object[image]
-    gt_boxes = torch.cat([t["boxes"] for t in targets]).to(deltas.dtype)[obj]
-    gt_labels = torch.cat([t["labels"] for t in targets])[obj]
+    num_foreground = (matched >= 0).sum(dim=1).clamp(min=1).to(logits.dtype)  # [N]
+    image, anchor, gt_boxes, gt_labels = matched_objects(matched, targets)
+    gt_boxes = gt_boxes.to(deltas.dtype)
 
     ignored = torch.nonzero(matched == BETWEEN_THRESHOLDS, as_tuple=True)
     image_weight = 1.0 / (num_foreground * num_images)

@@ -27,12 +27,12 @@ from torch import Tensor, nn
 
 from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.detector import Detector
-from segdet.models.detection.head_outputs import anchors_per_level, flatten_anchor_outputs
+from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
-from segdet.models.detection.matcher import Matcher
+from segdet.models.detection.matcher import Matcher, match_to_targets
 from segdet.models.detection.postprocess import image_bounds, select_detections, topk_per_level
 from segdet.models.detection.retinanet.head import RetinaNetHead
-from segdet.models.detection.retinanet.loss import BOX_LOSSES, match_anchors, retinanet_loss
+from segdet.models.detection.retinanet.loss import BOX_LOSSES, retinanet_loss
 from segdet.models.detection.settings import TransformSettings
 from segdet.models.detection.transform import DetectionTransform
 from segdet.ops import BoxCoder
@@ -102,17 +102,12 @@ class RetinaNet(Detector):
         generator: torch.Generator | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         levels = list(features.values())
-        cls_levels, box_levels = self.head(levels)
-        logits = flatten_anchor_outputs(cls_levels, self.num_classes)
-        deltas = flatten_anchor_outputs(box_levels, 4)
-        if deltas.dtype not in (torch.float32, torch.float64):
-            # Reduced-precision autocast: decoding, losses and NMS stay in float32 (see the RPN).
-            logits, deltas = logits.float(), deltas.float()
+        logits, deltas, level_sizes = dense_head_outputs(self.head, levels, self.num_classes)
         anchors = self.anchor_generator(batch, levels, dtype=deltas.dtype)[0]  # shared by the images
         s = self.settings
         if self.training:
             assert targets is not None
-            matched = match_anchors(self.matcher, anchors, targets)
+            matched = match_to_targets(self.matcher, anchors, targets)
             losses = retinanet_loss(
                 logits,
                 deltas,
@@ -126,8 +121,7 @@ class RetinaNet(Detector):
                 smooth_l1_beta=s.smooth_l1_beta,
             )
             return [], losses
-        sizes = anchors_per_level(box_levels, 4)
-        return self.postprocess(logits, deltas, anchors, sizes, batch.image_sizes), {}
+        return self.postprocess(logits, deltas, anchors, level_sizes, batch.image_sizes), {}
 
     @torch.no_grad()
     def postprocess(

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from segdet.errors import DataError, SegdetError
-from segdet.models.detection.convert import check_and_load, copy_flags, norms
+from segdet.errors import SegdetError
+from segdet.models.detection.convert import check_and_load, copy_flags, load_converted, norms
 from segdet.models.detection.ssd import builders
 from segdet.models.detection.ssd.default_boxes import DefaultBoxGenerator
 from segdet.models.detection.ssd.model import SSD
@@ -76,8 +76,5 @@ def ssd_from_torchvision(tv_model: nn.Module) -> SSD:
     ours.anchor_generator = DefaultBoxGenerator(
         boxes.aspect_ratios, scales=boxes.scales, steps=boxes.steps, clip=boxes.clip
     )
-    try:
-        check_and_load(ours, dict(tv_model.state_dict()), "torchvision SSD")
-    except DataError as e:
-        raise SegdetError(f"unsupported torchvision SSD variant: {e}") from None
+    load_converted(ours, dict(tv_model.state_dict()), "SSD")
     return copy_flags(ours, tv_model, lambda key: key)

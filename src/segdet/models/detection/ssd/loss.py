@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from segdet.losses import cross_entropy_loss, smooth_l1_loss
-from segdet.models.detection.matcher import Matcher
-from segdet.ops import BoxCoder, box_iou
+from segdet.models.detection.matcher import Matcher, matched_objects
+from segdet.ops import BoxCoder
 
 
 class SSDMatcher(Matcher):
@@ -47,18 +47,6 @@ class SSDMatcher(Matcher):
             best = match_quality_matrix.argmax(dim=1)
             matches[best] = torch.arange(len(best), device=matches.device)
         return matches
-
-
-def match_default_boxes(matcher: SSDMatcher, boxes: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
-    """``[N, M]`` index of each default box's object in its image's target, or ``-1`` (background)."""
-    return torch.stack(
-        [
-            matcher(box_iou(t["boxes"], boxes))
-            if t["boxes"].numel()
-            else torch.full((boxes.shape[0],), -1, dtype=torch.int64, device=boxes.device)
-            for t in targets
-        ]
-    )
 
 
 def ssd_loss(
@@ -76,20 +64,17 @@ def ssd_loss(
         logits: ``[N, M, K + 1]`` class logits (0 = background).
         deltas: ``[N, M, 4]`` predicted offsets.
         boxes: ``[M, 4]`` default boxes (xyxy), shared by the images.
-        matched: ``[N, M]`` from :func:`match_default_boxes`.
+        matched: ``[N, M]`` from :func:`~segdet.models.detection.matcher.match_to_targets`.
         targets: per image ``boxes`` and ``labels`` (in ``1 .. K``).
         box_coder: the offset encoding (weights ``(10, 10, 5, 5)``).
         neg_to_pos_ratio: hard negatives per matched box (3).
     """
     foreground = matched >= 0
-    image, box = torch.nonzero(foreground, as_tuple=True)
-    counts = torch.as_tensor([len(t["boxes"]) for t in targets], device=matched.device)
-    obj = matched[image, box] + (torch.cumsum(counts, 0) - counts)[image]
-    gt_boxes = torch.cat([t["boxes"] for t in targets]).to(deltas.dtype)[obj]
+    image, box, gt_boxes, gt_labels = matched_objects(matched, targets)
     class_targets = torch.zeros_like(matched)
-    class_targets[image, box] = torch.cat([t["labels"] for t in targets])[obj]
+    class_targets[image, box] = gt_labels
 
-    encoded = box_coder.encode_single(gt_boxes, boxes[box])
+    encoded = box_coder.encode_single(gt_boxes.to(deltas.dtype), boxes[box])
     box_loss = smooth_l1_loss(deltas[image, box], encoded, reduction="sum")
 
     num_classes = logits.shape[-1]

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 
 from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from segdet.models.detection.detector import Detector
-from segdet.models.detection.head_outputs import flatten_anchor_outputs
+from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.matcher import match_to_targets
 from segdet.models.detection.postprocess import image_bounds, select_detections, topk_above
 from segdet.models.detection.ssd.default_boxes import DefaultBoxGenerator
 from segdet.models.detection.ssd.head import SSDHead
-from segdet.models.detection.ssd.loss import SSDMatcher, match_default_boxes, ssd_loss
+from segdet.models.detection.ssd.loss import SSDMatcher, ssd_loss
 from segdet.models.detection.transform import DetectionTransform
 from segdet.ops import BoxCoder
 
@@ -100,16 +101,12 @@ class SSD(Detector):
         generator: torch.Generator | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         levels = list(features.values())
-        cls_levels, box_levels = self.head(levels)
-        logits = flatten_anchor_outputs(cls_levels, self.num_classes + 1)
-        deltas = flatten_anchor_outputs(box_levels, 4)
-        if deltas.dtype not in (torch.float32, torch.float64):
-            logits, deltas = logits.float(), deltas.float()  # reduced-precision autocast (see the RPN)
+        logits, deltas, _ = dense_head_outputs(self.head, levels, self.num_classes + 1)
         boxes = self.anchor_generator(batch, levels).to(deltas.dtype)
         s = self.settings
         if self.training:
             assert targets is not None
-            matched = match_default_boxes(self.matcher, boxes, targets)
+            matched = match_to_targets(self.matcher, boxes, targets)
             ratio = (1.0 - s.positive_fraction) / s.positive_fraction
             return [], ssd_loss(logits, deltas, boxes, matched, targets, self.box_coder, ratio)
         return self.postprocess(logits, deltas, boxes, batch.image_sizes), {}
