@@ -1,17 +1,22 @@
-"""Speed of our Faster R-CNN and Mask R-CNN (ResNet-50 FPN) against torchvision's, same weights, one run.
+"""Speed of our detectors against torchvision's, same weights, one run: Faster R-CNN and Mask R-CNN
+(ResNet-50 FPN), RetinaNet (ResNet-50 FPN), SSD300 (VGG-16) and SSDLite320 (MobileNetV3-Large).
 
-What is compared, for each model (``--models faster,mask``):
+What is compared, for each model (``--models faster,mask,retinanet,ssd300,ssdlite``):
 
-* **torchvision**: ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` built with
-  ``weights=None, weights_backbone=None`` and ``min_size = max_size = --size`` (so a ``size x size`` input
-  is processed at that size), then set up as torchvision sets itself up for fine-tuning from an
-  ImageNet backbone: the backbone's BatchNorms become ``torchvision.ops.misc.FrozenBatchNorm2d`` and
-  ``conv1`` / ``layer1`` are frozen (``trainable_backbone_layers = 3``). The weights are torchvision's
-  seeded random initialisation, except: the BatchNorm statistics are *calibrated* (running means and
-  variances accumulated over a few synthetic images, so activations keep realistic magnitudes through
-  the 50 layers) and the classifier's logits are spread (``cls_score`` scaled) so that each image gives
-  its ``detections_per_img`` (100) detections, as a trained model does -- random logits would leave
-  every score under the 0.05 threshold and skip the whole post-processing and mask branch.
+* **torchvision**: ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn``
+  built with ``weights=None, weights_backbone=None`` and ``min_size = max_size = --size`` (so a
+  ``size x size`` input is processed at that size; SSD300 and SSDLite resize to their fixed 300 / 320),
+  then set up as torchvision sets itself up for fine-tuning from an ImageNet backbone: for the ResNets
+  the backbone's BatchNorms become ``torchvision.ops.misc.FrozenBatchNorm2d`` and ``conv1`` / ``layer1``
+  are frozen (``trainable_backbone_layers = 3``); SSD300's ``conv1`` block is frozen (4 trainable
+  stages); SSDLite trains everything. The weights are torchvision's seeded random initialisation,
+  except: the BatchNorm statistics are *calibrated* (running means and variances accumulated over a
+  few synthetic images, so activations keep realistic magnitudes through the network) and the
+  classifier's logits are spread (scaled to a fixed standard deviation) so that each image gives
+  its ``detections_per_img`` detections, as a trained model does -- random logits would leave every
+  score under the threshold and skip the whole post-processing (and mask branch). RetinaNet's
+  background logit (class 0, never a positive in torchvision's training; our RetinaNet has no such
+  class) is set to -100, as a trained model's stays low.
 * **ours**: :func:`segdet.models.detection.convert.from_torchvision` of that model: the same weights,
   frozen layers and settings. Inference is timed three times: after ``fuse_for_inference()`` (frozen
   BatchNorms folded into the convolutions, weights and batches in ``channels_last``, and on AVX2 CPUs
@@ -41,9 +46,9 @@ at every batch size of ``--infer-batches`` (e.g. ``1,8``), our fused model as ``
 (inference and the training step), and the bf16 AP check (CPU only) is skipped.
 
 glibc's malloc is tuned at start-up (:func:`segdet.engine.perf.tune_malloc`, both models profit;
-``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``;
-on a GPU: ``python benchmarks/detection.py --device cuda --infer-batches 1,8 --train-batch 4 --bf16
---repeats 10 --warmup 3``.
+``--no-tune-malloc`` to compare). Run: ``python benchmarks/detection.py --size 800 --repeats 5 --bf16``, or
+``python benchmarks/detection.py --models retinanet,ssd300,ssdlite``; on a GPU: ``python
+benchmarks/detection.py --device cuda --infer-batches 1,8 --train-batch 4 --bf16 --repeats 10 --warmup 3``.
 """
 
 from __future__ import annotations
@@ -64,9 +69,19 @@ from segdet.engine.perf import tune_malloc
 from segdet.models.detection.convert import from_torchvision
 from segdet.ops.nnpack_conv import NNPACKConv2d
 
-# Standard deviation given to the random classifier's logits: each RoI then has a few classes above the
-# 0.05 score threshold, scores are spread (no ties), and every image gets its 100 detections.
-LOGIT_STD = 3.0
+# Standard deviation given to the random classifiers' logits: each R-CNN RoI then has a few classes above
+# the 0.05 score threshold, scores are spread (no ties), and every image gets its 100 detections; a few
+# percent of RetinaNet's (anchor, class) pairs pass its 0.05 threshold (the top 1000 per level are
+# kept); SSD's softmax scores spread over (0, 1).
+LOGIT_STD = {"faster": 3.0, "mask": 3.0, "retinanet": 0.5, "ssd300": 2.0, "ssdlite": 2.0}
+# --models name -> (torchvision builder, row label, whether --size sets the processed size)
+KINDS = {
+    "faster": ("fasterrcnn_resnet50_fpn", "Faster R-CNN R50-FPN", True),
+    "mask": ("maskrcnn_resnet50_fpn", "Mask R-CNN R50-FPN", True),
+    "retinanet": ("retinanet_resnet50_fpn", "RetinaNet R50-FPN", True),
+    "ssd300": ("ssd300_vgg16", "SSD300 VGG-16", False),
+    "ssdlite": ("ssdlite320_mobilenet_v3_large", "SSDLite320 MNv3-L", False),
+}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -87,11 +102,18 @@ def synthetic_batch(num: int, size: int, seed: int, first: int = 0) -> tuple[lis
     return images, targets
 
 
-def _freeze_like_pretrained(model: nn.Module) -> None:
-    """torchvision's fine-tuning set-up: FrozenBatchNorm2d everywhere in the backbone, conv1 and layer1
-    frozen (``trainable_backbone_layers = 3``, what its builders do when given backbone weights)."""
+def _freeze_like_pretrained(model: nn.Module, kind: str) -> None:
+    """torchvision's fine-tuning set-up (module docstring): ResNets get FrozenBatchNorm2d everywhere in
+    the backbone and conv1 / layer1 frozen (``trainable_backbone_layers = 3``); SSD300's VGG its first
+    block frozen (4 trainable stages); SSDLite nothing."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
+    if kind == "ssd300":
+        for param in model.backbone.features[:4].parameters():
+            param.requires_grad_(False)
+        return
+    if kind == "ssdlite":
+        return
     body = model.backbone.body
     for parent in list(body.modules()):
         for name, child in list(parent.named_children()):
@@ -105,33 +127,51 @@ def _freeze_like_pretrained(model: nn.Module) -> None:
             param.requires_grad_(False)
 
 
+def _classifiers(model: nn.Module, kind: str) -> list[nn.Module]:
+    """The layers whose outputs are the class logits."""
+    if kind in ("faster", "mask"):
+        return [model.roi_heads.box_predictor.cls_score]
+    if kind == "retinanet":
+        return [model.head.classification_head.cls_logits]
+    return [m if isinstance(m, nn.Conv2d) else m[-1] for m in model.head.classification_head.module_list]
+
+
 @torch.no_grad()
 def torchvision_model(kind: str, size: int, seed: int) -> nn.Module:
     """torchvision's model, set up as described in the module docstring, in eval mode."""
     from torchvision.models import detection
 
     torch.manual_seed(seed)
-    builder = detection.fasterrcnn_resnet50_fpn if kind == "faster" else detection.maskrcnn_resnet50_fpn
-    model = builder(weights=None, weights_backbone=None, min_size=size, max_size=size)
+    builder, _, sized = KINDS[kind]
+    model = getattr(detection, builder)(
+        weights=None, weights_backbone=None, **({"min_size": size, "max_size": size} if sized else {})
+    )
     # Calibrate BatchNorm: cumulative statistics (momentum None) over a few synthetic images.
     images, _ = synthetic_batch(4, min(size, 320), seed, first=1000)
-    norms = [m for m in model.backbone.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
     model.train()
     batch, _ = model.transform(images)
-    model.backbone.body(batch.tensors)
-    _freeze_like_pretrained(model)
-    # Spread the class logits (torchvision initialises cls_score with std 0.01: all scores ~1/91) to a
-    # standard deviation of LOGIT_STD, measured on one image.
+    features = model.backbone(batch.tensors)
+    if hasattr(model, "head"):
+        model.head(list(features.values()))
+    _freeze_like_pretrained(model, kind)
+    # Spread the class logits (random heads give nearly constant scores) to a standard deviation of
+    # LOGIT_STD, measured on one image.
     model.eval()
-    cls_score = model.roi_heads.box_predictor.cls_score
+    layers = _classifiers(model, kind)
     seen: list[Tensor] = []
-    hook = cls_score.register_forward_hook(lambda module, args, out: seen.append(out))
+    hooks = [layer.register_forward_hook(lambda module, args, out: seen.append(out)) for layer in layers]
     model(images[:1])
-    hook.remove()
-    cls_score.weight.mul_(LOGIT_STD / float(seen[0].std()))
+    for hook in hooks:
+        hook.remove()
+    for layer, out in zip(layers, seen[: len(layers)], strict=True):
+        layer.weight.mul_(LOGIT_STD[kind] / float(out.std()))
+    if kind == "retinanet":
+        classes = model.head.classification_head.num_classes
+        layers[0].bias.view(-1, classes)[:, 0] = -100.0
     return model
 
 
@@ -205,19 +245,18 @@ def count_nnpack(model: nn.Module) -> int:
 
 def output_difference(ours: list[dict], theirs: list[dict]) -> dict[str, float]:
     """Our detections against torchvision's: each of ours is paired with torchvision's detection of the
-    same class and highest IoU (near-tied scores may swap places in the lists); returns max |Δ| of boxes,
-    scores and masks over the pairs and the number of detections without a counterpart of IoU > 0.99."""
-    from torchvision.ops import box_iou
-
+    same class whose box is nearest (largest coordinate difference; near-tied scores may swap places in
+    the lists, and boxes clipped to zero area have no IoU); returns max |Δ| of boxes, scores and masks
+    over the pairs and the number of detections without a counterpart within 1 px."""
     result = {"boxes": 0.0, "scores": 0.0, "masks": 0.0, "unmatched": 0}
     for o, t in zip(ours, theirs, strict=True):
         result["unmatched"] += abs(len(o["boxes"]) - len(t["boxes"]))
         if len(o["boxes"]) == 0 or len(t["boxes"]) == 0:
             continue
-        iou = box_iou(o["boxes"].float(), t["boxes"].float())
-        iou[(o["labels"] + 1)[:, None] != t["labels"][None, :]] = 0
-        best, pair = iou.max(dim=1)
-        ok = best > 0.99
+        distance = torch.cdist(o["boxes"].double(), t["boxes"].double(), p=float("inf"))
+        distance[(o["labels"] + 1)[:, None] != t["labels"][None, :]] = float("inf")
+        best, pair = distance.min(dim=1)
+        ok = best < 1.0
         result["unmatched"] += int((~ok).sum())
         ok, pair = torch.nonzero(ok).flatten(), pair[ok]
         if len(ok) == 0:
@@ -312,7 +351,7 @@ def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: in
 # ------------------------------------------------------------------------------------------- main
 def inference_rows(kind: str, ours: nn.Module, theirs: nn.Module, images: list[Tensor], args) -> list:
     """Inference rows of one model: outputs compared, then timed at every ``--infer-batches`` size."""
-    name = f"{kind} R-CNN R50-FPN"
+    name = KINDS[kind][1]
     masks = kind == "mask"
     cpu = images[0].device.type == "cpu"
 
@@ -359,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-synchronised timing)")
-    parser.add_argument("--models", default="faster,mask", help="comma-separated: faster, mask")
+    parser.add_argument("--models", default="faster,mask", help=f"comma-separated, of: {', '.join(KINDS)}")
     parser.add_argument(
         "--infer-batches", default="1", type=lambda v: [int(x) for x in v.split(",")], help="e.g. 1,8"
     )
@@ -388,15 +427,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{torch.cuda.get_device_name(device)}, cuDNN TF32 convolutions {tf32} (PyTorch's default)")
     rows = []
     for kind in args.models.split(","):
+        if kind not in KINDS:
+            parser.error(f"unknown model {kind!r}; choose from {', '.join(KINDS)}")
         ours, theirs = build_pair(kind, args.size, args.seed)
         ours, theirs = ours.to(device), theirs.to(device)
         n = max(args.train_batch, *args.infer_batches)
         images, targets = synthetic_batch(n, args.size, args.seed)
         images = [im.to(device) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        name = f"{kind} R-CNN R50-FPN"
+        name = KINDS[kind][1]
         rows += inference_rows(kind, ours, theirs, images, args)
-        if args.bf16 and device.type == "cpu":
+        if args.bf16 and device.type == "cpu" and kind in ("faster", "mask"):
             change = bf16_ap_change(
                 kind, args.ap_steps, args.ap_train_images, args.ap_images, args.ap_size, args.seed
             )
@@ -426,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'model':22} {'mode':48} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
     for name, mode, a, b in rows:
         print(f"{name:22} {mode:48} {a * 1e3:9.1f} {b * 1e3:9.1f} {a / b:6.2f}")
+    print("SSD300 / SSDLite process every image at their fixed 300 / 320 px, whatever --size is.")
     print("A = ours unless stated, B = torchvision unless stated; load average now", os.getloadavg()[0])
     return 0
 

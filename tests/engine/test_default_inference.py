@@ -45,7 +45,7 @@ def test_detector_default_inference_keeps_box_and_mask_ap(trained_detector, tmp_
 def test_detector_on_nnpack_everywhere_keeps_box_and_mask_ap(trained_detector, tmp_path, monkeypatch):
     """NNPACK's Winograd / FFT rounding on a trained model: with its size rules lowered, every 3x3
     convolution of the small detector runs on NNPACK (they are too narrow for the defaults)."""
-    from segdet.models.detection import generalized_rcnn
+    from segdet.models.detection import detector
     from segdet.ops import nnpack_conv
 
     calls = []
@@ -54,7 +54,7 @@ def test_detector_on_nnpack_everywhere_keeps_box_and_mask_ap(trained_detector, t
     monkeypatch.setattr(nnpack_conv, "MIN_PIXELS", 1)
     monkeypatch.setattr(nnpack_conv, "MIN_BATCH", 1)
     monkeypatch.setattr(nnpack_conv, "MIN_SIDE", 1)
-    monkeypatch.setattr(generalized_rcnn, "nnpack_is_faster", lambda: True)  # also on AVX-512 CPUs
+    monkeypatch.setattr(detector, "nnpack_is_faster", lambda: True)  # also on AVX-512 CPUs
 
     def counted(self, x):
         calls.append(1)

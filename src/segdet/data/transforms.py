@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
+from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from segdet.data.target_transforms import (
     IGNORE_INDEX,
     BoxesFromMasks,
@@ -73,8 +74,6 @@ __all__ = [
     "unletterbox_boxes",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LETTERBOX_FILL = 114  # YOLO's grey padding
 # torchvision's detection reference multi-scale training sizes (shorter side), Detectron2's "choice" mode.
 MULTISCALE_SIZES = tuple(range(480, 801, 32))

@@ -153,7 +153,7 @@ def prepare_for_inference(
     """The model set up for fast inference, in eval mode.
 
     ``fuse``: every BatchNorm folded into the convolution before it (R-CNN models through their
-    ``fuse_for_inference``; others through :func:`segdet.models.detection.fuse.fold_batchnorm`): the
+    ``fuse_for_inference``; others through :func:`segdet.models.fuse.fold_batchnorm`): the
     same outputs up to float32 rounding, one pass less over every feature map. The model is changed in
     place and can no longer be trained. ``nnpack`` (with ``fuse``): the wide 3x3 convolutions run
     through NNPACK's Winograd / FFT kernels (:mod:`segdet.ops.nnpack_conv`: the same outputs up to
@@ -161,7 +161,7 @@ def prepare_for_inference(
     CPUs (not the segmentation models, which run faster channels-last). ``channels_last``: weights
     (and so activations) stored channels-last; ``None`` chooses it unless the model has grouped /
     depthwise convolutions or runs on NNPACK, and never in float32 on CUDA (it made R-CNN evaluation
-    slower there; :meth:`~segdet.models.detection.generalized_rcnn.GeneralizedRCNN.fuse_for_inference`).
+    slower there; :meth:`~segdet.models.detection.detector.Detector.fuse_for_inference`).
 
     On CUDA, PyTorch runs float32 convolutions on TF32 tensor cores by default
     (``torch.backends.cudnn.allow_tf32 = True``): inputs and weights are rounded to 10 mantissa bits
@@ -176,7 +176,7 @@ def prepare_for_inference(
     reduced-precision arithmetic; the change in accuracy is the user's to check, e.g. with
     ``segdet eval --precision bf16``).
     """
-    from segdet.models.detection.fuse import fold_batchnorm
+    from segdet.models.fuse import fold_batchnorm
     from segdet.ops.nnpack_conv import use_nnpack
 
     if precision not in PRECISIONS:
@@ -185,8 +185,8 @@ def prepare_for_inference(
     if fuse and hasattr(model, "fuse_for_inference"):
         if precision != "fp32":
             nnpack = False  # under autocast the convolutions are autocast's (NNPACK is float32 only)
-            # bf16/fp16 convolutions run channels-last on CPUs and on tensor cores
-            channels_last = True if channels_last is None else channels_last
+            # bf16/fp16 dense convolutions run channels-last on CPUs and on tensor cores
+            channels_last = _prefers_channels_last(model) if channels_last is None else channels_last
         # None: fuse_for_inference chooses from the model's device (and NNPACK from the CPU)
         model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
     elif fuse:
@@ -194,7 +194,7 @@ def prepare_for_inference(
         if nnpack:
             use_nnpack(model)
         if channels_last is None:
-            # float32 on CUDA stays NCHW (see GeneralizedRCNN.fuse_for_inference)
+            # float32 on CUDA stays NCHW (see Detector.fuse_for_inference)
             on_cpu_or_autocast = device_type == "cpu" or precision != "fp32"
             channels_last = not nnpack and on_cpu_or_autocast and _prefers_channels_last(model)
         if channels_last:

@@ -144,7 +144,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": unet,
     "unet_backbone": unet_backbone,
     "deeplabv3plus": deeplabv3plus,
-    # --- detection: two-stage detectors (segdet.models.detection; torchvision's keyword options) ---
+    # --- detection: two-stage detectors (segdet.models.detection.rcnn; torchvision's keyword options) ---
     "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
     "fasterrcnn_resnet101_fpn": detection.fasterrcnn_resnet101_fpn,
     "fasterrcnn_resnet50_fpn_v2": detection.fasterrcnn_resnet50_fpn_v2,
@@ -154,6 +154,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "maskrcnn_resnet50_fpn": detection.maskrcnn_resnet50_fpn,
     "maskrcnn_resnet101_fpn": detection.maskrcnn_resnet101_fpn,
     "maskrcnn_resnet50_fpn_v2": detection.maskrcnn_resnet50_fpn_v2,
+    # --- detection: one-stage detectors ---
+    "retinanet_resnet50_fpn": detection.retinanet_resnet50_fpn,
+    "retinanet_resnet50_fpn_v2": detection.retinanet_resnet50_fpn_v2,
+    "ssd300_vgg16": detection.ssd300_vgg16,
+    "ssd512_vgg16": detection.ssd512_vgg16,
+    "ssdlite320_mobilenet_v3_large": detection.ssdlite320_mobilenet_v3_large,
     # --- end of detection ---
 }
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from segdet.data.palette import voc_palette
+from segdet.ops.palette import voc_palette
 
 Color = tuple[int, int, int]
 

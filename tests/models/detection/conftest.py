@@ -1,5 +1,5 @@
-"""Helpers of the detector tests: images with spatial structure and torchvision detectors with random
-but non-degenerate weights (so that a parity test can fail)."""
+"""Helpers of the detector tests: images with spatial structure, torchvision detectors with random
+but non-degenerate weights (so that a parity test can fail), and detections compared pair by pair."""
 
 from __future__ import annotations
 
@@ -16,6 +16,57 @@ def structured_image(height: int, width: int, generator: torch.Generator) -> tor
     coarse = torch.rand(1, 3, max(height // 16, 2), max(width // 16, 2), generator=generator)
     smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
     return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=generator)).clamp(0, 1)
+
+
+def assert_paired_detections(
+    got: list[dict], expected: list[dict], atol: float = 1e-4, label_shift: int = 1, min_count: int = 10
+) -> None:
+    """Per image the same number of detections (more than ``min_count``), each of ours paired one to one
+    with an unused one of ``expected`` of the same label (ours + ``label_shift``) whose box coordinates
+    and score are closest; every pair within ``atol``. Pairing (not list order) makes the check immune to
+    near-tied scores sorted differently, and distances (not IoU) cover boxes clipped to zero area."""
+    assert len(got) == len(expected)
+    for ours, theirs in zip(got, expected, strict=True):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) > min_count
+        assert set(ours) == set(theirs)
+        distance = torch.maximum(
+            torch.cdist(ours["boxes"].double(), theirs["boxes"].double(), p=float("inf")),
+            (ours["scores"].double()[:, None] - theirs["scores"].double()[None, :]).abs(),
+        )
+        distance[(ours["labels"] + label_shift)[:, None] != theirs["labels"][None, :]] = float("inf")
+        used = torch.zeros(len(theirs["boxes"]), dtype=torch.bool)
+        for i in torch.argsort(ours["scores"], descending=True).tolist():
+            row = distance[i].masked_fill(used, float("inf"))
+            j = int(row.argmin())
+            assert float(row[j]) <= atol, (i, ours["boxes"][i].tolist(), float(row[j]))
+            used[j] = True
+
+
+def train_and_detect(model: nn.Module, num_classes: int, min_detections: int = 0) -> dict[str, torch.Tensor]:
+    """One training forward and backward of ``model`` on two images of different sizes (three objects):
+    every loss finite and positive; then its losses on the same images without any object (returned, for
+    the caller's checks), and in eval mode per image at least ``min_detections`` detections, labels in
+    ``0..num_classes-1``, boxes inside the original image."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [(96, 128), (120, 80)]
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12, 60, 50], [70, 40, 120, 90]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[5.0, 5, 70, 100]]), "labels": torch.tensor([0])},
+    ]
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    with torch.no_grad():
+        background_losses = model(images, empty)
+        detections = model.eval()(images)
+    for det, (h, w) in zip(detections, sizes, strict=True):
+        assert det["labels"].dtype == torch.int64 and len(det["labels"]) >= min_detections
+        if len(det["labels"]):
+            assert 0 <= int(det["labels"].min()) and int(det["labels"].max()) < num_classes
+            assert float(det["boxes"][:, 2].max()) <= w and float(det["boxes"][:, 3].max()) <= h
+    return {**background_losses, "trained": losses}
 
 
 @torch.no_grad()
@@ -54,3 +105,15 @@ def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int)
 def detector_helpers():
     """``(structured_image, randomize_batchnorm)``."""
     return structured_image, randomize_batchnorm
+
+
+@pytest.fixture
+def smoke_train():
+    """:func:`train_and_detect`."""
+    return train_and_detect
+
+
+@pytest.fixture
+def paired_detections():
+    """:func:`assert_paired_detections`."""
+    return assert_paired_detections

@@ -5,6 +5,10 @@ Stages end before each block that downsamples (torchvision marks those ``_is_cn`
 ``features[0:2]`` (stride 2, 16 channels), ``c2`` = ``[2:4]`` (4, 24), ``c3`` = ``[4:7]`` (8, 40), ``c4``
 = ``[7:13]`` (16, 112), ``c5`` = ``[13:17]`` (32, 960, the last 1x1 convolution included).
 
+``reduced_tail`` halves the channels of the last stage (960 -> 480; MobileNetV3 paper, table 6: for
+detection heads that do not need ImageNet's wide features; torchvision's SSDLite trains from scratch
+with it) and ``norm_layer`` replaces BatchNorm2d (e.g. SSDLite's ``eps = 0.001, momentum = 0.03``).
+
 Output stride 16 / 8 removes the stride of the downsampling block of ``c5`` / ``c4`` and ``c5`` and
 dilates every depthwise convolution of the stage by the stride removed (torchvision's ``dilated=True``,
 used by its DeepLabV3 and LR-ASPP models, is the output-stride-16 case of this).
@@ -12,6 +16,7 @@ used by its DeepLabV3 and LR-ASPP models, is the output-stride-16 case of this).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torchvision
@@ -23,7 +28,7 @@ from segdet.models.backbones.base import Backbone, check_output_stride, dilate_c
 class MobileNetV3Backbone(Backbone):
     """torchvision's MobileNetV3-Large feature part returning ``c1`` ... ``c5``.
 
-    Args: as :class:`ResNetBackbone`.
+    Args: as :class:`ResNetBackbone`, and ``reduced_tail``, ``norm_layer`` (module docstring).
     """
 
     ignored_weight_prefixes = ("classifier.",)
@@ -35,10 +40,14 @@ class MobileNetV3Backbone(Backbone):
         weights: str | Path | None = None,
         frozen_stages: int = 0,
         frozen_bn: bool = False,
+        reduced_tail: bool = False,
+        norm_layer: Callable[..., nn.Module] | None = None,
     ):
         super().__init__()
         check_output_stride(output_stride)
-        self.features = torchvision.models.mobilenet_v3_large(weights=None).features
+        self.features = torchvision.models.mobilenet_v3_large(
+            weights=None, reduced_tail=reduced_tail, norm_layer=norm_layer
+        ).features
         starts = [0] + [i for i, b in enumerate(self.features) if getattr(b, "_is_cn", False)]
         ends = [*starts[1:], len(self.features)]
         assert len(starts) == 5, "torchvision's MobileNetV3-Large has five strided stages"

@@ -1,31 +1,53 @@
-"""segdet.models.detection: the parts and builders of the two-stage detectors (Faster / Mask R-CNN)."""
+"""segdet.models.detection: the detectors and the parts they share.
 
-from segdet.models.detection.convert import (
-    convert_torchvision_state_dict,
-    from_torchvision,
-    load_torchvision_weights,
-)
-from segdet.models.detection.faster_rcnn import (
+Shared here: the :class:`~.detector.Detector` base (targets, transform in and out, fusing), the
+transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
+settings and torchvision conversion. Each family is a sub-package composing them: ``rcnn`` (Faster /
+Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512, SSDLite).
+"""
+
+from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
+from segdet.models.detection.detector import Detector
+from segdet.models.detection.rcnn import (
+    GeneralizedRCNN,
+    RCNNSettings,
     fasterrcnn_mobilenet_v3_large_320_fpn,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_c4,
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
     fasterrcnn_resnet101_fpn,
-)
-from segdet.models.detection.generalized_rcnn import GeneralizedRCNN
-from segdet.models.detection.mask_rcnn import (
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
     maskrcnn_resnet101_fpn,
 )
-from segdet.models.detection.rcnn_settings import RCNNSettings
+from segdet.models.detection.rcnn.convert import convert_torchvision_state_dict
+from segdet.models.detection.retinanet import (
+    RetinaNet,
+    RetinaNetSettings,
+    retinanet_resnet50_fpn,
+    retinanet_resnet50_fpn_v2,
+)
+from segdet.models.detection.settings import TransformSettings
+from segdet.models.detection.ssd import (
+    SSD,
+    SSDSettings,
+    ssd300_vgg16,
+    ssd512_vgg16,
+    ssdlite320_mobilenet_v3_large,
+)
 from segdet.models.detection.transform import DetectionTransform
 
 __all__ = [
+    "SSD",
     "DetectionTransform",
+    "Detector",
     "GeneralizedRCNN",
     "RCNNSettings",
+    "RetinaNet",
+    "RetinaNetSettings",
+    "SSDSettings",
+    "TransformSettings",
     "convert_torchvision_state_dict",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn",
@@ -38,4 +60,9 @@ __all__ = [
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
     "maskrcnn_resnet101_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "ssd300_vgg16",
+    "ssd512_vgg16",
+    "ssdlite320_mobilenet_v3_large",
 ]

@@ -15,8 +15,12 @@ negative, the best anchor of each object positive); the RoI head uses ``high = l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from segdet.ops.boxes import box_iou
 
 BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
@@ -55,3 +59,31 @@ class Matcher:
             _, pred_idx = torch.nonzero(match_quality_matrix == best_per_gt, as_tuple=True)
             matches[pred_idx] = original[pred_idx]
         return matches
+
+
+def match_to_targets(matcher: Matcher, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+    """``[N, M]``: for each image the matcher's result on ``box_iou(target boxes, anchors)`` (index of
+    each anchor's object, or a negative code), all background for an image without objects. ``anchors``
+    (``[M, 4]``) are shared by the images (dense detectors)."""
+    matched = []
+    for target in targets:
+        if target["boxes"].numel() == 0:
+            matched.append(
+                torch.full((anchors.shape[0],), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=anchors.device)
+            )
+        else:
+            matched.append(matcher(box_iou(target["boxes"], anchors)))
+    return torch.stack(matched)
+
+
+def matched_objects(
+    matched: Tensor, targets: Sequence[dict[str, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The foreground anchors of ``matched`` (``[N, M]``, from :func:`match_to_targets`) and their
+    objects: ``(image, anchor, boxes, labels)``, one row per foreground anchor of the batch."""
+    image, anchor = torch.nonzero(matched >= 0, as_tuple=True)
+    counts = torch.as_tensor([len(t["boxes"]) for t in targets], device=matched.device)
+    obj = matched[image, anchor] + (torch.cumsum(counts, 0) - counts)[image]
+    boxes = torch.cat([t["boxes"] for t in targets])[obj]
+    labels = torch.cat([t["labels"] for t in targets])[obj]
+    return image, anchor, boxes, labels

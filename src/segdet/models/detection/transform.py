@@ -1,4 +1,4 @@
-"""The image transform of the two-stage detectors: normalise, resize, batch; and map results back.
+"""The image transform of the detectors: normalise, resize, batch; and map results back.
 
 Forward (images and, in training, targets):
 
@@ -10,14 +10,16 @@ Forward (images and, in training, targets):
    ``floor(h s) x floor(w s)``, computed and interpolated by ``F.interpolate(scale_factor=s,
    recompute_scale_factor=True, mode="bilinear", align_corners=False)``, exactly as torchvision, so
    both give bit-identical tensors. In training ``min_size`` may be a tuple: one value is drawn per image
-   (multi-scale training). Target boxes scale per axis by ``new / old`` (float32 ratios), masks are
-   resized by nearest-neighbour interpolation;
+   (multi-scale training). With ``fixed_size = (H, W)`` every image is instead resized to exactly
+   ``H x W`` (``F.interpolate(size=(H, W))``, aspect ratio not kept: SSD's 300 x 300 input). Target
+   boxes scale per axis by ``new / old`` (float32 ratios), masks are resized by nearest-neighbour
+   interpolation;
 3. **batch**: images are zero-padded at the bottom and right to the largest height and width of the
    batch, rounded up to a multiple of ``size_divisible`` (32: the coarsest FPN stride, so every level
    has an integer size); ``image_sizes`` keeps each image's unpadded size.
 
 Postprocess (inference): boxes are scaled back by ``old / new`` per axis (float32 ratios), and ``m x m``
-mask probabilities are pasted into the original image (:func:`~.mask_head.paste_masks_in_image`).
+mask probabilities are pasted into the original image (:func:`segdet.ops.masks.paste_masks_in_image`).
 
 The result equals torchvision's ``GeneralizedRCNNTransform`` (tested bit for bit). A pre-batched
 ``N x 3 x H x W`` tensor is normalised, resized and padded as one tensor (one op each, no per-image
@@ -33,11 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from segdet.models.detection.image_list import ImageList
-from segdet.models.detection.mask_head import paste_masks_in_image
+from segdet.ops.masks import paste_masks_in_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectionTransform",
+    "axis_ratios",
+    "resize_boxes",
+    "resize_scale",
+]
 
 
 def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
@@ -45,8 +54,13 @@ def resize_scale(height: int, width: int, min_size: float, max_size: float) -> f
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
-def _interpolate(x: Tensor, scale: float, mode: str) -> Tensor:
-    """``x`` (``N x C x H x W``) resized by ``scale`` to ``floor(H s) x floor(W s)``."""
+def _interpolate(x: Tensor, scale: float | tuple[int, int], mode: str) -> Tensor:
+    """``x`` (``N x C x H x W``) resized by ``scale`` to ``floor(H s) x floor(W s)``, or to the size
+    ``scale = (H', W')``."""
+    if isinstance(scale, tuple):
+        if mode == "bilinear":
+            return F.interpolate(x, size=scale, mode=mode, align_corners=False)
+        return F.interpolate(x, size=scale, mode=mode)
     if mode == "bilinear":
         return F.interpolate(
             x, scale_factor=scale, mode=mode, recompute_scale_factor=True, align_corners=False
@@ -76,6 +90,7 @@ class DetectionTransform(nn.Module):
         max_size: upper bound of the longer side.
         image_mean, image_std: per-channel normalisation.
         size_divisible: the padded batch's height and width are multiples of this.
+        fixed_size: ``(H, W)`` every image is resized to (``min_size`` and ``max_size`` unused).
     """
 
     def __init__(
@@ -85,6 +100,7 @@ class DetectionTransform(nn.Module):
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         size_divisible: int = 32,
+        fixed_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.min_size = tuple(min_size) if isinstance(min_size, Sequence) else (min_size,)
@@ -94,14 +110,17 @@ class DetectionTransform(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         self.size_divisible = size_divisible
+        self.fixed_size = None if fixed_size is None else (int(fixed_size[0]), int(fixed_size[1]))
         # channels_last batches for a model converted to channels_last (see GeneralizedRCNN).
         self.memory_format = torch.contiguous_format
 
     def extra_repr(self) -> str:
-        return (
-            f"min_size={self.min_size}, max_size={self.max_size}, mean={self.image_mean}, "
-            f"std={self.image_std}, size_divisible={self.size_divisible}"
+        size = (
+            f"fixed_size={self.fixed_size}"
+            if self.fixed_size is not None
+            else f"min_size={self.min_size}, max_size={self.max_size}"
         )
+        return f"{size}, mean={self.image_mean}, std={self.image_std}, size_divisible={self.size_divisible}"
 
     # -- forward -------------------------------------------------------------------------------------
 
@@ -112,6 +131,12 @@ class DetectionTransform(nn.Module):
         mean = torch.as_tensor(self.image_mean, dtype=images.dtype, device=images.device)[:, None, None]
         std = torch.as_tensor(self.image_std, dtype=images.dtype, device=images.device)[:, None, None]
         return torch.sub(images, mean).div_(std)  # one new tensor
+
+    def _scale(self, size: tuple[int, int], generator: torch.Generator | None) -> float | tuple[int, int]:
+        """The resize of an image of ``size``: a factor, or the fixed ``(H, W)``."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        return resize_scale(*size, self._choose_min_size(generator), self.max_size)
 
     def _choose_min_size(self, generator: torch.Generator | None) -> float:
         if not self.training or len(self.min_size) == 1:
@@ -161,7 +186,7 @@ class DetectionTransform(nn.Module):
             if image.dim() != 3:
                 raise ValueError(f"image {i} must be C x H x W, got shape {tuple(image.shape)}")
             old = (int(image.shape[-2]), int(image.shape[-1]))
-            scale = resize_scale(*old, self._choose_min_size(generator), self.max_size)
+            scale = self._scale(old, generator)
             image = _interpolate(self.normalize(image)[None], scale, "bilinear")[0]
             resized.append(image)
             if targets is not None:
@@ -178,12 +203,13 @@ class DetectionTransform(nn.Module):
     def _forward_batch(
         self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None, generator: torch.Generator | None
     ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
-        if self.training and len(self.min_size) > 1:  # one size per image: no longer one tensor
+        if self.training and len(self.min_size) > 1 and self.fixed_size is None:
+            # one size per image: no longer one tensor
             return self.forward(list(images), targets, generator)
         if targets is not None and len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
         old = (int(images.shape[-2]), int(images.shape[-1]))
-        scale = resize_scale(*old, self._choose_min_size(generator), self.max_size)
+        scale = self._scale(old, generator)
         batch = _interpolate(self.normalize(images), scale, "bilinear")
         new = (int(batch.shape[-2]), int(batch.shape[-1]))
         height, width = self.padded_size([new])

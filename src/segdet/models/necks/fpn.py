@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segdet.models.detection.layers import ConvNormAct
+from segdet.models.layers import ConvNormAct
 
 
 class ExtraFPNBlock(nn.Module):
@@ -118,10 +118,10 @@ class FeaturePyramidNetwork(nn.Module):
         if extra_blocks is not None and not isinstance(extra_blocks, ExtraFPNBlock):
             raise TypeError(f"extra_blocks must be an ExtraFPNBlock, got {type(extra_blocks).__name__}")
         self.inner_blocks = nn.ModuleList(
-            ConvNormAct(c, out_channels, 1, norm_layer=norm_layer, activation=False) for c in in_channels_list
+            ConvNormAct(c, out_channels, 1, norm_layer=norm_layer, activation=None) for c in in_channels_list
         )
         self.layer_blocks = nn.ModuleList(
-            ConvNormAct(out_channels, out_channels, 3, norm_layer=norm_layer, activation=False)
+            ConvNormAct(out_channels, out_channels, 3, norm_layer=norm_layer, activation=None)
             for _ in in_channels_list
         )
         for module in [*self.inner_blocks.modules(), *self.layer_blocks.modules()]:

@@ -26,10 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from segdet.models.backbones import Backbone
-from segdet.models.segmentation.layers import ConvBNReLU
+from segdet.models.layers import ConvNormAct
 from segdet.models.segmentation.upsampling import make_upsample
 
 DEFAULT_RATES_AT_16: tuple[int, int, int] = (6, 12, 18)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, **kwargs) -> ConvNormAct:
+    return ConvNormAct(in_channels, out_channels, kernel_size, norm_layer=nn.BatchNorm2d, **kwargs)
 
 
 class ASPP(nn.Module):
@@ -46,12 +50,12 @@ class ASPP(nn.Module):
     ):
         super().__init__()
         self.branches = nn.ModuleList(
-            [ConvBNReLU(in_channels, out_channels, 1)]
-            + [ConvBNReLU(in_channels, out_channels, 3, dilation=r, separable=separable) for r in rates]
+            [_conv_bn_relu(in_channels, out_channels, 1)]
+            + [_conv_bn_relu(in_channels, out_channels, 3, dilation=r, separable=separable) for r in rates]
         )
         self.pool_conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
         self.project = nn.Sequential(
-            ConvBNReLU((len(rates) + 2) * out_channels, out_channels, 1), nn.Dropout(dropout)
+            _conv_bn_relu((len(rates) + 2) * out_channels, out_channels, 1), nn.Dropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,13 +104,13 @@ class DeepLabV3Plus(nn.Module):
         self.aspp = ASPP(
             backbone.out_channels["c5"], aspp_channels, atrous_rates, separable=separable, dropout=dropout
         )
-        self.low_level = ConvBNReLU(backbone.out_channels["c2"], low_level_channels, 1)
+        self.low_level = _conv_bn_relu(backbone.out_channels["c2"], low_level_channels, 1)
         self.up = make_upsample(upsample, aspp_channels, aspp_channels, stride5 // stride2)
         if decoder_convs < 1:
             raise ValueError(f"decoder_convs must be >= 1, got {decoder_convs}")
         widths = [aspp_channels + low_level_channels] + [decoder_channels] * decoder_convs
         self.decoder = nn.Sequential(
-            *(ConvBNReLU(c_in, c_out, 3, separable=separable) for c_in, c_out in itertools.pairwise(widths))
+            *(_conv_bn_relu(a, b, 3, separable=separable) for a, b in itertools.pairwise(widths))
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
         self.final_up = make_upsample(upsample, num_classes, num_classes, stride2)

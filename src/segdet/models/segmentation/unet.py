@@ -24,13 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segdet.models.backbones import Backbone
-from segdet.models.segmentation.layers import ConvBNReLU
+from segdet.models.layers import ConvNormAct
 from segdet.models.segmentation.upsampling import make_upsample
 
 
 def _double_conv(in_channels: int, out_channels: int, norm: bool) -> nn.Sequential:
+    norm_layer = nn.BatchNorm2d if norm else None
     return nn.Sequential(
-        ConvBNReLU(in_channels, out_channels, norm=norm), ConvBNReLU(out_channels, out_channels, norm=norm)
+        ConvNormAct(in_channels, out_channels, norm_layer=norm_layer),
+        ConvNormAct(out_channels, out_channels, norm_layer=norm_layer),
     )
 
 
@@ -93,8 +95,8 @@ class UNetDecoderBlock(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsample: str, scale: int):
         super().__init__()
         self.up = make_upsample(upsample, in_channels, in_channels, scale)
-        self.conv1 = ConvBNReLU(in_channels + skip_channels, out_channels)
-        self.conv2 = ConvBNReLU(out_channels, out_channels)
+        self.conv1 = ConvNormAct(in_channels + skip_channels, out_channels, norm_layer=nn.BatchNorm2d)
+        self.conv2 = ConvNormAct(out_channels, out_channels, norm_layer=nn.BatchNorm2d)
 
     def forward(self, x: Tensor, size: tuple[int, int], skip: Tensor | None) -> Tensor:
         x = self.up(x, size)

@@ -1,0 +1,119 @@
+"""Turning scored candidate boxes into detections: the steps every detector's inference shares.
+
+1. **score threshold and top-k**: of a set of scores, keep the ``k`` highest that exceed
+   ``score_thresh`` (:func:`topk_above`), separately for each pyramid level (:func:`topk_per_level`:
+   RPN proposals, RetinaNet) or each class (SSD), so that the dense lowest levels cannot crowd out the
+   others and NMS stays cheap;
+2. **non-maximum suppression per (image, class)** and a **per-image cap** (:func:`select_detections`):
+   the candidates of all images of the batch in one ``batched_nms`` call whose groups are ``(image,
+   class)`` pairs, so that boxes of different images or classes never suppress each other, exactly as
+   a loop over images and classes would; then the ``detections_per_img`` best of each image.
+
+The selections equal torchvision's per-image loops (``RoIHeads.postprocess_detections``,
+``RetinaNet.postprocess_detections``, ``SSD.postprocess_detections``), up to the order of exactly tied
+scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from segdet.ops.nms import batched_nms
+
+
+def image_bounds(image_sizes: Sequence[tuple[int, int]], images: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[R, 4]`` upper bounds ``(w, h, w, h)`` of the image (``(h, w)`` in ``image_sizes``) of each of
+    ``R`` candidates, ``images`` its index; clip with ``torch.minimum(boxes.clamp(min=0), bounds)``
+    (torchvision's ``clip_boxes_to_image``, for boxes of several images at once)."""
+    sizes = torch.as_tensor(image_sizes, dtype=dtype, device=images.device).reshape(-1, 2)
+    return sizes[images].flip(1).repeat(1, 2)
+
+
+def topk_above(scores: Tensor, k: int, score_thresh: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k' = min(k, M)`` highest of each row of ``scores`` (``[..., M]``) that exceed
+    ``score_thresh`` (strictly; ``None``: no threshold).
+
+    Returns ``(values, indices, valid)``, each ``[..., k']``, by decreasing score: ``valid`` is False for
+    the slots a row fills with scores at or under the threshold (it has fewer than ``k'`` above it).
+    Equal, row by row, to torchvision's ``scores[scores > t].topk(min(k, count))``.
+    """
+    k = min(k, scores.shape[-1])
+    if score_thresh is None:
+        values, indices = scores.topk(k, dim=-1)
+        return values, indices, torch.ones_like(values, dtype=torch.bool)
+    # Scores at or under the threshold sort last; they come back only to fill rows with fewer than k.
+    masked = scores.masked_fill(scores <= score_thresh, float("-inf"))
+    values, indices = masked.topk(k, dim=-1)
+    return values, indices, values > score_thresh
+
+
+def topk_per_level(
+    scores: Tensor, level_sizes: Sequence[int], k: int, score_thresh: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`topk_above` for each level of ``scores`` (``[N, Σ_l M_l]``, levels of ``M_l`` columns).
+
+    Returns ``(values, indices, valid, levels)``: the first three ``[N, Σ_l k_l]`` with ``indices``
+    into the ``Σ_l M_l`` columns (level 0's candidates first), and ``levels`` ``[Σ_l k_l]``, the level
+    of each column (the same for every image).
+    """
+    values, indices, valid, counts = [], [], [], []
+    offset = 0
+    for level in scores.split(list(level_sizes), dim=1):
+        v, i, ok = topk_above(level, k, score_thresh)
+        values.append(v)
+        indices.append(i + offset)
+        valid.append(ok)
+        counts.append(v.shape[1])
+        offset += level.shape[1]
+    levels = torch.repeat_interleave(
+        torch.arange(len(counts), device=scores.device), torch.tensor(counts, device=scores.device)
+    )
+    return torch.cat(values, dim=1), torch.cat(indices, dim=1), torch.cat(valid, dim=1), levels
+
+
+def select_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    images: Tensor,
+    num_images: int,
+    num_labels: int,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> list[dict[str, Tensor]]:
+    """NMS per (image, class), then the ``detections_per_img`` best per image (module docstring).
+
+    Args:
+        boxes: ``[R, 4]`` xyxy candidate boxes of all images.
+        scores, labels, images: ``[R]`` each candidate's score, class (``< num_labels``) and image.
+        num_images: the batch size (images without candidates get empty results).
+        num_labels: an upper bound of the labels (groups are ``image * num_labels + label``).
+        nms_thresh: IoU above which the lower-scoring box of a group is suppressed.
+        detections_per_img: the cap per image.
+
+    Returns:
+        per image ``{"boxes", "scores", "labels"}`` by decreasing score.
+    """
+    device = boxes.device
+    # batched_nms separates groups by shifting each one by group * (max coordinate + 1); with groups
+    # (image, class) these shifts reach ~1e6 px, where float32 would round boxes by ~0.06 px and change
+    # IoUs near the threshold. In float64 the shift is exact to ~1e-10 px.
+    groups = images * num_labels + labels
+    keep = batched_nms(boxes.double(), scores.double(), groups, nms_thresh)  # by decreasing score
+    # Group by image keeping the score order (stable sort), then keep each image's best ones.
+    keep = keep[torch.sort(images[keep], stable=True).indices]
+    per_image = torch.bincount(images[keep], minlength=num_images)
+    starts = torch.cumsum(per_image, 0) - per_image
+    rank = torch.arange(len(keep), device=device) - starts[images[keep]]
+    keep = keep[rank < detections_per_img]
+
+    counts = torch.bincount(images[keep], minlength=num_images).tolist()
+    return [
+        {"boxes": b, "scores": s, "labels": lab}
+        for b, s, lab in zip(
+            boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts), strict=True
+        )
+    ]
