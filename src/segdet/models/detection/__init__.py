@@ -43,7 +43,13 @@ from segdet.models.detection.ssd import (
     ssdlite320_mobilenet_v3_large,
 )
 from segdet.models.detection.transform import DetectionTransform
-from segdet.models.detection.yolo import YOLOv1, YOLOv1Settings, yolov1, yolov1_resnet50
+from segdet.models.detection.yolo import (
+    YOLOv1,
+    YOLOv1Settings,
+    yolov1,
+    yolov1_mobilenet_v3_large,
+    yolov1_resnet50,
+)
 
 __all__ = [
     "SSD",
@@ -79,5 +85,6 @@ __all__ = [
     "ssd512_vgg16",
     "ssdlite320_mobilenet_v3_large",
     "yolov1",
+    "yolov1_mobilenet_v3_large",
     "yolov1_resnet50",
 ]

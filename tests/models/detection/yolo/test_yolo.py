@@ -116,12 +116,14 @@ def test_paper_architecture():
     [
         ("yolov1", TINY),
         ("yolov1_resnet50", {"backbone": "resnet18", "head": "conv", "head_channels": 32, "size": (96, 96)}),
+        ("yolov1_mobilenet_v3_large", {"grid_size": 3, "head_channels": 32, "size": (96, 96)}),
     ],
 )
 def test_yolov1_builds_trains_and_evaluates(name, options, smoke_train):
-    """Built by name (the paper's head, and the convolutional one on a ResNet-18: a 3 x 3 grid at 96
-    px): finite positive losses with gradients on images of different sizes; on a background-only batch
-    only the no-object loss is non-zero; in eval, labels in 0..C-1 and boxes inside the image."""
+    """Built by name (the paper's head, and the convolutional one on a ResNet-18 and a MobileNetV3: a
+    3 x 3 grid at 96 px): finite positive losses with gradients on images of different sizes; on a
+    background-only batch only the no-object loss is non-zero; in eval, labels in 0..C-1 and boxes inside
+    the image."""
     assert name in MODELS
     model = build(name, num_classes=3, **options)
     losses = smoke_train(model, 3)

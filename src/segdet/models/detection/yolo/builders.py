@@ -5,6 +5,8 @@
 * ``yolov1_resnet50``: a ResNet (``backbone`` resnet18/34/50/101; ImageNet weights with
   ``backbone_weights``) whose ``C5`` (stride 32) feeds the head: the paper's ``"fc"`` head by default,
   or the fully convolutional ``"conv"`` one (then ``S`` is naturally ``size / 32``).
+* ``yolov1_mobilenet_v3_large``: MobileNetV3-Large's last map (stride 32, 960 channels) and the
+  ``"conv"`` head: the fastest YOLO v1 on a CPU (the race against YOLOv8n, ``benchmarks/yolov8n_race.py``).
 
 Settings (both): ``grid_size`` (``S``), ``boxes_per_cell`` (``B``), ``size`` (input ``(H, W)``),
 ``head`` (``"fc"`` / ``"conv"``), ``head_channels`` (1024), ``fc_channels`` (4096), ``dropout`` (after
@@ -19,7 +21,7 @@ import math
 
 from torch import nn
 
-from segdet.models.detection.backbone_fpn import resnet_body
+from segdet.models.detection.backbone_fpn import mobilenet_body, resnet_body
 from segdet.models.detection.settings import check_num_classes, pretrained_defaults, with_settings
 from segdet.models.detection.yolo.darknet import Darknet20, scaled
 from segdet.models.detection.yolo.head import YOLOv1Head
@@ -134,4 +136,44 @@ def yolov1_resnet50(
         fc_channels=fc_channels,
         dropout=dropout,
         batch_norm=batch_norm,
+    )
+
+
+@with_settings(YOLOv1Settings, size=(640, 640))
+def yolov1_mobilenet_v3_large(
+    num_classes: int,
+    *,
+    backbone_weights: object = None,
+    trainable_layers: int | None = None,
+    grid_size: int = 20,
+    boxes_per_cell: int = 2,
+    head: str = "conv",
+    head_channels: int = 256,
+    fc_channels: int = 4096,
+    dropout: float = 0.5,
+    settings: YOLOv1Settings,
+) -> YOLOv1:
+    """YOLO v1 on MobileNetV3-Large (Howard et al. 2019), 640 x 640 input, a 20 x 20 grid; see the module
+    docstring. ``trainable_layers``: the last ``t`` of its 6 stages train (default all from scratch, 3
+    with ``backbone_weights``)."""
+    check_num_classes(num_classes)
+    # torchvision's stage 5: the output of the last block (the 1x1 convolution to 960 channels).
+    default_trainable = 3 if backbone_weights is not None else 6
+    body = mobilenet_body(
+        returned_layers=(5,),
+        trainable_layers=default_trainable if trainable_layers is None else trainable_layers,
+        weights=backbone_weights,
+    )
+    return _yolov1(
+        num_classes,
+        body,
+        body.out_channels[body.out_features[-1]],
+        settings,
+        grid_size=grid_size,
+        boxes_per_cell=boxes_per_cell,
+        head=head,
+        head_channels=head_channels,
+        fc_channels=fc_channels,
+        dropout=dropout,
+        batch_norm=True,
     )
