@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from segdet.cli.train import build_task
+from segdet.engine.tasks import build_task
 from segdet.engine.config import load_config
 from segdet.engine.perf import tune_malloc
 from segdet.engine.trainer import Trainer

@@ -131,27 +131,24 @@ def test_show_and_predict_report_unreadable_images_and_go_on(tmp_path, capsys, t
     assert len(list((tmp_path / "pred" / "labels").glob("*.png"))) == 2
 
 
-def test_predict_caps_the_image_size(tmp_path, capsys, tiny_segmentation_run):
+def test_predict_caps_the_image_size(tmp_path, capsys, monkeypatch, tiny_segmentation_run):
     """Item 15: ``predict`` ran a 4000 x 3000 image at full resolution. Now an image whose longer side
     exceeds ``--max-size`` runs at that size and its label map is scaled back to the image's size."""
-    import segdet.cli.predict as predict
+    from segdet.engine.segmentation import SegmentationTask
 
     image = tmp_path / "big.png"
     Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(image)
     seen = []
-    segment = predict.segment
+    infer = SegmentationTask.infer
 
     def spy(model, x, device, max_size):
         seen.append(max_size)
         wrapped = lambda batch: (seen.append(tuple(batch.shape[-2:])), model(batch))[1]  # noqa: E731
-        return segment(wrapped, x, device, max_size)
+        return infer(wrapped, x, device, max_size)
 
-    predict.segment = spy
-    try:
-        argv = ["predict", tiny_segmentation_run / "last.safetensors", image, "--out", tmp_path / "p"]
-        code, _, _ = run_cli(capsys, *argv, "--max-size", "100")
-    finally:
-        predict.segment = segment
+    monkeypatch.setattr(SegmentationTask, "infer", staticmethod(spy))
+    argv = ["predict", tiny_segmentation_run / "last.safetensors", image, "--out", tmp_path / "p"]
+    code, _, _ = run_cli(capsys, *argv, "--max-size", "100")
     assert code == 0 and seen == [100, (75, 100)]
     with Image.open(tmp_path / "p" / "labels" / "big.png") as labels:
         assert labels.size == (400, 300)

@@ -275,8 +275,7 @@ PRESETS = {
         min_size=(48, 64, 80), max_size=100, crop_size=40, photometric=True
     ),
     "detection_eval": lambda: T.detection_eval(72, 100),
-    "letterbox_train": lambda: T.letterbox_train(96),
-    "letterbox_eval": lambda: T.letterbox_eval(80),
+    "detection_train_model_resizes": lambda: T.detection_train(None, photometric=True),
     "segmentation_train": lambda: T.segmentation_train(48, scale_range=(0.5, 1.5)),
     "segmentation_eval": lambda: T.segmentation_eval(50),
 }
@@ -297,12 +296,12 @@ def test_presets_end_to_end(shapes_dataset, name):
     for i in range(len(ds)):
         image, target = ds[i]
         assert image.dtype == torch.float32
-        if name.startswith("letterbox"):
-            assert image.shape[-2:] == ((96, 96) if name == "letterbox_train" else (80, 80))
+        if name == "detection_train_model_resizes":  # segdet train's detection preset: no resize
+            assert image.shape[-2:] == (64, 64)
         if name == "segmentation_train":
             assert image.shape[-2:] == (48, 48)
         assert set(target["semantic"].unique().tolist()) <= SEM_VALUES | {255}
         assert isinstance(target["semantic"], T.SemanticMask)
         assert_aligned(image, target, box_tol=None)
-        if name in ("detection_eval", "segmentation_eval", "letterbox_eval"):
+        if name in ("detection_eval", "segmentation_eval", "detection_train_model_resizes"):
             assert len(target["boxes"]) == len(shapes_dataset.images[i].instances)

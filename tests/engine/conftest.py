@@ -68,12 +68,13 @@ def _config(root: Path, task: str, model: dict, size: int) -> object:
 def trained_detector(tmp_path_factory) -> Path:
     """A Mask R-CNN checkpoint trained on the run's 4 validation images (the ones ``segdet eval``
     scores), 50 AdamW steps of the full batch (the convergence test's set-up)."""
-    from segdet.engine.detection import DetectionTask, detection_transforms
+    from segdet.data import transforms as T
+    from segdet.engine.detection import DetectionTask
 
     root = tmp_path_factory.mktemp("detector")
     cfg = _config(root, "instance", DETECTOR, 64)
     task = DetectionTask(cfg)
-    samples = SegDetDataset(task.val_ann, detection_transforms(train=False), masks=True)
+    samples = SegDetDataset(task.val_ann, T.detection_eval(None), masks=True)
     batch = task.to_device(collate_detection([samples[i] for i in range(len(samples))]), torch.device("cpu"))
     model = task.build_model()
     _fit(model, cfg, 50, lambda: task.loss(model, batch)[0])

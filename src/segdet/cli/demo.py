@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from segdet.engine.run_folder import claim_run_dir
-    from segdet.engine.segmentation import SegmentationTask
+    from segdet.engine.tasks import build_task
     from segdet.engine.trainer import Trainer
 
     cfg = demo_config(args)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         f"[4/7] training {cfg.model.name} ({cfg.model.kwargs['backbone']}) for up to {args.epochs} epochs "
         f"/ {args.minutes:g} minutes on synthetic shapes ..."
     )
-    summary = Trainer(cfg, SegmentationTask(cfg)).fit()
+    summary = Trainer(cfg, build_task(cfg)).fit()
     metrics = summary["last_metrics"]
     print(
         f"      validation: mIoU {metrics['mIoU']:.3f}, mean Dice {metrics['mDice']:.3f}, "
@@ -182,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _instance_run(args: argparse.Namespace) -> None:
-    from segdet.engine.detection import DetectionTask
     from segdet.engine.run_folder import claim_run_dir
+    from segdet.engine.tasks import build_task
     from segdet.engine.trainer import Trainer
 
     cfg = instance_config(args)
@@ -192,7 +192,7 @@ def _instance_run(args: argparse.Namespace) -> None:
         f"[6/7] training Mask R-CNN ({cfg.model.kwargs['backbone']} FPN) for up to {args.instance_epochs} "
         f"epochs / {args.instance_minutes:g} minutes on synthetic shapes ..."
     )
-    summary = Trainer(cfg, DetectionTask(cfg)).fit()
+    summary = Trainer(cfg, build_task(cfg)).fit()
     metrics = summary["last_metrics"]
     print(
         f"      validation (COCO): box AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}; "
@@ -210,12 +210,12 @@ def _draw_detections(run_dir: Path, count: int, score_thresh: float = 0.5) -> Pa
     import torch
 
     from segdet.data.io import load_image
-    from segdet.engine.detection import DetectionTask
     from segdet.engine.inference import load_trained
+    from segdet.engine.tasks import build_task
     from segdet.ops.draw import draw_detections, save_png
 
     trained = load_trained(run_dir / "best.safetensors")
-    task = DetectionTask(trained.config)
+    task = build_task(trained.config)
     dataset = task.val_dataset()
     out = run_dir / "predictions"
     for i in range(min(count, len(dataset))):
@@ -243,11 +243,11 @@ def _predict(run_dir: Path, count: int) -> Path:
     import torch
 
     from segdet.engine.inference import load_trained
-    from segdet.engine.segmentation import SegmentationTask
+    from segdet.engine.tasks import build_task
     from segdet.ops.draw import overlay_semantic, save_png
 
     trained = load_trained(run_dir / "best.safetensors")
-    task = SegmentationTask(trained.config)
+    task = build_task(trained.config)
     dataset = task.val_dataset()
     out = run_dir / "predictions"
     n = len(trained.classes)

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from segdet.engine.config import DataSplit
+    from segdet.engine.tasks import evaluation_task
     from segdet.errors import ConfigError, DataError
 
     if args.batch_size < 1:
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
         )
         cfg.data.synthetic = 0
-    task = _detection_task(cfg, trained) if cfg.task != "segmentation" else _segmentation_task(cfg, args)
+    task = evaluation_task(cfg, trained.classes, data_given=bool(args.data))
     errors = task.val_ann.errors if task.val_ann is not None else []
     if errors and not args.skip_bad:
         first = errors[0]
@@ -95,35 +96,3 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))
     return 0
-
-
-def _segmentation_task(cfg, args: argparse.Namespace):
-    from segdet.engine.data_splits import load_split
-    from segdet.engine.segmentation import SegmentationTask
-
-    if args.data:
-        cfg.data.train = cfg.data.val  # the task needs a training split to learn the class list from
-        cfg.data.val_fraction = 0.0
-    task = SegmentationTask(cfg)
-    if args.data:
-        task.val_ann = load_split(cfg, "val")
-    return task
-
-
-def _detection_task(cfg, trained):
-    """The run's validation split (or ``--data``) as a detection task whose classes must be the
-    checkpoint's: a label index means the same class in both."""
-    from segdet.engine.data_splits import load_split, train_val_splits
-    from segdet.engine.detection import DetectionTask
-    from segdet.errors import ConfigError
-
-    val = load_split(cfg, "val") if cfg.data.val is not None and cfg.data.val.path else None
-    if val is None:
-        _, val = train_val_splits(cfg)  # the run's own held-out or synthetic validation images
-    if val is None:
-        raise ConfigError("no evaluation data: the run had no validation split; give --data PATH")
-    if list(val.classes) != list(trained.classes):
-        raise ConfigError(
-            f"the evaluation set's classes {val.classes} are not the checkpoint's {trained.classes}"
-        )
-    return DetectionTask(cfg, splits=(val, val))

@@ -64,16 +64,15 @@ def list_images(inputs: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from segdet.data.paths import distinct_stems
+    from segdet.engine.tasks import task_class
 
     images = list_images(args.inputs)
     output_dir(args.out, overwrite=args.overwrite, sources=args.inputs, inside_ok=True)
     names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
     trained, device = inference_options.load(args)
     start = time.perf_counter()
-    if trained.config.task != "segmentation":
-        skipped = predict_detections(trained, images, args, device, names)
-    else:
-        skipped = predict_segmentation(trained, images, args, device, names)
+    write = _writers()[task_class(trained.config.task)]
+    skipped = write(trained, images, args, device, names)
     print(inference_options.timing(skipped.done, time.perf_counter() - start, device, "predicted"))
     return skipped.report()
 
@@ -84,17 +83,14 @@ def predict_segmentation(
     """Label PNGs (class indices) and overlays (named ``names``) of ``trained`` on ``images``."""
     import numpy as np
     from PIL import Image
-    from torchvision.transforms import v2
 
-    from segdet.data import transforms as T
+    from segdet.engine.segmentation import SegmentationTask
     from segdet.errors import SegdetError
     from segdet.ops.draw import overlay_semantic, save_png
 
     max_size = args.max_size if args.max_size is not None else trained.config.data.max_size
     if max_size < 1:
         raise SegdetError(f"--max-size must be at least 1, got {max_size}")
-    # the evaluation preset's image steps: float [0, 1], then ImageNet normalisation
-    preprocess = v2.Normalize(mean=list(T.IMAGENET_MEAN), std=list(T.IMAGENET_STD))
     (args.out / "labels").mkdir(parents=True, exist_ok=True)
     num_classes = len(trained.classes)
     skipped = Skipped(len(images))
@@ -102,7 +98,7 @@ def predict_segmentation(
         raw = skipped.load(path)
         if raw is None:
             continue
-        pred = segment(trained.model, preprocess(raw.float().div(255.0)), device, max_size)
+        pred = SegmentationTask.infer(trained.model, raw, device, max_size)
         Image.fromarray(pred.numpy().astype(np.uint8 if num_classes <= 256 else np.uint16)).save(
             args.out / "labels" / f"{name}.png"
         )
@@ -115,25 +111,6 @@ def predict_segmentation(
         f"overlays in {args.out / 'overlays'}"
     )
     return skipped
-
-
-def segment(model, image, device, max_size: int):
-    """The label map (``H x W``, on the CPU) of one normalised ``3 x H x W`` image. An image whose
-    longer side exceeds ``max_size`` runs at that size (antialiased resize) and its label map is scaled
-    back to ``H x W`` (nearest): memory and time stay bounded whatever the image's size."""
-    import torch
-    import torch.nn.functional as F
-    from torchvision.transforms.v2 import functional as TF
-
-    h, w = image.shape[-2:]
-    scale = max_size / max(h, w)
-    if scale < 1:
-        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
-    with torch.no_grad():
-        labels = model(image.unsqueeze(0).to(device)).argmax(1, keepdim=True)
-    if labels.shape[-2:] != (h, w):
-        labels = F.interpolate(labels.float(), size=(h, w), mode="nearest").long()
-    return labels[0, 0].cpu()
 
 
 class Skipped:
@@ -203,9 +180,7 @@ def predict_detections(
     """Detections of ``trained`` on ``images``: overlays (named ``names``) and ``predictions.json``."""
     import json
 
-    import torch
-
-    from segdet.engine.detection import detections_to_coco
+    from segdet.engine.detection import DetectionTask, detections_to_coco
     from segdet.ops.draw import draw_detections, save_png
 
     masks = trained.config.task == "instance"
@@ -216,8 +191,7 @@ def predict_detections(
         raw = skipped.load(path)
         if raw is None:
             continue
-        with torch.no_grad():
-            output = trained.model([raw.float().div(255.0).to(device)])[0]
+        output = DetectionTask.infer(trained.model, raw, device)
         for entry in detections_to_coco(
             output, image_id, trained.category_ids, masks=masks, score_thresh=args.json_thresh
         ):
@@ -240,3 +214,10 @@ def predict_detections(
         f"{args.out / 'overlays'}"
     )
     return skipped
+
+
+def _writers() -> dict:
+    from segdet.engine.detection import DetectionTask
+    from segdet.engine.segmentation import SegmentationTask
+
+    return {SegmentationTask: predict_segmentation, DetectionTask: predict_detections}

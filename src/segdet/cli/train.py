@@ -22,21 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_task(cfg):
-    """The task object of ``cfg.task`` (segmentation, detection or instance)."""
-    if cfg.task == "segmentation":
-        from segdet.engine.segmentation import SegmentationTask
-
-        return SegmentationTask(cfg)
-    from segdet.engine.detection import DetectionTask
-
-    return DetectionTask(cfg)
-
-
 def run(args: argparse.Namespace) -> int:
     from segdet.engine import distributed
     from segdet.engine.config import load_config
     from segdet.engine.run_folder import claim_run_dir
+    from segdet.engine.tasks import build_task
     from segdet.engine.trainer import Trainer, select_device
 
     config, overrides = args.config, list(args.overrides)

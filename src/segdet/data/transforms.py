@@ -63,9 +63,7 @@ __all__ = [
     "detection_eval",
     "detection_train",
     "fills",
-    "letterbox_eval",
     "letterbox_params",
-    "letterbox_train",
     "per_object_fields",
     "random_crop",
     "segmentation_eval",
@@ -273,7 +271,7 @@ def _finish(steps: list, normalize: bool, mean: Sequence[float], std: Sequence[f
 
 # ----------------------------------------------------------------------------------------- presets
 def detection_train(
-    min_size: int | Sequence[int] = MULTISCALE_SIZES,
+    min_size: int | Sequence[int] | None = MULTISCALE_SIZES,
     max_size: int = 1333,
     *,
     hflip: float = 0.5,
@@ -283,59 +281,34 @@ def detection_train(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """Two-stage / RetinaNet-style training: optional photometric distortion (SSD's), optional random
-    crop (:func:`random_crop`, before resizing), multi-scale :class:`ResizeShortestEdge`, horizontal
-    flip with probability ``hflip``; float [0, 1] output (normalised only with ``normalize``)."""
+    """Detection training: optional photometric distortion (SSD's), optional random crop
+    (:func:`random_crop`, before resizing), multi-scale :class:`ResizeShortestEdge` (``min_size=None``:
+    none, for models that resize their inputs themselves, as segdet's and torchvision's detectors do),
+    horizontal flip with probability ``hflip`` (none at 0); boxes clamped to the image and degenerate
+    objects dropped with their masks; float [0, 1] output (normalised only with ``normalize``).
+    ``segdet train`` uses it with ``min_size=None`` for every detector."""
     steps: list = [v2.RandomPhotometricDistort()] if photometric else []
     if crop_size is not None:
         steps.append(random_crop(crop_size))
-    steps += [ResizeShortestEdge(min_size, max_size), v2.RandomHorizontalFlip(hflip)]
+    if min_size is not None:
+        steps.append(ResizeShortestEdge(min_size, max_size))
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
     return _finish(steps, normalize, mean, std)
 
 
 def detection_eval(
-    min_size: int = 800,
+    min_size: int | None = 800,
     max_size: int = 1333,
     *,
     normalize: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """Evaluation resize (shorter side ``min_size``, longer at most ``max_size``), float [0, 1]."""
-    return _finish([ResizeShortestEdge(min_size, max_size)], normalize, mean, std)
-
-
-def letterbox_train(
-    size: int = 640,
-    *,
-    scale_range: tuple[float, float] = (0.5, 1.5),
-    hflip: float = 0.5,
-    photometric: bool = True,
-    normalize: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> v2.Compose:
-    """YOLO-style training at a fixed ``size x size``: the longer side resized to ``size * f``,
-    ``f ~ U(scale_range)`` (the letterbox fit times YOLO's affine ``scale`` gain), a random ``size`` crop
-    padded with 114 (a random translation when the image is smaller), horizontal flip, photometric
-    distortion; float [0, 1] output."""
-    steps: list = [RandomScale(scale_range, base_size=size, edge="long")]
-    steps.append(random_crop(size, fill=LETTERBOX_FILL))
-    steps.append(v2.RandomHorizontalFlip(hflip))
-    if photometric:
-        steps.append(v2.RandomPhotometricDistort())
+    """Evaluation resize (shorter side ``min_size``, longer at most ``max_size``; ``None``: none, for
+    models that resize their inputs themselves), float [0, 1]."""
+    steps = [] if min_size is None else [ResizeShortestEdge(min_size, max_size)]
     return _finish(steps, normalize, mean, std)
-
-
-def letterbox_eval(
-    size: int = 640,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> v2.Compose:
-    """:class:`Letterbox` to ``size x size`` (recorded in ``target["letterbox"]``), float [0, 1]."""
-    return _finish([Letterbox(size)], normalize, mean, std)
 
 
 def segmentation_train(

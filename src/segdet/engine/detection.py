@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from segdet.data import transforms as T
 from segdet.data.collate import collate_detection
 from segdet.data.dataset import SegDetDataset, cached
 from segdet.data.structures import AnnotationSet
@@ -40,21 +41,6 @@ MASK_THRESHOLD = 0.5
 BOX_METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
 #: ... and for masks (prefixed ``mask_``).
 MASK_METRICS = {"mask_AP": 0, "mask_AP50": 1, "mask_AP75": 2}
-
-
-def detection_transforms(*, train: bool, hflip: float = 0.5, photometric: bool = False) -> v2.Compose:
-    """Training: optional photometric distortion (SSD's), horizontal flip with probability ``hflip``;
-    then boxes clamped to the image and degenerate objects (a side under one pixel) dropped with their
-    masks, for training and evaluation alike."""
-    from segdet.data.transforms import SanitizeTargets
-
-    steps: list = []
-    if train:
-        if photometric:
-            steps.append(v2.RandomPhotometricDistort())
-        if hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(hflip))
-    return v2.Compose([*steps, v2.ClampBoundingBoxes(), SanitizeTargets()])
 
 
 def detections_to_coco(
@@ -182,7 +168,9 @@ class DetectionTask:
 
     def train_dataset(self) -> Dataset:
         d = self.cfg.data
-        tf = detection_transforms(train=True, hflip=d.hflip, photometric=d.photometric)
+        # The detectors resize their inputs themselves (min_size / max_size): the pipeline only flips
+        # and, optionally, distorts colours.
+        tf = T.detection_train(None, hflip=d.hflip, photometric=d.photometric)
         return cached(SegDetDataset(self.train_ann, tf, masks=self.masks, strict=d.strict), d.cache)
 
     def val_dataset(self) -> Dataset | None:
@@ -221,6 +209,13 @@ class DetectionTask:
         return [t["image_id"] for t in batch[1]]
 
     # ------------------------------------------------------------------------------------------ loss
+    @staticmethod
+    def infer(model: nn.Module, image: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """The detections of one ``uint8`` ``3 x H x W`` image (float ``[0, 1]``: the detector normalises
+        and resizes it itself), in the image's pixels."""
+        with torch.no_grad():
+            return model([image.float().div(255.0).to(device)])[0]
+
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The sum of the model's losses (RPN objectness and box regression, RoI classification and
         box regression, and the mask loss for Mask R-CNN), and each of them detached (left on the

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segdet.data.collate import collate_segmentation
 from segdet.data.dataset import SegDetDataset, cached
+from segdet.data.structures import AnnotationSet
 from segdet.engine.config import Config
 from segdet.engine.data_splits import train_val_splits
 from segdet.errors import ConfigError, SegdetError
@@ -40,13 +41,19 @@ def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.
 
 
 class SegmentationTask:
-    """Plugs semantic segmentation into :class:`segdet.engine.trainer.Trainer`."""
+    """Plugs semantic segmentation into :class:`segdet.engine.trainer.Trainer`.
+
+    ``splits``: ``(train, val)`` annotation sets to use instead of the config's data section (``segdet
+    eval`` passes the set to evaluate on).
+    """
 
     best_metric = "mIoU"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(
+        self, cfg: Config, *, splits: tuple[AnnotationSet, AnnotationSet | None] | None = None
+    ) -> None:
         self.cfg = cfg
-        self.train_ann, self.val_ann = train_val_splits(cfg)
+        self.train_ann, self.val_ann = splits if splits is not None else train_val_splits(cfg)
         self.ignore_index = self.train_ann.ignore_index
         self.classes = list(self.train_ann.semantic_classes)
         self.num_classes = cfg.model.num_classes or len(self.classes)
@@ -115,6 +122,29 @@ class SegmentationTask:
 
     def batch_image_ids(self, batch: Any) -> list:
         return list(batch[2])
+
+    # ------------------------------------------------------------------------------------- inference
+    @staticmethod
+    def infer(model: nn.Module, image: torch.Tensor, device: torch.device, max_size: int) -> torch.Tensor:
+        """The label map (``H x W`` class indices, on the CPU) of one ``uint8`` ``3 x H x W`` image,
+        pre-processed as in evaluation (:func:`segdet.data.transforms.segmentation_eval`). An image whose
+        longer side exceeds ``max_size`` runs at that size (antialiased resize) and its label map is scaled
+        back to ``H x W`` (nearest): memory and time stay bounded whatever the image's size."""
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
+        from segdet.data import transforms as T
+
+        image = T.segmentation_eval()(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+        h, w = image.shape[-2:]
+        scale = max_size / max(h, w)
+        if scale < 1:
+            image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        with torch.no_grad():
+            labels = model(image.unsqueeze(0).to(device)).argmax(1, keepdim=True)
+        if labels.shape[-2:] != (h, w):
+            labels = F.interpolate(labels.float(), size=(h, w), mode="nearest").long()
+        return labels[0, 0].cpu()
 
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
