@@ -29,9 +29,9 @@ import time
 
 import torch
 
-from segdet.engine.tasks import build_task
 from segdet.engine.config import load_config
 from segdet.engine.perf import tune_malloc
+from segdet.engine.tasks import build_task
 from segdet.engine.trainer import Trainer
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from segdet.data import transforms as T
 from segdet.data.collate import collate_detection

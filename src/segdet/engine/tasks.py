@@ -1,13 +1,10 @@
 """The one place that knows the tasks: ``cfg.task`` -> the class that plugs it into training,
 evaluation and prediction.
 
-==================  ============================================  ==========================================
-``task``            class                                         predicts, per image
-==================  ============================================  ==========================================
-``segmentation``    :class:`~segdet.engine.segmentation.SegmentationTask`  a label map (``H x W`` class indices)
-``detection``       :class:`~segdet.engine.detection.DetectionTask`        boxes, labels, scores
-``instance``        :class:`~segdet.engine.detection.DetectionTask`        boxes, labels, scores and masks
-==================  ============================================  ==========================================
+* ``segmentation``: :class:`~segdet.engine.segmentation.SegmentationTask`; per image a label map
+  (``H x W`` class indices);
+* ``detection``: :class:`~segdet.engine.detection.DetectionTask`; boxes, labels and scores;
+* ``instance``: :class:`~segdet.engine.detection.DetectionTask`; boxes, labels, scores and masks.
 
 A task class holds what differs between tasks (its data pipeline, loss, evaluation, and
 ``infer``: one image in, one prediction out); ``segdet train``, ``eval``, ``predict`` and ``demo`` ask
