@@ -145,5 +145,7 @@ def test_yolov1_overfits_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_centernet_overfits_shapes(tmp_path):
-    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=40, lr=0.004)
+    """80 steps: at 40 the AP50 sat at the bound (0.87-0.95 depending on the thread count and on a
+    last-bit change of the input's float conversion); at 80 it is 0.94 on one thread and on two."""
+    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=80, lr=0.004)
     assert metrics["AP50"] >= 0.9, metrics
