@@ -66,6 +66,8 @@ EASY: dict[str, object] = {
     "background": "plain",
     "occlusion": False,
 }
+#: The named settings a config chooses with ``data.synthetic_difficulty``.
+DIFFICULTIES: dict[str, dict[str, object]] = {"standard": {}, "easy": EASY}
 
 
 @dataclass
@@ -208,9 +210,7 @@ def _visible(bitmaps: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def _check_options(
-    min_objects: int, max_objects: int, radius: tuple[float, float], background: str
-) -> None:
+def _check_options(min_objects: int, max_objects: int, radius: tuple[float, float], background: str) -> None:
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     if len(radius) != 2 or not 0 < radius[0] <= radius[1] <= 1:
