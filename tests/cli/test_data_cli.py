@@ -211,28 +211,3 @@ def test_demo_data_part(tmp_path, capsys):
     assert code == 0, out
     assert "0 errors" in out
     assert len(list((tmp_path / "demo" / "annotations").glob("*.png"))) == 2
-
-
-def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
-    code, out, _ = run_cli(
-        capsys,
-        "demo",
-        "--out",
-        str(tmp_path / "demo"),
-        "--num-images",
-        "8",
-        "--size",
-        "48",
-        "--draw",
-        "2",
-        "--epochs",
-        "1",
-        "--instance-epochs",
-        "0",  # the Mask R-CNN run: tests/cli/test_demo_cli.py
-    )
-    assert code == 0, out
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert 0.0 <= metrics["mIoU"] <= 1.0
-    run = tmp_path / "demo" / "runs" / "unet_shapes"
-    assert (run / "best.safetensors").exists() and (run / "plots" / "loss.png").exists()
-    assert len(list((run / "predictions").glob("*.png"))) == 2

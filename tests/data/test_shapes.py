@@ -7,6 +7,7 @@ implicit shapes for the rasteriser's pixel-centre rule, the PNG files read back 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 
@@ -147,6 +148,71 @@ def test_write_coco_round_trip(tmp_path):
         assert sorted((o.label, *o.box) for o in r.instances) == sorted(
             (lab, *box) for lab, box in zip(s.labels, s.boxes, strict=True)
         )
+
+
+def test_defaults_are_unchanged():
+    """The difficulty knobs leave the default set byte for byte as before they existed: the SHA-256 of
+    8 rendered images (pixels, semantic masks, labels, boxes) computed with the generator before the
+    knobs were added (exact)."""
+    digest = hashlib.sha256()
+    for i in range(8):
+        s = shapes.render(i, seed=4, size=(48, 64))
+        for part in (s.image, s.semantic, np.asarray(s.labels, dtype=np.uint8), np.asarray(s.boxes)):
+            digest.update(part.tobytes())
+    assert digest.hexdigest() == "cd9340cbea5e842f7eb71b101bef50f54cfafed5f0775b293d1cb97248287fdf"
+
+
+def test_easy_setting():
+    """With :data:`shapes.EASY` over 40 images: 1-3 objects; each wholly inside the image (no mask pixel
+    on the border) and unoccluded (masks disjoint, and the mask is the whole convex shape: the
+    ground-truth checks of ``test_ground_truth_is_exact`` hold with no object hidden); the background is
+    one colour; a circle's box side is its diameter, ``2 r`` with ``r`` in ``EASY["radius"] * side``
+    (+-1 px of rasterisation); every class appears."""
+    low, high = shapes.EASY["radius"]
+    seen = Counter()
+    for i in range(40):
+        s = shapes.render(i, seed=9, size=64, **shapes.EASY)
+        assert 1 <= len(s.labels) <= 3
+        assert len(np.unique(s.background.reshape(-1, 3), axis=0)) == 1
+        union = np.zeros((64, 64), dtype=np.int64)
+        for label, mask, box in zip(s.labels, s.masks, s.boxes, strict=True):
+            assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+            assert box == bitmap_box(mask)
+            if label == 0:
+                width = box[2] - box[0]
+                assert 2 * low * 64 - 1 <= width <= 2 * high * 64 + 1
+            union += mask
+        assert union.max() <= 1
+        assert np.array_equal(union > 0, s.semantic > 0)
+        seen.update(s.labels)
+    assert set(seen) == {0, 1, 2, 3}
+
+
+def test_no_occlusion_never_empties_an_image():
+    """Shapes too large to fit inside the image: without occlusion the first shape is still kept (one
+    object per image), later ones are left out rather than overlapped."""
+    for i in range(10):
+        s = shapes.render(i, seed=1, size=32, radius=(0.9, 1.0), occlusion=False, max_objects=4)
+        assert len(s.labels) == 1 and s.masks[0].sum() >= shapes.MIN_VISIBLE_PIXELS
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_objects": 3, "max_objects": 2}, "min_objects"),
+        ({"radius": (0.3, 0.1)}, "radius"),
+        ({"radius": (0.0, 0.1)}, "radius"),
+        ({"background": "noise"}, "background"),
+    ],
+)
+def test_bad_options_are_refused(tmp_path, options, message):
+    """Bad knob values raise a ValueError naming the option, in render() and before generate() writes
+    anything."""
+    with pytest.raises(ValueError, match=message):
+        shapes.render(0, seed=0, size=32, **options)
+    with pytest.raises(ValueError, match=message):
+        shapes.generate(tmp_path / "out", 2, seed=0, size=32, **options)
+    assert not (tmp_path / "out").exists()
 
 
 def test_speed():

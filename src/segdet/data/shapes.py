@@ -19,6 +19,16 @@ an object only uncovers the others, so one removal pass is enough.)
 
 Image ``i`` of seed ``s`` is drawn from ``np.random.default_rng([s, i])`` alone: it is the same whether 3
 or 3000 images are generated.
+
+**Difficulty.** The defaults make a set that is hard for its size (up to 6 objects of 8-28 % of the
+image side, overlapping each other and the border, on textured backgrounds). Four knobs of
+:func:`render` / :func:`generate` / :func:`write` make it easier for a quick demonstration (``segdet
+demo``) without changing it for other uses (at their defaults the images are byte for byte the same):
+``min_objects`` / ``max_objects`` (how many shapes are drawn), ``radius`` (the range of a shape's
+size, as a fraction of the shorter image side), ``background`` (``"textured"`` or ``"plain"``: one
+muted colour) and ``occlusion`` (``False``: every shape lies wholly inside the image and overlaps no
+other; a shape that finds no free place in a few tries is left out, so crowded images may get fewer
+shapes). :data:`EASY` is the setting the demo uses.
 """
 
 from __future__ import annotations
@@ -42,6 +52,22 @@ MIN_SHAPE_PIXELS = 40
 # two shapes' colours: wide enough that a person (or a model) can tell them apart.
 MIN_BACKGROUND_CONTRAST = 110.0
 MIN_SHAPE_CONTRAST = 60.0
+# The default range of a shape's radius, as a fraction of the image's shorter side.
+RADIUS = (0.08, 0.28)
+# Tries to place a shape (inside the image; apart from the others when occlusion is off) before giving up.
+PLACEMENT_TRIES = 32
+BACKGROUNDS = ("textured", "plain")
+
+#: The demo's easy setting: 1-3 large shapes, wholly visible, on plain backgrounds.
+EASY: dict[str, object] = {
+    "min_objects": 1,
+    "max_objects": 3,
+    "radius": (0.16, 0.3),
+    "background": "plain",
+    "occlusion": False,
+}
+#: The named settings a config chooses with ``data.synthetic_difficulty``.
+DIFFICULTIES: dict[str, dict[str, object]] = {"standard": {}, "easy": EASY}
 
 
 @dataclass
@@ -88,11 +114,18 @@ def _value_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nda
     return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _background(
+    rng: np.random.Generator, h: int, w: int, kind: str = "textured"
+) -> tuple[np.ndarray, np.ndarray]:
     """A muted textured background and its two end colours (``bg = c0 + t * (c1 - c0)``, t in [0, 1]).
 
-    The pattern ``t`` is a linear gradient, value-noise blotches or stripes, or a blend of two of them.
+    The pattern ``t`` is a linear gradient, value-noise blotches or stripes, or a blend of two of them;
+    ``kind="plain"``: the one colour ``c0`` (both end colours are ``c0``).
     """
+    if kind == "plain":
+        c0 = rng.uniform(60, 190) + rng.uniform(-25, 25, size=3)
+        image = np.broadcast_to(np.clip(np.rint(c0), 0, 255).astype(np.uint8), (h, w, 3)).copy()
+        return image, np.stack([c0, c0])
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     angle = rng.uniform(0, np.pi)
     along = (xx * np.cos(angle) + yy * np.sin(angle)) / max(h, w)
@@ -129,8 +162,11 @@ def _shape_colour(rng: np.random.Generator, avoid_bg: np.ndarray, avoid: list[np
 
 
 # ----------------------------------------------------------------------------------------- shapes
-def _shape_bitmap(rng: np.random.Generator, label: int, h: int, w: int) -> np.ndarray:
-    """The full (unoccluded) bitmap of one randomly placed shape of class ``label``.
+def _shape_bitmap(
+    rng: np.random.Generator, label: int, h: int, w: int, radius: tuple[float, float] = RADIUS
+) -> np.ndarray:
+    """The full (unoccluded) bitmap of one randomly placed shape of class ``label``, of radius
+    ``r ~ U(radius) * min(h, w)`` (a rectangle's and an ellipse's longer half-axis).
 
     Pixel centres ``(x, y)`` are rotated into the shape's frame, ``u = dx cos a + dy sin a``,
     ``v = -dx sin a + dy cos a``; then circle: ``u² + v² <= r²``; rectangle: ``|u| <= a, |v| <= b``;
@@ -139,7 +175,7 @@ def _shape_bitmap(rng: np.random.Generator, label: int, h: int, w: int) -> np.nd
     """
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     side = min(h, w)
-    r = rng.uniform(0.08, 0.28) * side
+    r = rng.uniform(*radius) * side
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     angle = rng.uniform(0, np.pi)
     dx, dy = xx - cx, yy - cy
@@ -174,6 +210,22 @@ def _visible(bitmaps: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _check_options(min_objects: int, max_objects: int, radius: tuple[float, float], background: str) -> None:
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if len(radius) != 2 or not 0 < radius[0] <= radius[1] <= 1:
+        raise ValueError(f"radius must be (low, high) with 0 < low <= high <= 1, got {radius}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+
+
+def _fits(bitmap: np.ndarray, taken: np.ndarray | None) -> bool:
+    """Whether ``bitmap`` lies wholly inside the image (no pixel on its border rows and columns: the
+    shapes are convex) and overlaps none of the ``taken`` pixels."""
+    inside = not (bitmap[0].any() or bitmap[-1].any() or bitmap[:, 0].any() or bitmap[:, -1].any())
+    return inside and (taken is None or not (bitmap & taken).any())
+
+
 def render(
     index: int,
     *,
@@ -181,6 +233,9 @@ def render(
     size: int | tuple[int, int] = 128,
     min_objects: int = 1,
     max_objects: int = 6,
+    radius: tuple[float, float] = RADIUS,
+    background: str = "textured",
+    occlusion: bool = True,
 ) -> ShapesSample:
     """Render image ``index`` of the shapes set of ``seed``.
 
@@ -188,23 +243,31 @@ def render(
     ``max_objects`` shapes are drawn; shapes hidden behind later ones are then removed, so an image can
     end with fewer than ``min_objects`` objects, but not with none (the topmost shape is never occluded
     and is redrawn until at least ``MIN_SHAPE_PIXELS`` of it fall inside the image, which needs images of
-    about 32 px or more).
+    about 32 px or more). ``radius``, ``background`` and ``occlusion``: the difficulty knobs of the
+    module docstring (with ``occlusion=False`` the first shape is kept even if it found no place wholly
+    inside the image, so that no image is empty).
     """
-    if not 1 <= min_objects <= max_objects:
-        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    _check_options(min_objects, max_objects, radius, background)
     h, w = _hw(size)
     rng = np.random.default_rng([seed, index])
-    background, bg_colours = _background(rng, h, w)
+    background_image, bg_colours = _background(rng, h, w, background)
 
     labels: list[int] = []
     bitmaps: list[np.ndarray] = []
     colours: list[np.ndarray] = []
+    taken = np.zeros((h, w), dtype=bool) if not occlusion else None
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         label = int(rng.integers(len(CLASSES)))
-        for _ in range(32):  # redraw shapes that fall (almost) outside the image
-            bitmap = _shape_bitmap(rng, label, h, w)
-            if bitmap.sum() >= MIN_SHAPE_PIXELS:
+        placed = False
+        for _ in range(PLACEMENT_TRIES):  # redraw shapes that fall (almost) outside the image
+            bitmap = _shape_bitmap(rng, label, h, w, radius)
+            placed = bitmap.sum() >= MIN_SHAPE_PIXELS and (occlusion or _fits(bitmap, taken))
+            if placed:
                 break
+        if taken is not None:
+            if not placed and bitmaps:
+                continue  # no free place left: fewer shapes, never an overlap
+            taken |= bitmap
         labels.append(label)
         bitmaps.append(bitmap)
         colours.append(_shape_colour(rng, bg_colours, colours))
@@ -221,13 +284,13 @@ def render(
     )
     visible = _visible(bitmaps)
 
-    image = background.copy()
+    image = background_image.copy()
     semantic = np.zeros((h, w), dtype=np.uint8)
     for label, mask, colour in zip(labels, visible, colours, strict=True):
         image[mask] = colour
         semantic[mask] = label + 1
     boxes = [bitmap_box(m) for m in visible]
-    return ShapesSample(image, labels, visible, boxes, semantic, background)  # type: ignore[arg-type]
+    return ShapesSample(image, labels, visible, boxes, semantic, background_image)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -239,18 +302,30 @@ def generate(
     size: int | tuple[int, int] = 128,
     min_objects: int = 1,
     max_objects: int = 6,
+    radius: tuple[float, float] = RADIUS,
+    background: str = "textured",
+    occlusion: bool = True,
 ) -> AnnotationSet:
     """Render ``num_images`` images to ``out_dir/images/shapes_00000.png`` ... and return their
-    annotations (bitmap masks and semantic masks as arrays, ``classes = CLASSES``, ids from 0)."""
+    annotations (bitmap masks and semantic masks as arrays, ``classes = CLASSES``, ids from 0).
+    The keyword options are :func:`render`'s."""
     from PIL import Image
 
+    _check_options(min_objects, max_objects, radius, background)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     records: list[ImageRecord] = []
     next_id = 1
+    options = {
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+        "radius": radius,
+        "background": background,
+        "occlusion": occlusion,
+    }
     for i in range(num_images):
-        s = render(i, seed=seed, size=size, min_objects=min_objects, max_objects=max_objects)
+        s = render(i, seed=seed, size=size, **options)  # type: ignore[arg-type]
         name = f"shapes_{i:05d}.png"
         Image.fromarray(s.image).save(image_dir / name)
         instances = []
@@ -271,11 +346,14 @@ def write(
     size: int | tuple[int, int] = 128,
     min_objects: int = 1,
     max_objects: int = 6,
+    radius: tuple[float, float] = RADIUS,
+    background: str = "textured",
+    occlusion: bool = True,
     **options,
 ) -> Path:
     """Generate the shapes set and write it under ``out_dir`` in format ``fmt`` (a name of
-    :data:`segdet.data.formats.FORMATS`; ``options`` go to its writer). Returns the path its reader
-    takes back.
+    :data:`segdet.data.formats.FORMATS`; ``options`` go to its writer; the others are :func:`render`'s).
+    Returns the path its reader takes back.
 
     Images are rendered into a scratch folder inside ``out_dir`` (same file system, so the writer can
     hard-link them) that is removed afterwards, leaving only the format's own layout.
@@ -286,7 +364,15 @@ def write(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".shapes-", dir=out_dir) as scratch:
         dataset = generate(
-            scratch, num_images, seed=seed, size=size, min_objects=min_objects, max_objects=max_objects
+            scratch,
+            num_images,
+            seed=seed,
+            size=size,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            radius=radius,
+            background=background,
+            occlusion=occlusion,
         )
         dataset.source = str(out_dir)
         path = write_dataset(fmt, dataset, out_dir, **options)

@@ -47,6 +47,11 @@ class DataConfig:
     # Synthetic shapes instead of files: number of training images (0 = use ``train``).
     synthetic: int = 0
     synthetic_size: int = 128
+    # Validation images of the synthetic set, drawn with another seed (0: a quarter of ``synthetic``,
+    # at least 4), and the set's difficulty (a name of ``segdet.data.shapes.DIFFICULTIES``: "standard",
+    # or "easy": 1-3 large, wholly visible shapes on plain backgrounds).
+    synthetic_val: int = 0
+    synthetic_difficulty: str = "standard"
     batch_size: int = 4
     val_batch_size: int | None = None
     workers: int = 0
@@ -227,6 +232,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_fraction": (_unit, "must be in [0, 1)"),
     "data.synthetic": (lambda v: v >= 0, "must be 0 (files) or a number of images"),
     "data.synthetic_size": (lambda v: 16 <= v <= 4096, "must be in [16, 4096] pixels"),
+    "data.synthetic_val": (lambda v: v >= 0, "must be 0 (a quarter of data.synthetic) or a number of images"),
+    "data.synthetic_difficulty": (lambda v: v in ("standard", "easy"), "must be standard or easy"),
     "data.batch_size": (lambda v: v >= 1, "must be at least 1"),
     "data.val_batch_size": (lambda v: v >= 1, "must be at least 1"),
     "data.workers": (lambda v: v >= 0, "must be 0 (load in the main process) or more"),

@@ -16,6 +16,10 @@ from segdet.data.structures import AnnotationSet
 from segdet.engine.config import Config
 from segdet.errors import ConfigError
 
+# The synthetic validation set's seed is ``train.seed + VAL_SEED_OFFSET``: image i of seed s is drawn
+# from ``default_rng([s, i])`` alone, so no validation image repeats a training image.
+VAL_SEED_OFFSET = 1_000_003
+
 
 def load_split(cfg: Config, which: str) -> AnnotationSet | None:
     """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
@@ -29,13 +33,24 @@ def load_split(cfg: Config, which: str) -> AnnotationSet | None:
 
 
 def synthetic_split(cfg: Config, which: str) -> AnnotationSet:
-    """Synthetic shapes: ``data.synthetic`` training images, and a quarter as many (at least 4) for
-    validation drawn with another seed, written under the run folder."""
+    """Synthetic shapes of ``data.synthetic_difficulty``: ``data.synthetic`` training images, and
+    ``data.synthetic_val`` (default a quarter as many, at least 4) validation images drawn with another
+    seed (so never seen in training), written under the run folder."""
     from segdet.data import shapes
 
-    n = cfg.data.synthetic if which == "train" else max(4, cfg.data.synthetic // 4)
-    seed = cfg.train.seed if which == "train" else cfg.train.seed + 1_000_003
-    return shapes.generate(cfg.run_dir / "synthetic" / which, n, seed=seed, size=cfg.data.synthetic_size)
+    if which == "train":
+        n, seed = cfg.data.synthetic, cfg.train.seed
+    else:
+        n = cfg.data.synthetic_val or max(4, cfg.data.synthetic // 4)
+        seed = cfg.train.seed + VAL_SEED_OFFSET
+    options = shapes.DIFFICULTIES[cfg.data.synthetic_difficulty]
+    return shapes.generate(
+        cfg.run_dir / "synthetic" / which,
+        n,
+        seed=seed,
+        size=cfg.data.synthetic_size,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[AnnotationSet, AnnotationSet]:

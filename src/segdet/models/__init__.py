@@ -1,7 +1,8 @@
 """segdet.models: backbones, segmentation models and :func:`build` by name (table :data:`MODELS`)."""
 
-from segdet.models.build import MODELS, available_models, build, model_options, model_summary
+from segdet.models.build import MODELS, available_models, build, model_options
 from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
+from segdet.models.flops import model_summary
 from segdet.models.weights import load_state_dict, load_weights
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Model constructors by name: the one table :data:`MODELS`, :func:`build`, :func:`model_summary`.
+"""Model constructors by name: the one table :data:`MODELS` and :func:`build` (costs: :mod:`.flops`).
 
 Every constructor takes ``num_classes`` and keyword options; those with a backbone take ``backbone``
 (a name in :data:`segdet.models.backbones.BACKBONES` or a built :class:`Backbone`), ``backbone_weights``
@@ -12,7 +12,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from segdet.errors import SegdetError
@@ -217,42 +216,3 @@ def build_from_config(name: str, num_classes: int, options: dict) -> nn.Module:
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
         raise SegdetError(f"model {name!r} cannot be built with {shown or 'its defaults'}: {e}") from None
-
-
-def count_flops(
-    model: nn.Module, input_size: tuple[int, int], batch: int = 1, *, random_input: bool = False
-) -> int:
-    """Floating-point operations of one forward pass on ``batch x 3 x H x W``, counted op by op by
-    ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; convolutions, matmuls and
-    their kind only -- elementwise ops, pooling and interpolation are not counted, as in fvcore)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    make = torch.rand if random_input else torch.zeros
-    x = make(batch, 3, *input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops()
-
-
-def model_summary(name: str, input_size: int | tuple[int, int] = 512, **kwargs) -> tuple[int, float]:
-    """``(parameters, GFLOPs)`` of model ``name`` at ``input_size`` (batch 1). The model is built on the
-    ``meta`` device, so no memory is allocated and nothing is computed: only shapes propagate and
-    FlopCounterMode reads them."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if "min_size" in model_options(name):
-        # detectors resize internally: process the image at the size asked for, not at 800 px
-        kwargs = {"min_size": min(size), "max_size": max(size), **kwargs}
-    with torch.device("meta"):
-        model = build(name, **kwargs).eval()
-    params = sum(p.numel() for p in model.parameters())
-    try:
-        return params, count_flops(model, size) / 1e9
-    except (NotImplementedError, RuntimeError):
-        # Detectors choose proposals and detections from the data (top-k, NMS), which shapes alone
-        # cannot decide: count one real forward pass with random weights on a random image instead.
-        torch.manual_seed(0)
-        model = build(name, **kwargs).eval()
-        return params, count_flops(model, size, random_input=True) / 1e9

@@ -1,0 +1,60 @@
+"""The synthetic train / validation split of a config (``data.synthetic*``): sizes, difficulty, and a
+validation set that is held out (another seed: no image of it is a training image).
+
+Reference: :func:`segdet.data.shapes.render` itself (exact: the split's images are its images at the
+config's seed, size and difficulty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdet.data import shapes
+from segdet.engine.config import load_config
+from segdet.engine.data_splits import VAL_SEED_OFFSET, train_val_splits
+from segdet.errors import ConfigError
+
+
+def _config(tmp_path, *overrides: str):
+    base = [f"output_dir={tmp_path}", "data.synthetic=6", "data.synthetic_size=32", "train.seed=3"]
+    return load_config(None, [*base, *overrides])
+
+
+def test_easy_split_with_its_own_validation_size(tmp_path):
+    """``synthetic_difficulty=easy``, ``synthetic_val=5``: 6 training images equal to the easy renders
+    of ``train.seed``, 5 validation images equal to those of ``train.seed + VAL_SEED_OFFSET``; no
+    validation image equals any training image."""
+    train, val = train_val_splits(_config(tmp_path, "data.synthetic_difficulty=easy", "data.synthetic_val=5"))
+    assert (len(train.images), len(val.images)) == (6, 5)
+    pixels = {}
+    for split, seed in ((train, 3), (val, 3 + VAL_SEED_OFFSET)):
+        pixels[seed] = []
+        for i, record in enumerate(split.images):
+            expected = shapes.render(i, seed=seed, size=32, **shapes.EASY)
+            got = np.asarray(Image.open(record.path).convert("RGB"))
+            assert np.array_equal(got, expected.image)
+            assert np.array_equal(record.semantic, expected.semantic)
+            pixels[seed].append(got.tobytes())
+    assert not set(pixels[3]) & set(pixels[3 + VAL_SEED_OFFSET])
+
+
+def test_defaults_keep_the_standard_set_and_a_quarter(tmp_path):
+    """Without the new keys: the standard set and max(4, synthetic // 4) validation images, as before."""
+    train, val = train_val_splits(_config(tmp_path))
+    assert len(val.images) == 4
+    first = np.asarray(Image.open(train.images[0].path).convert("RGB"))
+    assert np.array_equal(first, shapes.render(0, seed=3, size=32).image)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.synthetic_difficulty=hard", "data.synthetic_difficulty: 'hard' must be standard or easy"),
+        ("data.synthetic_val=-1", "data.synthetic_val: -1 must be 0"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, override)

@@ -1,0 +1,91 @@
+"""Model costs (``segdet.models.flops``, ``segdet models``): two-stage detectors are counted at a fixed
+number of RoIs, deterministically.
+
+References: ``torch.utils.flop_counter.FlopCounterMode`` on one real forward pass of a detector (exact:
+the shape-only count at the RoI numbers that forward produced is the same integer); the box head's
+FLOPs by hand, ``2 * RoIs * (C*7*7*1024 + 1024*1024 + 1024*(K+1) + 1024*4(K+1))`` (exact).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from segdet.cli.main import main
+from segdet.models import build
+from segdet.models.flops import count_flops, model_cost, rcnn_flops
+
+# A narrow Mask R-CNN at 64 px (the engine tests' small set-up): fast on the CPU.
+SMALL = {
+    "backbone": "resnet18",
+    "fpn_channels": 32,
+    "representation_size": 64,
+    "mask_channels": 16,
+    "min_size": 64,
+    "max_size": 64,
+    "anchor_sizes": [[8], [16], [32], [64], [128]],
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 100,
+    "box_score_thresh": 0.0,
+}
+
+
+def test_rcnn_count_equals_a_real_forward_at_its_roi_numbers():
+    """A real forward pass (seeded random weights, random image) counted op by op equals the shape-only
+    count at the numbers of RoIs that pass reached the box and mask heads; the same count on the
+    ``meta`` device (no weights at all) gives the same integer."""
+    torch.manual_seed(0)
+    model = build("maskrcnn_resnet50_fpn", num_classes=3, **SMALL).eval()
+    seen: dict[str, int] = {}
+    heads = model.roi_heads
+    heads.box_head.register_forward_pre_hook(lambda m, a: seen.__setitem__("box", a[0].shape[0]))
+    heads.mask_head.register_forward_pre_hook(lambda m, a: seen.__setitem__("mask", a[0].shape[0]))
+    real = count_flops(model, (64, 64), random_input=True)
+    assert seen["box"] >= 10 and seen["mask"] >= 1, seen
+    assert rcnn_flops(model, (64, 64), seen["box"], seen["mask"]) == real
+    with torch.device("meta"):
+        ghost = build("maskrcnn_resnet50_fpn", num_classes=3, **SMALL)
+    assert rcnn_flops(ghost, (64, 64), seen["box"], seen["mask"]) == real
+
+
+def test_box_head_share_by_hand():
+    """Each proposal adds the box head's two FC layers and the predictor, by hand."""
+    with torch.device("meta"):
+        model = build("fasterrcnn_resnet50_fpn", num_classes=3, **{**SMALL, "representation_size": 1024})
+    k1 = 3 + 1
+    per_roi = 2 * (32 * 7 * 7 * 1024 + 1024 * 1024 + 1024 * k1 + 1024 * 4 * k1)
+    assert rcnn_flops(model, (64, 64), 10, 0) - rcnn_flops(model, (64, 64), 0, 0) == 10 * per_roi
+    assert model_cost("fasterrcnn_resnet50_fpn", 64, num_classes=3).proposals == 1000
+
+
+def test_deeper_backbone_costs_more():
+    """Mask R-CNN at 64 px on ResNet-18 < ResNet-50 < ResNet-101 (params and FLOPs), each counted at
+    1000 proposals and 100 detections."""
+    costs = [
+        model_cost("maskrcnn_resnet50_fpn", 64, backbone=b) for b in ("resnet18", "resnet50", "resnet101")
+    ]
+    assert all((c.proposals, c.detections) == (1000, 100) for c in costs)
+    assert costs[0].gflops < costs[1].gflops < costs[2].gflops
+    assert costs[0].params < costs[1].params < costs[2].params
+
+
+def _table(capsys, argv: list[str]) -> dict[str, tuple[float, str]]:
+    assert main(argv) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        m = re.match(r"(\w+)\s+\S+\s+[\d.]+M\s+([\d.]+)\s+(\S+)$", line)
+        if m:
+            rows[m[1]] = (float(m[2]), m[3])
+    return rows
+
+
+def test_models_command_is_deterministic(capsys):
+    """``segdet models maskrcnn_resnet101_fpn --size 64`` twice prints the same table, with the RoIs
+    column at 1000/100 (random weights once made this count luck: R50 122.8 against R101 8.6 GFLOPs;
+    the ordering is ``test_deeper_backbone_costs_more``); an unknown name is refused."""
+    argv = ["models", "maskrcnn_resnet101_fpn", "--size", "64"]
+    first, second = _table(capsys, argv), _table(capsys, argv)
+    assert first == second and list(first) == ["maskrcnn_resnet101_fpn"]
+    assert first["maskrcnn_resnet101_fpn"][1] == "1000/100" and first["maskrcnn_resnet101_fpn"][0] > 0
+    assert main(["models", "no_such_model"]) != 0
