@@ -33,14 +33,14 @@ def test_demo_writes_every_output(tmp_path, capsys):
             assert 0.0 <= metrics[task][key] <= 1.0, (task, key, metrics[task])
     with Image.open(out / "summary.png") as im:
         assert im.width >= 5 * 256 and im.height >= 2 * 256
-    for run in ("unet_shapes", "centernet_shapes"):
+    for run in ("unet_shapes", "fasterrcnn_shapes"):
         folder = out / "runs" / run
         assert (folder / "last.safetensors").exists() and (folder / "plots" / "loss.png").exists()
         cfg = load_config(folder / "config.yaml")
         assert (cfg.data.synthetic_difficulty, cfg.data.synthetic_val) == ("easy", 2)
     assert (out / "runs" / "unet_shapes" / "plots" / "mIoU.png").exists()
-    assert (out / "runs" / "centernet_shapes" / "plots" / "AP50.png").exists()
+    assert (out / "runs" / "fasterrcnn_shapes" / "plots" / "AP50.png").exists()
     tail = printed.strip().splitlines()[-4:]
-    ends = ["summary.png", "unet_shapes/plots", "centernet_shapes/plots", "metrics.json"]
+    ends = ["summary.png", "unet_shapes/plots", "fasterrcnn_shapes/plots", "metrics.json"]
     for line, path in zip(tail, ends, strict=True):
         assert line.rstrip().endswith(path) and Path(line.split(": ")[-1]).exists(), tail

@@ -28,7 +28,10 @@ demo``) without changing it for other uses (at their defaults the images are byt
 size, as a fraction of the shorter image side), ``background`` (``"textured"`` or ``"plain"``: one
 muted colour) and ``occlusion`` (``False``: every shape lies wholly inside the image and overlaps no
 other; a shape that finds no free place in a few tries is left out, so crowded images may get fewer
-shapes). :data:`EASY` is the setting the demo uses.
+shapes) and ``class_colours`` (``True``: each class has its own hue, :data:`CLASS_COLOURS` jittered by
+up to ``CLASS_COLOUR_JITTER`` per channel, so colour tells the class and only the shape's place and
+extent are left to learn; by default colours are random and only the shape tells the class).
+:data:`EASY` is the setting the demo uses.
 """
 
 from __future__ import annotations
@@ -58,13 +61,19 @@ RADIUS = (0.08, 0.28)
 PLACEMENT_TRIES = 32
 BACKGROUNDS = ("textured", "plain")
 
-#: The demo's easy setting: 1-3 large shapes, wholly visible, on plain backgrounds.
+#: Each class's colour with ``class_colours=True`` (circle red, rectangle green, triangle blue, ellipse
+#: yellow: saturated, so far from the plain backgrounds' muted greys).
+CLASS_COLOURS = np.array([[220, 40, 40], [40, 190, 60], [50, 80, 230], [230, 200, 40]])
+CLASS_COLOUR_JITTER = 20
+
+#: The demo's easy setting: 1-3 large shapes, wholly visible, coloured by class, on plain backgrounds.
 EASY: dict[str, object] = {
     "min_objects": 1,
     "max_objects": 3,
     "radius": (0.16, 0.3),
     "background": "plain",
     "occlusion": False,
+    "class_colours": True,
 }
 #: The named settings a config chooses with ``data.synthetic_difficulty``.
 DIFFICULTIES: dict[str, dict[str, object]] = {"standard": {}, "easy": EASY}
@@ -236,6 +245,7 @@ def render(
     radius: tuple[float, float] = RADIUS,
     background: str = "textured",
     occlusion: bool = True,
+    class_colours: bool = False,
 ) -> ShapesSample:
     """Render image ``index`` of the shapes set of ``seed``.
 
@@ -243,9 +253,9 @@ def render(
     ``max_objects`` shapes are drawn; shapes hidden behind later ones are then removed, so an image can
     end with fewer than ``min_objects`` objects, but not with none (the topmost shape is never occluded
     and is redrawn until at least ``MIN_SHAPE_PIXELS`` of it fall inside the image, which needs images of
-    about 32 px or more). ``radius``, ``background`` and ``occlusion``: the difficulty knobs of the
-    module docstring (with ``occlusion=False`` the first shape is kept even if it found no place wholly
-    inside the image, so that no image is empty).
+    about 32 px or more). ``radius``, ``background``, ``occlusion`` and ``class_colours``: the difficulty
+    knobs of the module docstring (with ``occlusion=False`` the first shape is kept even if it found no
+    place wholly inside the image, so that no image is empty).
     """
     _check_options(min_objects, max_objects, radius, background)
     h, w = _hw(size)
@@ -270,7 +280,11 @@ def render(
             taken |= bitmap
         labels.append(label)
         bitmaps.append(bitmap)
-        colours.append(_shape_colour(rng, bg_colours, colours))
+        if class_colours:
+            jitter = rng.integers(-CLASS_COLOUR_JITTER, CLASS_COLOUR_JITTER + 1, size=3)
+            colours.append(np.clip(CLASS_COLOURS[label] + jitter, 0, 255))
+        else:
+            colours.append(_shape_colour(rng, bg_colours, colours))
 
     def keep_mask(visible: list[np.ndarray]) -> list[bool]:
         return [
@@ -305,6 +319,7 @@ def generate(
     radius: tuple[float, float] = RADIUS,
     background: str = "textured",
     occlusion: bool = True,
+    class_colours: bool = False,
 ) -> AnnotationSet:
     """Render ``num_images`` images to ``out_dir/images/shapes_00000.png`` ... and return their
     annotations (bitmap masks and semantic masks as arrays, ``classes = CLASSES``, ids from 0).
@@ -323,6 +338,7 @@ def generate(
         "radius": radius,
         "background": background,
         "occlusion": occlusion,
+        "class_colours": class_colours,
     }
     for i in range(num_images):
         s = render(i, seed=seed, size=size, **options)  # type: ignore[arg-type]
@@ -349,6 +365,7 @@ def write(
     radius: tuple[float, float] = RADIUS,
     background: str = "textured",
     occlusion: bool = True,
+    class_colours: bool = False,
     **options,
 ) -> Path:
     """Generate the shapes set and write it under ``out_dir`` in format ``fmt`` (a name of
@@ -373,6 +390,7 @@ def write(
             radius=radius,
             background=background,
             occlusion=occlusion,
+            class_colours=class_colours,
         )
         dataset.source = str(out_dir)
         path = write_dataset(fmt, dataset, out_dir, **options)
