@@ -11,8 +11,8 @@ through 50+ layers of an *untrained* network, whose random detections are near-t
 
 This script measures that, on the model ``benchmarks/detection.py`` builds (seeded random weights,
 calibrated BatchNorm, spread logits), for each comparison the number of our detections without a
-torchvision counterpart and the max |Δ| of boxes / scores / masks over the paired ones
-(``detection.output_difference``):
+torchvision counterpart (same class, every coordinate within 1 px) and the max |Δ| of boxes / scores /
+masks over the paired ones (``detection.output_difference``):
 
 * ``--device cpu``: TF32 is *emulated* (:func:`emulate_tf32`: every convolution's input and weight
   rounded to TF32 as the tensor cores round them, round-to-nearest on 10 mantissa bits, then float32

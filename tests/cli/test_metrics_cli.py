@@ -190,12 +190,10 @@ def detections_for(gt: AnnotationSet, name_images_by_stem: bool) -> list[dict]:
 def test_voc_prints_library_numbers(tmp_path, capsys, fmt: str, metric: str) -> None:
     """Ground truth written with the format's writer and read back: printed per-class AP and mAP equal
     evaluate_voc on the same files (4 decimals); --out JSON and --plots PNG are written."""
-    formats = pytest.importorskip("segdet.data.formats")
-    try:
-        root = formats.write_dataset(fmt, detection_gt(tmp_path), tmp_path / fmt)
-        gt = formats.read_dataset(fmt, root)
-    except ImportError:
-        pytest.skip(f"the {fmt} reader/writer is not there yet")
+    from segdet.data import formats
+
+    root = formats.write_dataset(fmt, detection_gt(tmp_path), tmp_path / fmt)
+    gt = formats.read_dataset(fmt, root)
     from segdet.metrics.voc_eval import evaluate_voc
 
     dets = detections_for(gt, name_images_by_stem=fmt == "voc")
@@ -244,11 +242,9 @@ def test_voc_prints_library_numbers(tmp_path, capsys, fmt: str, metric: str) -> 
     ],
 )
 def test_voc_malformed_detections_one_line(tmp_path, capsys, content: str, needle: str) -> None:
-    formats = pytest.importorskip("segdet.data.formats")
-    try:
-        root = formats.write_dataset("coco", detection_gt(tmp_path), tmp_path / "coco")
-    except ImportError:
-        pytest.skip("the coco writer is not there yet")
+    from segdet.data import formats
+
+    root = formats.write_dataset("coco", detection_gt(tmp_path), tmp_path / "coco")
     (tmp_path / "dt.json").write_text(content)
     code = main(["metrics", "voc", "--gt", str(root), "--format", "coco", "--dt", str(tmp_path / "dt.json")])
     assert code == 1
@@ -302,7 +298,8 @@ def write_coco_pair(tmp_path) -> tuple:
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_coco_prints_summary_and_writes_keys(tmp_path, capsys, iou_type: str) -> None:
     """The 12 summary lines are printed and --out holds the 12 keys with evaluate_coco's numbers."""
-    coco_eval = pytest.importorskip("segdet.metrics.coco_eval")
+    from segdet.metrics import coco_eval
+
     gt_path, dt_path = write_coco_pair(tmp_path)
     code = main(
         [
@@ -332,7 +329,6 @@ def test_coco_prints_summary_and_writes_keys(tmp_path, capsys, iou_type: str) ->
 
 
 def test_coco_malformed_file_one_line(tmp_path, capsys) -> None:
-    pytest.importorskip("segdet.metrics.coco_eval")
     gt_path, dt_path = write_coco_pair(tmp_path)
     dt_path.write_text("[{]")
     code = main(["metrics", "coco", "--gt", str(gt_path), "--dt", str(dt_path), "--iou-type", "bbox"])
@@ -341,7 +337,6 @@ def test_coco_malformed_file_one_line(tmp_path, capsys) -> None:
 
 
 def test_coco_missing_file_one_line(tmp_path, capsys) -> None:
-    pytest.importorskip("segdet.metrics.coco_eval")
     code = main(["metrics", "coco", "--gt", str(tmp_path / "nope.json"), "--dt", str(tmp_path / "dt.json")])
     assert code == 1
     assert_one_line_error(capsys, "nope.json")

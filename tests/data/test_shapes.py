@@ -136,7 +136,8 @@ def test_generate_writes_pngs_and_annotations(tmp_path):
 def test_write_coco_round_trip(tmp_path):
     """write(..., "coco"): read back through the COCO reader, same boxes (exact) and labels; no scratch
     folder is left behind."""
-    coco = pytest.importorskip("segdet.data.formats.coco")
+    from segdet.data.formats import coco
+
     path = shapes.write(tmp_path, "coco", 3, seed=2, size=48)
     back = coco.read(path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes-")]

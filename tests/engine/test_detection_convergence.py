@@ -1,6 +1,7 @@
-"""Faster R-CNN, Mask R-CNN, RetinaNet and SSDLite (ours, via ``segdet.models.build``, random init) overfit
-four synthetic shapes images within a fixed number of steps, measured with our COCO evaluator on the
-same images through :class:`segdet.engine.detection.DetectionTask` (the trainer's evaluation path).
+"""Faster R-CNN, Mask R-CNN, RetinaNet, SSDLite, YOLO v1 and CenterNet (ours, via ``segdet.models.build``,
+random init) overfit four synthetic shapes images within a fixed number of steps, measured with our COCO
+evaluator on the same images through :class:`segdet.engine.detection.DetectionTask` (the trainer's
+evaluation path).
 
 Reference: the ground truth itself (``segdet.metrics.coco_eval``, equal to pycocotools' COCOeval).
 Bound: box AP50 >= 0.9, and mask AP50 >= 0.9 for Mask R-CNN, after ``STEPS`` AdamW steps. The bound is
@@ -36,6 +37,11 @@ RETINANET = {
 }
 # SSDLite at 128 px (its maps 8², 4², 2², 1², 1², 1²; default boxes 0.2..0.95 of the image).
 SSDLITE = {"size": [128, 128]}
+# YOLO v1 with the paper's network (24 conv + 2 FC, no normalisation) at 1/8 width on 64 px inputs,
+# S = 7 (no two centres of these images share a cell), B = 2; dropout off: it only slows memorising.
+YOLOV1 = {"width": 0.125, "fc_channels": 256, "size": [64, 64], "dropout": 0.0}
+# CenterNet on ResNet-18 with narrow upsampling stages (64 px inputs -> 16 x 16 output maps).
+CENTERNET = {"upsampling_channels": [64, 32, 32], "head_channels": 32, "min_size": 64, "max_size": 64}
 
 
 @torch.no_grad()
@@ -128,4 +134,16 @@ def test_ssdlite_overfits_shapes(tmp_path):
     metrics = overfit(
         tmp_path, "detection", "ssdlite320_mobilenet_v3_large", SSDLITE, steps=60, lr=0.003, precise_bn=True
     )
+    assert metrics["AP50"] >= 0.9, metrics
+
+
+@pytest.mark.slow
+def test_yolov1_overfits_shapes(tmp_path):
+    metrics = overfit(tmp_path, "detection", "yolov1", YOLOV1, steps=150, lr=0.001)
+    assert metrics["AP50"] >= 0.9, metrics
+
+
+@pytest.mark.slow
+def test_centernet_overfits_shapes(tmp_path):
+    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=40, lr=0.004)
     assert metrics["AP50"] >= 0.9, metrics

@@ -29,10 +29,11 @@ def test_color_palette_values_distinct_deterministic():
 
 
 def test_color_palette_is_the_voc_devkit_palette_from_index_1():
-    """color_palette(255) == segdet.data.palette.voc_palette (the VOC devkit's labelcolormap, written
+    """color_palette(255) == segdet.ops.palette.voc_palette (the VOC devkit's labelcolormap, written
     independently, vectorised over bits) entries 1..255."""
-    voc = pytest.importorskip("segdet.data.palette")
-    assert color_palette(255) == [tuple(int(c) for c in rgb) for rgb in voc.voc_palette(256)[1:]]
+    from segdet.ops.palette import voc_palette
+
+    assert color_palette(255) == [tuple(int(c) for c in rgb) for rgb in voc_palette(256)[1:]]
 
 
 def test_colorize_semantic_maps_values_exactly():

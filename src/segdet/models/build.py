@@ -160,6 +160,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "ssd300_vgg16": detection.ssd300_vgg16,
     "ssd512_vgg16": detection.ssd512_vgg16,
     "ssdlite320_mobilenet_v3_large": detection.ssdlite320_mobilenet_v3_large,
+    "yolov1": detection.yolov1,
+    "yolov1_resnet50": detection.yolov1_resnet50,
+    "yolov1_mobilenet_v3_large": detection.yolov1_mobilenet_v3_large,
+    "centernet_resnet18": detection.centernet_resnet18,
+    "centernet_resnet50": detection.centernet_resnet50,
     # --- end of detection ---
 }
 

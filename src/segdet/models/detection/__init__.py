@@ -3,9 +3,15 @@
 Shared here: the :class:`~.detector.Detector` base (targets, transform in and out, fusing), the
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
 settings and torchvision conversion. Each family is a sub-package composing them: ``rcnn`` (Faster /
-Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512, SSDLite).
+Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512, SSDLite), ``yolo`` (YOLO v1), ``centernet``.
 """
 
+from segdet.models.detection.centernet import (
+    CenterNet,
+    CenterNetSettings,
+    centernet_resnet18,
+    centernet_resnet50,
+)
 from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
 from segdet.models.detection.detector import Detector
 from segdet.models.detection.rcnn import (
@@ -37,9 +43,18 @@ from segdet.models.detection.ssd import (
     ssdlite320_mobilenet_v3_large,
 )
 from segdet.models.detection.transform import DetectionTransform
+from segdet.models.detection.yolo import (
+    YOLOv1,
+    YOLOv1Settings,
+    yolov1,
+    yolov1_mobilenet_v3_large,
+    yolov1_resnet50,
+)
 
 __all__ = [
     "SSD",
+    "CenterNet",
+    "CenterNetSettings",
     "DetectionTransform",
     "Detector",
     "GeneralizedRCNN",
@@ -48,6 +63,10 @@ __all__ = [
     "RetinaNetSettings",
     "SSDSettings",
     "TransformSettings",
+    "YOLOv1",
+    "YOLOv1Settings",
+    "centernet_resnet18",
+    "centernet_resnet50",
     "convert_torchvision_state_dict",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn",
@@ -65,4 +84,7 @@ __all__ = [
     "ssd300_vgg16",
     "ssd512_vgg16",
     "ssdlite320_mobilenet_v3_large",
+    "yolov1",
+    "yolov1_mobilenet_v3_large",
+    "yolov1_resnet50",
 ]

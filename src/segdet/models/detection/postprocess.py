@@ -117,3 +117,24 @@ def select_detections(
             boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts), strict=True
         )
     ]
+
+
+def topk_pairs(
+    scores: Tensor, k: int, score_thresh: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``k`` best (candidate, class) pairs of each image scoring above ``score_thresh``, flat over the
+    batch: the candidates of the grid and centre-point detectors (YOLO's cells x boxes, CenterNet's peaks).
+
+    Args:
+        scores: ``[N, M, K]``, the score of class ``k`` for candidate ``m`` of image ``n``.
+        k: pairs kept per image at most.
+        score_thresh: strict lower bound (``None``: none).
+
+    Returns:
+        ``(image, candidate, label, score)``, each ``[R]``, image by image, by decreasing score.
+    """
+    num_images, _, num_classes = scores.shape
+    values, index, valid = topk_above(scores.reshape(num_images, -1), k, score_thresh)
+    image = torch.arange(num_images, device=scores.device)[:, None].expand_as(index)[valid]
+    index = index[valid]
+    return image, index // num_classes, index % num_classes, values[valid]

@@ -3,11 +3,12 @@ decorator that turns a settings dataclass into a builder's keyword options.
 
 Each family keeps its non-structural settings (resizing, thresholds, counts) in a frozen dataclass
 with torchvision's keyword names: :class:`TransformSettings` here, extended by
-:class:`~.rcnn.settings.RCNNSettings` and :class:`~.retinanet.model.RetinaNetSettings`; SSD has its own
-fixed-size one (:class:`~.ssd.model.SSDSettings`). :func:`with_settings` lets a builder take those
-fields as plain keyword options, so ``build("retinanet_resnet50_fpn", num_classes=K, score_thresh=0.3)``
-reads like ``torchvision.models.detection.retinanet_resnet50_fpn(score_thresh=0.3)`` and
-:func:`segdet.models.model_options` lists them.
+:class:`~.rcnn.settings.RCNNSettings`, :class:`~.retinanet.model.RetinaNetSettings` and
+:class:`~.centernet.model.CenterNetSettings`; the fixed-size detectors extend :class:`FixedSizeSettings`
+(:class:`~.ssd.model.SSDSettings`, :class:`~.yolo.model.YOLOv1Settings`). :func:`with_settings` lets a
+builder take those fields as plain keyword options, so ``build("retinanet_resnet50_fpn", num_classes=K,
+score_thresh=0.3)`` reads like ``torchvision.models.detection.retinanet_resnet50_fpn(score_thresh=0.3)``
+and :func:`segdet.models.model_options` lists them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ class TransformSettings:
         min_size = tuple(self.min_size) if isinstance(self.min_size, Sequence) else self.min_size
         return DetectionTransform(
             min_size, self.max_size, self.image_mean, self.image_std, self.size_divisible
+        )
+
+
+@dataclass(frozen=True)
+class FixedSizeSettings:
+    """A detector whose every image is resized to exactly ``size`` ``(H, W)`` (aspect ratio not kept, no
+    padding), then normalised by ``image_mean`` / ``image_std``: SSD's 300 x 300, YOLO's 448 x 448."""
+
+    size: tuple[int, int] = (300, 300)
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+
+    def transform(self) -> DetectionTransform:
+        """Resize to exactly ``size`` (no padding), then normalise."""
+        size = (int(self.size[0]), int(self.size[1]))
+        return DetectionTransform(
+            min(size), max(size), self.image_mean, self.image_std, size_divisible=1, fixed_size=size
         )
 
 

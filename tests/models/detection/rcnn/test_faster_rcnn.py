@@ -38,14 +38,14 @@ TINY = {
 
 
 def assert_same_detections(
-    got: list[dict], expected: list[dict], atol: float = 1e-4, label_shift: int = 1
+    got: list[dict], expected: list[dict], atol: float = 1e-4, label_shift: int = 1, box_rtol: float = 0.0
 ) -> None:
-    """Same number of detections, boxes / scores (/ masks) to ``atol``, our labels = torchvision's - 1
-    (``label_shift``)."""
+    """Same number of detections, boxes / scores (/ masks) to ``atol`` (boxes also ``box_rtol`` of their
+    coordinates), our labels = torchvision's - 1 (``label_shift``)."""
     assert len(got) == len(expected)
     for ours, theirs in zip(got, expected, strict=True):
         assert len(ours["boxes"]) == len(theirs["boxes"]) > 10
-        torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=atol, rtol=0)
+        torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=atol, rtol=box_rtol)
         torch.testing.assert_close(ours["scores"], theirs["scores"], atol=atol, rtol=0)
         assert torch.equal(ours["labels"] + label_shift, theirs["labels"])
         assert set(ours) == set(theirs)
@@ -225,7 +225,9 @@ def test_trainable_layers_and_frozen_bn_follow_torchvision():
 def test_fuse_for_inference_keeps_detections(detector_helpers, nnpack, monkeypatch):
     """fuse_for_inference (BatchNorm folded into the convolutions; channels_last, or NNPACK's Winograd /
     FFT 3x3 convolutions in NCHW) leaves the detections of the unfused model equal to 1e-4 (reference:
-    the same model before fusing), and removes every BatchNorm of the network."""
+    the same model before fusing), and removes every BatchNorm of the network. With NNPACK the boxes
+    are compared to 1e-4 px plus 1e-6 of their coordinates (8 float32 steps at these ~150 px): its
+    summation order, and so its last bits, depend on the thread count (1.07e-4 px seen on one thread)."""
     from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available
 
     if nnpack and not nnpack_available():
@@ -260,7 +262,7 @@ def test_fuse_for_inference_keeps_detections(detector_helpers, nnpack, monkeypat
     # NNPACK: the FPN and RPN 3x3 convolutions on P2 and the box head's four convolutions over the RoIs.
     assert (sum(isinstance(m, NNPACKConv2d) for m in model.modules()) > 0) == nnpack
     assert (len(calls) >= 4) == nnpack
-    assert_same_detections(got, expected, label_shift=0)
+    assert_same_detections(got, expected, label_shift=0, box_rtol=1e-6 if nnpack else 0.0)
 
 
 def test_channels_last_without_folding_keeps_batchnorm_and_detections(detector_helpers):

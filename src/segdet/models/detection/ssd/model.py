@@ -24,16 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from segdet.models.detection.detector import Detector
 from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import match_to_targets
 from segdet.models.detection.postprocess import image_bounds, select_detections, topk_above
+from segdet.models.detection.settings import FixedSizeSettings
 from segdet.models.detection.ssd.default_boxes import DefaultBoxGenerator
 from segdet.models.detection.ssd.head import SSDHead
 from segdet.models.detection.ssd.loss import SSDMatcher, ssd_loss
-from segdet.models.detection.transform import DetectionTransform
 from segdet.ops import BoxCoder
 
 #: SSD's offset encoding: the "variances" 0.1 (centre) and 0.2 (size) of the paper's code.
@@ -41,28 +40,18 @@ SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
 @dataclass(frozen=True)
-class SSDSettings:
+class SSDSettings(FixedSizeSettings):
     """The fixed input ``size`` ``(H, W)`` with ``image_mean`` / ``image_std``; inference
     (``score_thresh``, ``topk_candidates`` per class, ``nms_thresh``, ``detections_per_img``) and training
     (``iou_thresh`` of the matching, ``positive_fraction``: hard negatives are ``(1 - f) / f`` per
     matched box, 3 for 0.25) settings; torchvision's names and defaults."""
 
-    size: tuple[int, int] = (300, 300)
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
     score_thresh: float = 0.01
     nms_thresh: float = 0.45
     detections_per_img: int = 200
     topk_candidates: int = 400
     iou_thresh: float = 0.5
     positive_fraction: float = 0.25
-
-    def transform(self) -> DetectionTransform:
-        """Resize to exactly ``size`` (no padding), then normalise."""
-        size = (int(self.size[0]), int(self.size[1]))
-        return DetectionTransform(
-            min(size), max(size), self.image_mean, self.image_std, size_divisible=1, fixed_size=size
-        )
 
 
 class SSD(Detector):
