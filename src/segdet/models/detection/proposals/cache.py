@@ -86,8 +86,15 @@ class ProposalCache:
         except (OSError, SafetensorError, KeyError, ValueError) as e:
             logger.warning("%s: unreadable proposal cache entry (%s); computing it again", path, e)
             return None
-        if (height, width) != tuple(size) or boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4:
-            logger.warning("%s: the cache entry does not fit its %dx%d image; computing it again", path, *size)
+        if (
+            (height, width) != tuple(size)
+            or boxes.dtype != np.float32
+            or boxes.ndim != 2
+            or boxes.shape[1] != 4
+        ):
+            logger.warning(
+                "%s: the cache entry does not fit its %dx%d image; computing it again", path, *size
+            )
             return None
         return CacheEntry(boxes, seconds)
 

@@ -105,7 +105,9 @@ def _cv2():
     except ImportError:
         raise SegdetError(INSTALL_HINT) from None
     if not hasattr(cv2, "ximgproc"):
-        raise SegdetError(f"OpenCV {cv2.__version__} at {cv2.__file__} has no contrib modules; {INSTALL_HINT}")
+        raise SegdetError(
+            f"OpenCV {cv2.__version__} at {cv2.__file__} has no contrib modules; {INSTALL_HINT}"
+        )
     return cv2
 
 

@@ -113,7 +113,8 @@ def fastrcnn_loss(
         L = L_cls(p, u) + [u >= 1] L_loc(t^u, v)
 
     ``L_cls`` the cross-entropy of the true class ``u`` (mean over the ``N`` RoIs); ``L_loc`` the smooth L1
-    loss (``beta``: torchvision's 1/9 by default, the Fast R-CNN paper's eq. 3 is ``beta = 1``) between the deltas ``t^u`` predicted *for the true class* and the targets ``v``, summed
+    loss (``beta``: torchvision's 1/9 by default; the Fast R-CNN paper's eq. 3 is ``beta = 1``) between
+    the deltas ``t^u`` predicted *for the true class* and the targets ``v``, summed
     over the four coordinates and the foreground RoIs and divided by ``N`` (all sampled RoIs, not only
     the foreground ones: torchvision's / Detectron's normalisation, which weights the box loss by the
     foreground fraction).
