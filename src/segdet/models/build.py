@@ -256,4 +256,8 @@ def model_summary(name: str, input_size: int | tuple[int, int] = 512, **kwargs) 
         # cannot decide: count one real forward pass with random weights on a random image instead.
         torch.manual_seed(0)
         model = build(name, **kwargs).eval()
+        if hasattr(model, "proposals"):
+            # Fast R-CNN: count its heads at a fixed number of proposals; searching random pixels
+            # would take seconds and fill the proposal cache with noise.
+            model.proposals.stand_in = True
         return params, count_flops(model, size, random_input=True) / 1e9

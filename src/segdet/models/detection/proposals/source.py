@@ -11,8 +11,10 @@ proposals are computed on first use.
 Of the cached boxes (best first), those with a side shorter than ``min_size`` pixels are dropped (Fast
 R-CNN's code drops sides under 2 px) and the first ``num_proposals`` are kept (2000 in both papers).
 
-On the ``meta`` device (shape-only runs, e.g. FLOP counting) there are no pixels to search: the
-proposals are a fixed grid of ``num_proposals`` boxes, so the heads are counted at that many RoIs.
+On the ``meta`` device (shape-only runs) there are no pixels to search, and a FLOP count on random
+pixels should not search them (``stand_in = True``, set by :func:`segdet.models.build.model_summary`):
+the proposals are then a fixed grid of ``num_proposals`` boxes, so the heads are counted at that many
+RoIs.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class SelectiveSearchProposals:
         self.num_proposals = tuple(num_proposals)
         self.min_size = float(min_size)
         self._memory: dict[str, CacheEntry] = {}
+        #: Grid boxes instead of a search (see the module docstring).
+        self.stand_in = False
 
     def __repr__(self) -> str:
         where = self.cache.folder if self.cache is not None else "memory"
@@ -129,7 +133,7 @@ class SelectiveSearchProposals:
         out = []
         for image in images:
             height, width = int(image.shape[-2]), int(image.shape[-1])
-            if image.device.type == "meta":
+            if image.device.type == "meta" or self.stand_in:
                 out.append(grid_boxes(height, width, n).to(image.device))
                 continue
             entry, _ = self.lookup(image_pixels(image))
