@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "segdet.cli.proposals",
         "selective-search proposals of a dataset: cache them, report recall",
     ),
+    "rcnn": (
+        "segdet.cli.rcnn",
+        "train R-CNN (2014) stage by stage: fine-tune, SVMs, box regression; evaluate",
+    ),
 }
 
 # How an error that no check anticipated starts (the CLI fuzz test makes sure bad input never gets here).
