@@ -17,6 +17,7 @@ the scales are stored in the model. Each stage shows a progress bar.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,11 +36,13 @@ Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # float [0, 1] image, 
 
 @dataclass(frozen=True)
 class RCNNTrainSettings:
-    """Stage 1: ``finetune_steps`` AdamW steps of ``lr`` (``weight_decay``), ``positives`` and
+    """Stage 1: ``finetune_steps`` AdamW steps of ``lr`` (``weight_decay``; or fewer when
+    ``finetune_seconds`` run out: a training budget), ``positives`` and
     ``background`` regions per batch, ``fg_iou``. Stage 2: ``svm`` constants, ``svm_negative_iou``.
     Stage 3: ``regression_iou``, ``ridge_lambda``. ``feature_norm``: the mean feature norm."""
 
     finetune_steps: int = 2000
+    finetune_seconds: float | None = None
     lr: float = 1e-4
     weight_decay: float = 5e-4
     positives: int = 32
@@ -96,7 +99,10 @@ def finetune(
     bar = Progress(s.finetune_steps, "R-CNN 1/3 fine-tune", enabled=progress)
     normalized = [model.normalize(x[0]) for x in samples]
     losses = []
+    start = time.perf_counter()
     for step in range(1, s.finetune_steps + 1):
+        if s.finetune_seconds is not None and time.perf_counter() - start > s.finetune_seconds:
+            break
         pick = torch.cat(
             [
                 fg[torch.randint(len(fg), (s.positives,), generator=g)] if len(fg) else fg,
@@ -123,18 +129,29 @@ def finetune(
 
 
 @torch.no_grad()
-def extract(model: RCNN, samples: Sequence[Sample], regions: list[torch.Tensor], *, progress: bool = True):
-    """Unscaled ``(pool, fc7)`` features of every region of every image (with the scales set to 1)."""
+def extract(
+    model: RCNN,
+    samples: Sequence[Sample],
+    regions: list[torch.Tensor],
+    keep_pool: list[torch.Tensor],
+    *,
+    progress: bool = True,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+    """Unscaled features (the model's scales set to 1): per image the pool features of the regions
+    ``keep_pool`` selects (box regression needs only those: all of them would take ``C p^2`` floats per
+    region), the ``fc7`` features of every region, and the mean norm of *all* pool features."""
     model.feature_scale.fill_(1.0)
     bar = Progress(len(samples), "R-CNN features", enabled=progress, every=1)
-    pools, fc7s = [], []
-    for i, (sample, r) in enumerate(zip(samples, regions, strict=True), 1):
+    pools, fc7s, norm_sum, count = [], [], 0.0, 0
+    for i, (sample, r, keep) in enumerate(zip(samples, regions, keep_pool, strict=True), 1):
         pool, fc7 = model.region_features([sample[0]], [r])
-        pools.append(pool)
+        norm_sum += float(pool.norm(dim=1).sum())
+        count += len(pool)
+        pools.append(pool[keep])
         fc7s.append(fc7)
         bar.update(i)
     bar.close()
-    return pools, fc7s
+    return pools, fc7s, norm_sum / max(count, 1)
 
 
 def _mean_norm(features: list[torch.Tensor]) -> float:
@@ -163,23 +180,36 @@ def fit_svms(
     return stats
 
 
-def fit_regressors(
-    model: RCNN, samples, regions, pools, s: RCNNTrainSettings, *, progress: bool = True
-) -> list[int]:
-    """Stage 3 (module docstring): one ridge regressor per class into the model's buffers; returns the
-    number of training proposals of each class (a class without any keeps the identity, zeros)."""
-    xs, ts, owners = [], [], []
-    for (_, boxes, cls), r, p in zip(samples, regions, pools, strict=True):
-        if len(boxes) == 0:
-            continue
+def regression_targets(
+    model: RCNN, samples: Sequence[Sample], regions: list[torch.Tensor], s: RCNNTrainSettings
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per image ``(which regions, their Δ targets [N, 4], their class)``: the regions with
+    ``IoU >= regression_iou`` with an object, encoded against the object they overlap most."""
+    out = []
+    for (_, boxes, cls), r in zip(samples, regions, strict=True):
         best, match = _best_overlap(r, boxes)
-        keep = best >= s.regression_iou
-        xs.append(p[keep])
-        ts.append(model.box_coder.encode_single(boxes[match[keep]].to(r.dtype), r[keep]))
-        owners.append(cls[match[keep]])
+        keep = best >= s.regression_iou if len(boxes) else torch.zeros(len(r), dtype=torch.bool)
+        targets = model.box_coder.encode_single(boxes[match[keep]].to(r.dtype), r[keep])
+        out.append((keep, targets, cls[match[keep]] if len(boxes) else match[keep]))
+    return out
+
+
+def fit_regressors(
+    model: RCNN,
+    targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    pools: list[torch.Tensor],
+    s: RCNNTrainSettings,
+    *,
+    progress: bool = True,
+) -> list[int]:
+    """Stage 3 (module docstring): one ridge regressor per class into the model's buffers, from the
+    pool features of :func:`regression_targets`' regions; returns the number of training regions of
+    each class (a class without any keeps zeros: the proposal's own box)."""
+    x = torch.cat(pools)
+    t = torch.cat([tg for _, tg, _ in targets])
+    owner = torch.cat([o for _, _, o in targets])
     counts = []
     bar = Progress(model.num_classes, "R-CNN 3/3 box regression", enabled=progress, every=1)
-    x, t, owner = torch.cat(xs), torch.cat(ts), torch.cat(owners)
     for c in range(model.num_classes):
         mine = owner == c
         counts.append(int(mine.sum()))
@@ -196,17 +226,25 @@ def train_rcnn(
     model: RCNN, samples: Sequence[Sample], s: RCNNTrainSettings, *, progress: bool = True
 ) -> dict:
     """The three stages in order on ``samples`` (float ``[0, 1]`` images, boxes, labels ``0 .. K-1``);
-    the model ends in eval mode, ready to detect. Returns each stage's statistics."""
+    the model ends in eval mode, ready to detect. Returns each stage's statistics and seconds."""
     torch.manual_seed(s.seed)
+    seconds = {}
+    start = time.perf_counter()
     regions = _regions(model, samples)
+    seconds["proposals"] = time.perf_counter() - start
     losses = finetune(model, samples, regions, s, progress=progress)
-    pools, fc7s = extract(model, samples, regions, progress=progress)
-    scale = torch.tensor([s.feature_norm / _mean_norm(pools), s.feature_norm / _mean_norm(fc7s)])
+    seconds["finetune"] = time.perf_counter() - start - seconds["proposals"]
+    targets = regression_targets(model, samples, regions, s)
+    pools, fc7s, pool_norm = extract(model, samples, regions, [k for k, _, _ in targets], progress=progress)
+    scale = torch.tensor([s.feature_norm / max(pool_norm, 1e-12), s.feature_norm / _mean_norm(fc7s)])
     pools = [p * scale[0] for p in pools]
     fc7s = [f * scale[1] for f in fc7s]
+    mark = time.perf_counter()
     with torch.no_grad():
         model.feature_scale.copy_(scale)
         svms = fit_svms(model, samples, regions, fc7s, s, progress=progress)
-        regression = fit_regressors(model, samples, regions, pools, s, progress=progress)
+        regression = fit_regressors(model, targets, pools, s, progress=progress)
+    seconds["svms_and_regression"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - start
     model.eval()
-    return {"finetune_loss": losses, "svms": svms, "regression_samples": regression}
+    return {"finetune_loss": losses, "svms": svms, "regression_samples": regression, "seconds": seconds}
