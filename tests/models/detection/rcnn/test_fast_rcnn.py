@@ -156,3 +156,28 @@ def test_train_eval_predict_commands(tmp_path, capsys):
     image = next((tmp_path / "runs").rglob("*.png"), None) or next(tmp_path.rglob("shapes_*.png"))
     assert main(["predict", str(ckpt), str(image), "--device", "cpu", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "predictions.json").is_file()
+
+
+def test_background_only_image_trains():
+    """An image without objects gives background samples (bg_iou_low does not apply: there is nothing
+    to be near) and finite losses, the box loss 0."""
+    model = build("fastrcnn_resnet50_c4", 2, **TINY)
+    props = torch.tensor([[2.0, 2.0, 30.0, 30.0], [10.0, 10.0, 50.0, 60.0]])
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model([torch.rand(3, 64, 64)], [empty], proposals=[props])
+    assert torch.isfinite(losses["loss_classifier"]) and float(losses["loss_box_reg"]) == 0.0
+
+
+def test_faster_rcnn_c4_2fc_shares_fast_rcnn_network():
+    """``fasterrcnn_resnet50_c4(box_head="2fc", pool="pool")`` has Fast R-CNN's trunk and head (same
+    parameter names and shapes), so the history benchmark compares the same network."""
+    fast = build("fastrcnn_resnet50_c4", 2, **TINY)
+    faster = build(
+        "fasterrcnn_resnet50_c4", 2, backbone="resnet18", box_head="2fc", pool="pool", representation_size=64
+    )
+    ours = {k: v.shape for k, v in fast.state_dict().items() if k.startswith(("backbone.", "roi_heads."))}
+    theirs = {k: v.shape for k, v in faster.state_dict().items() if k.startswith(("backbone.", "roi_heads."))}
+    assert ours == theirs
+    assert faster.roi_heads.box_pooler.mode == "pool" and faster.roi_heads.box_pooler.output_size == (7, 7)
+    with pytest.raises(ValueError, match="box_head"):
+        build("fasterrcnn_resnet50_c4", 2, backbone="resnet18", box_head="3fc")

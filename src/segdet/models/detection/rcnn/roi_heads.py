@@ -8,7 +8,7 @@ Training (Girshick, "Fast R-CNN", ICCV 2015, sec. 2.3; Ren et al., "Faster R-CNN
    box) if ``IoU >= fg_iou_thresh`` (0.5), background (label 0) if ``bg_iou_low <= IoU < bg_iou_thresh``
    (0.5), ignored otherwise (label -1: between the thresholds when they differ, and below ``bg_iou_low``,
    0 here; Fast R-CNN's 0.1 keeps background RoIs that overlap an object, "a heuristic for hard example
-   mining"); an image without objects is all background when ``bg_iou_low`` is 0, else ignored;
+   mining"); an image without objects is all background;
 3. ``batch_size_per_image`` (512) RoIs are sampled per image, at most ``positive_fraction`` (25%)
    foreground;
 4. their features are pooled and the box head gives class logits and class-specific deltas; the loss is
@@ -137,9 +137,11 @@ class RoIHeads(nn.Module):
         self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Matched ground-truth index (0 for unmatched) and label (0 background, -1 ignored) per proposal."""
-        if gt_boxes.shape[0] == 0:  # background image: every proposal is a negative (IoU 0)
+        if gt_boxes.shape[0] == 0:
+            # Background image: every proposal is a negative, whatever bg_iou_low (a heuristic about
+            # the background *near objects*; with none, keeping nothing would leave no sample at all).
             zeros = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
-            return zeros, zeros - 1 if self.bg_iou_low > 0 else zeros.clone()
+            return zeros, zeros.clone()
         iou = box_iou(gt_boxes, proposals)
         matches = self.proposal_matcher(iou)
         matched = matches.clamp(min=0)
