@@ -24,7 +24,8 @@ The implementation is OpenCV's (``cv2.ximgproc.segmentation``, package
   background (recall at IoU 0.5: 0.73 on synthetic shapes against 1.0 at 2x).
 * **determinism**: OpenCV draws ``r`` from the C library's ``rand()``, so the order of the boxes (not
   their set) changes from call to call. We seed it with ``srand(seed)`` right before each call, under a
-  lock, so that the same image and settings always give the same list.
+  lock, so that the same image and settings always give the same list (measured: two unseeded calls
+  order the same boxes differently; glibc's ``srand`` takes seeds 0 and 1 as the same).
 """
 
 from __future__ import annotations
