@@ -138,7 +138,7 @@ def test_train_eval_predict_commands(tmp_path, capsys):
     cache = tmp_path / "cache"
     overrides = [
         f"output_dir={tmp_path / 'runs'}",
-        "data.synthetic=8",
+        "data.synthetic=4",
         "data.synthetic_size=64",
         "train.epochs=1",
         "model.min_size=64",
