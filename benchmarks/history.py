@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 
-from segdet.data.dataset import SegDetDataset
 from segdet.data.formats import detect_format, read_dataset
 from segdet.engine.data_splits import holdout
 from segdet.engine.timed_eval import evaluate_timed
@@ -45,21 +44,7 @@ from segdet.models import build
 from segdet.models.detection.proposals import SelectiveSearchProposals, SelectiveSearchSettings
 from segdet.models.detection.proposals.dataset import dataset_proposals
 from segdet.models.detection.region_cnn.model import rcnn_resnet_c4
-from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn
-
-
-def samples_of(annotations) -> list[tuple[torch.Tensor, dict]]:
-    dataset = SegDetDataset(annotations, None)
-    out = []
-    for i in range(len(dataset)):
-        image, target = dataset.load(i)
-        out.append(
-            (
-                image.as_subclass(torch.Tensor),
-                {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]},
-            )
-        )
-    return out
+from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn, training_samples
 
 
 def train_for(model: torch.nn.Module, samples, minutes: float, lr: float, seed: int) -> dict:
@@ -75,7 +60,8 @@ def train_for(model: torch.nn.Module, samples, minutes: float, lr: float, seed: 
         for i in range(0, len(order) - 1, 2):
             images, targets = [], []
             for j in order[i : i + 2]:
-                image, target = samples[j]
+                image, boxes, labels = samples[j]
+                target = {"boxes": boxes, "labels": labels}
                 if torch.rand((), generator=g) < 0.5:
                     width = image.shape[-1]
                     image = image.flip(-1)
@@ -98,7 +84,7 @@ def train_for(model: torch.nn.Module, samples, minutes: float, lr: float, seed: 
     return {"steps": steps, "last_loss": last, "seconds": time.perf_counter() - start}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/pennfudan"))
     parser.add_argument("--format")
@@ -117,78 +103,90 @@ def main() -> None:
     parser.add_argument("--rcnn-train-proposals", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_rcnn(args, k: int, samples, val, report: dict) -> dict:
+    """R-CNN: stage 1 for the budget, stages 2-3 on top; its row."""
+    torch.manual_seed(args.seed)
+    rcnn = rcnn_resnet_c4(
+        k,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        input_size=112,  # 16 x 7: the layer3 map of a region is the others' 7 x 7 pooled map
+        pool_size=7,
+        representation_size=args.representation_size,
+        proposal_cache=args.cache,
+        proposals_train=args.rcnn_train_proposals,
+        proposals_test=args.test_proposals,
+    )
+    settings = RCNNTrainSettings(finetune_seconds=args.budget_minutes * 60, finetune_steps=10**9, lr=args.lr)
+    stats = train_rcnn(rcnn, samples, settings)
+    report["rcnn_train"] = {"steps": len(stats["finetune_loss"]), **stats["seconds"]}
+    return evaluate_timed(rcnn, val, desc="R-CNN")
+
+
+def run_fast(args, k: int, samples, val, report: dict) -> dict[str, dict]:
+    """Fast R-CNN, then the same weights with fc6 / fc7 compressed (the paper's 1024 / 256 of 4096)."""
+    torch.manual_seed(args.seed)
+    width = args.representation_size
+    fast = build(
+        "fastrcnn_resnet50_c4",
+        k,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        representation_size=width,
+        proposal_cache=args.cache,
+        proposals_test=args.test_proposals,
+    )
+    report["fast_rcnn_train"] = train_for(fast, samples, args.budget_minutes, args.lr, args.seed)
+    rows = {"Fast R-CNN": evaluate_timed(fast, val, desc="Fast R-CNN")}
+    fast.compress_fc((width // 4, width // 16))
+    rows["Fast R-CNN + SVD"] = evaluate_timed(fast, val, desc="Fast R-CNN + SVD")
+    return rows
+
+
+def run_faster(args, k: int, samples, val, report: dict) -> dict:
+    """Faster R-CNN on the same trunk and head, 300 RPN proposals at test time."""
+    torch.manual_seed(args.seed)
+    faster = build(
+        "fasterrcnn_resnet50_c4",
+        k,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        box_head="2fc",
+        pool="pool",
+        representation_size=args.representation_size,
+        rpn_post_nms_top_n_test=300,
+    )
+    report["faster_rcnn_train"] = train_for(faster, samples, args.budget_minutes, args.lr, args.seed)
+    return evaluate_timed(faster, val, desc="Faster R-CNN")
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = str(args.cache) if args.cache else None
-
+    args.cache = str(args.cache) if args.cache else None
     dataset = read_dataset(args.format or detect_format(args.data), args.data)
     train, val = holdout(dataset, 0.2, 0)
     if args.max_train:
         train.images = train.images[: args.max_train]
     if args.max_val:
         val.images = val.images[: args.max_val]
-    k = len(train.classes)
-    report: dict = {"args": {k_: str(v) for k_, v in vars(args).items()}, "load_average": [os.getloadavg()]}
-    source = SelectiveSearchProposals(SelectiveSearchSettings(), cache)
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_average": [os.getloadavg()]}
+    source = SelectiveSearchProposals(SelectiveSearchSettings(), args.cache)
     for part in (train, val):
         dataset_proposals(part, source)
-    samples = samples_of(train)
-    common = {"backbone": args.backbone, "backbone_weights": args.backbone_weights}
-    sizes = {"min_size": args.min_size, "max_size": args.max_size}
-    width = args.representation_size
-    rows = {}
-
-    # R-CNN
-    torch.manual_seed(args.seed)
-    rcnn = rcnn_resnet_c4(
-        k,
-        **common,
-        input_size=112,
-        pool_size=7,
-        representation_size=width,
-        proposal_cache=cache,
-        proposals_train=args.rcnn_train_proposals,
-        proposals_test=args.test_proposals,
-    )
-    settings = RCNNTrainSettings(finetune_seconds=args.budget_minutes * 60, finetune_steps=10**9, lr=args.lr)
-    stats = train_rcnn(rcnn, [(im, t["boxes"], t["labels"]) for im, t in samples], settings)
-    report["rcnn_train"] = {"steps": len(stats["finetune_loss"]), **stats["seconds"]}
-    rows["R-CNN"] = evaluate_timed(rcnn, val, desc="R-CNN")
-    del rcnn
-
-    # Fast R-CNN, then the same weights with fc6 / fc7 compressed by truncated SVD
-    torch.manual_seed(args.seed)
-    fast = build(
-        "fastrcnn_resnet50_c4",
-        k,
-        **common,
-        **sizes,
-        representation_size=width,
-        proposal_cache=cache,
-        proposals_test=args.test_proposals,
-    )
-    report["fast_rcnn_train"] = train_for(fast, samples, args.budget_minutes, args.lr, args.seed)
-    rows["Fast R-CNN"] = evaluate_timed(fast, val, desc="Fast R-CNN")
-    fast.compress_fc((width // 4, width // 16))  # the paper's 1024 / 256 of 4096
-    rows["Fast R-CNN + SVD"] = evaluate_timed(fast, val, desc="Fast R-CNN + SVD")
-    del fast
-
-    # Faster R-CNN
-    torch.manual_seed(args.seed)
-    faster = build(
-        "fasterrcnn_resnet50_c4",
-        k,
-        **common,
-        **sizes,
-        box_head="2fc",
-        pool="pool",
-        representation_size=width,
-        rpn_post_nms_top_n_test=300,
-    )
-    report["faster_rcnn_train"] = train_for(faster, samples, args.budget_minutes, args.lr, args.seed)
-    rows["Faster R-CNN"] = evaluate_timed(faster, val, desc="Faster R-CNN")
-
+    samples = training_samples(train)
+    k = len(train.classes)
+    rows = {"R-CNN": run_rcnn(args, k, samples, val, report)}
+    rows.update(run_fast(args, k, samples, val, report))
+    rows["Faster R-CNN"] = run_faster(args, k, samples, val, report)
     report["rows"] = rows
     report["load_average"].append(os.getloadavg())
     (args.out / "history.json").write_text(json.dumps(report, indent=1))

@@ -76,28 +76,8 @@ def _splits(args: argparse.Namespace):
     return train, None
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from segdet.cli.paths import output_dir
-    from segdet.data.dataset import SegDetDataset
-    from segdet.engine.checkpoint import save_checkpoint
-    from segdet.engine.timed_eval import evaluate_timed
-    from segdet.errors import ConfigError
-    from segdet.models.detection.region_cnn.model import rcnn_resnet_c4
-    from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn
-    from segdet.models.detection.region_cnn.svm import SVMSettings
-
-    if (
-        min(args.steps, args.positives, args.proposals, args.input_size, args.pool_size) < 1
-        or args.svm_c <= 0
-    ):
-        raise ConfigError(
-            "--steps, --positives, --proposals, --input-size, --pool-size and --svm-c must be > 0"
-        )
-    output_dir(args.out, overwrite=args.overwrite, sources=[args.path, args.val])
-    train, val = _splits(args)
-    options = {
+def _model_options(args: argparse.Namespace) -> dict:
+    return {
         "backbone": args.backbone,
         "backbone_weights": args.backbone_weights,
         "trainable_layers": args.trainable_layers,
@@ -110,15 +90,32 @@ def run(args: argparse.Namespace) -> int:
         "proposals_train": args.proposals,
         "proposals_test": args.proposals,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from segdet.cli.paths import output_dir
+    from segdet.engine.checkpoint import save_checkpoint
+    from segdet.engine.timed_eval import evaluate_timed
+    from segdet.errors import ConfigError
+    from segdet.models.detection.region_cnn.model import rcnn_resnet_c4
+    from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn, training_samples
+    from segdet.models.detection.region_cnn.svm import SVMSettings
+
+    if (
+        min(args.steps, args.positives, args.proposals, args.input_size, args.pool_size) < 1
+        or args.svm_c <= 0
+    ):
+        raise ConfigError(
+            "--steps, --positives, --proposals, --input-size, --pool-size and --svm-c must be > 0"
+        )
+    output_dir(args.out, overwrite=args.overwrite, sources=[args.path, args.val])
+    train, val = _splits(args)
+    options = _model_options(args)
     torch.manual_seed(args.seed)
     model = rcnn_resnet_c4(len(train.classes), **options)
-    dataset = SegDetDataset(train, None)
-    samples = []
-    for i in range(len(dataset)):
-        image, target = dataset.load(i)
-        samples.append(
-            (image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), target["labels"])
-        )
+    samples = training_samples(train)
     settings = RCNNTrainSettings(
         finetune_steps=args.steps,
         lr=args.lr,

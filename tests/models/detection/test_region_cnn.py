@@ -109,20 +109,13 @@ def test_rcnn_three_stages_converge_on_shapes(tmp_path):
     """The three stages on four shapes images, evaluated on them by our COCO evaluator (box AP50 >= 0.8,
     the issue's bound)."""
     from segdet.data import shapes
-    from segdet.data.dataset import SegDetDataset
     from segdet.engine.timed_eval import evaluate_timed
     from segdet.models.detection.region_cnn.model import rcnn_resnet_c4
-    from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn
+    from segdet.models.detection.region_cnn.stages import RCNNTrainSettings, train_rcnn, training_samples
 
     torch.manual_seed(0)
     ann = shapes.generate(tmp_path / "shapes", 4, seed=0, size=64)
-    dataset = SegDetDataset(ann, None)
-    samples = []
-    for i in range(len(dataset)):
-        image, target = dataset.load(i)
-        samples.append(
-            (image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), target["labels"])
-        )
+    samples = training_samples(ann)
     model = rcnn_resnet_c4(4, **TINY, proposal_cache=str(tmp_path / "cache"))
     settings = RCNNTrainSettings(
         finetune_steps=30, lr=1e-3, positives=8, background=24, svm=SVMSettings(C=1.0)

@@ -56,6 +56,20 @@ class RCNNTrainSettings:
     seed: int = 0
 
 
+def training_samples(annotations) -> list[Sample]:
+    """The ``(image, boxes, labels)`` of every image of an annotation set (crowd regions left out),
+    decoded as the training pipeline decodes them (:class:`segdet.data.dataset.SegDetDataset`)."""
+    from segdet.data.dataset import SegDetDataset
+
+    dataset = SegDetDataset(annotations, None)
+    samples = []
+    for i in range(len(dataset)):
+        image, target = dataset.load(i)
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        samples.append((image.as_subclass(torch.Tensor), boxes, target["labels"]))
+    return samples
+
+
 def _best_overlap(regions: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per region its largest IoU with ``boxes`` and the index of that box (0 and 0 without boxes)."""
     if len(boxes) == 0:
