@@ -203,6 +203,7 @@ COMMANDS = [
     ["metrics", "coco", "--gt", "{a}", "--dt", "{b}"],
     ["metrics", "voc", "--gt", "{a}", "--dt", "{b}"],
     ["metrics", "seg", "--gt", "{a}", "--pred", "{b}", "--num-classes", "3"],
+    ["proposals", "{a}", "--cache", "{b}", "--num", "1", "--no-progress"],
 ]
 
 

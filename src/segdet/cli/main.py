@@ -24,6 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("segdet.cli.predict", "run a trained checkpoint on images: label PNGs and overlays"),
     "metrics": ("segdet.cli.metrics", "evaluate predictions: COCO / VOC detection AP, segmentation IoU"),
     "models": ("segdet.cli.models", "list the models with parameter counts and GFLOPs"),
+    "proposals": (
+        "segdet.cli.proposals",
+        "selective-search proposals of a dataset: cache them, report recall",
+    ),
+    "rcnn": (
+        "segdet.cli.rcnn",
+        "train R-CNN (2014) stage by stage: fine-tune, SVMs, box regression; evaluate",
+    ),
 }
 
 # How an error that no check anticipated starts (the CLI fuzz test makes sure bad input never gets here).

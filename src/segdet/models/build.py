@@ -144,6 +144,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet_backbone": unet_backbone,
     "deeplabv3plus": deeplabv3plus,
     # --- detection: two-stage detectors (segdet.models.detection.rcnn; torchvision's keyword options) ---
+    "fastrcnn_resnet50_c4": detection.fastrcnn_resnet50_c4,
     "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
     "fasterrcnn_resnet101_fpn": detection.fasterrcnn_resnet101_fpn,
     "fasterrcnn_resnet50_fpn_v2": detection.fasterrcnn_resnet50_fpn_v2,

@@ -125,6 +125,11 @@ def model_cost(name: str, input_size: int | tuple[int, int] = 512, **kwargs) -> 
         # do not (see the module docstring).
         torch.manual_seed(0)
         model = build(name, **kwargs).eval()
+        if hasattr(model, "proposals"):
+            # Fast R-CNN: its heads counted at a fixed grid of proposals; searching the input's pixels
+            # would take seconds and fill the proposal cache with noise.
+            model.proposals.stand_in = True
+            return Cost(params, count_flops(model, size) / 1e9, model.proposals.num_proposals[1], 0)
         return Cost(params, count_flops(model, size) / 1e9)
 
 

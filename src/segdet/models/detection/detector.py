@@ -127,6 +127,20 @@ class Detector(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training) or detections (evaluation); see the module docstring. ``generator`` drives
         the training randomness (multi-scale size, sampling); ``None``: torch's global RNG."""
+        images, original_sizes, prepared = self.check_inputs(images, targets)
+        batch, prepared = self.transform(images, prepared, generator)
+        features = self.backbone(batch.tensors)
+        if isinstance(features, Tensor):
+            features = {"0": features}
+        detections, losses = self.run_heads(batch, features, prepared, generator)
+        return self.outputs(detections, losses, batch, original_sizes)
+
+    def check_inputs(
+        self, images: Sequence[Tensor] | Tensor, targets: Sequence[Mapping[str, Tensor]] | None
+    ) -> tuple[Sequence[Tensor] | Tensor, list[tuple[int, int]], list[dict[str, Tensor]] | None]:
+        """Step 1 of the module docstring: ``(images, original sizes, prepared targets)``; one
+        ``3 x H x W`` image becomes a list of one, targets are prepared in training (required) and
+        ``None`` in evaluation."""
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
@@ -135,11 +149,17 @@ class Detector(nn.Module):
             if targets is None:
                 raise ValueError("a detector in training mode needs targets")
             prepared = prepare_targets(targets, len(original_sizes), self.num_classes, self.label_offset)
-        batch, prepared = self.transform(images, prepared, generator)
-        features = self.backbone(batch.tensors)
-        if isinstance(features, Tensor):
-            features = {"0": features}
-        detections, losses = self.run_heads(batch, features, prepared, generator)
+        return images, original_sizes, prepared
+
+    def outputs(
+        self,
+        detections: list[dict[str, Tensor]],
+        losses: dict[str, Tensor],
+        batch: ImageList,
+        original_sizes: list[tuple[int, int]],
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Step 5 of the module docstring: the losses in training; else the detections with labels
+        shifted back by :attr:`label_offset` and mapped to the original images."""
         if self.training:
             return losses
         if self.label_offset:

@@ -102,14 +102,19 @@ class FastRCNNPredictor(nn.Module):
 
 
 def fastrcnn_loss(
-    class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor
+    class_logits: Tensor,
+    box_regression: Tensor,
+    labels: Tensor,
+    regression_targets: Tensor,
+    beta: float = 1 / 9,
 ) -> tuple[Tensor, Tensor]:
     """The Fast R-CNN multi-task loss (Girshick, ICCV 2015, eq. 1) over the ``N`` sampled RoIs::
 
         L = L_cls(p, u) + [u >= 1] L_loc(t^u, v)
 
     ``L_cls`` the cross-entropy of the true class ``u`` (mean over the ``N`` RoIs); ``L_loc`` the smooth L1
-    loss (β = 1/9) between the deltas ``t^u`` predicted *for the true class* and the targets ``v``, summed
+    loss (``beta``: torchvision's 1/9 by default; the Fast R-CNN paper's eq. 3 is ``beta = 1``) between
+    the deltas ``t^u`` predicted *for the true class* and the targets ``v``, summed
     over the four coordinates and the foreground RoIs and divided by ``N`` (all sampled RoIs, not only
     the foreground ones: torchvision's / Detectron's normalisation, which weights the box loss by the
     foreground fraction).
@@ -126,5 +131,5 @@ def fastrcnn_loss(
     loss_classifier = cross_entropy_loss(class_logits, labels)
     foreground = torch.nonzero(labels > 0).flatten()
     deltas = box_regression.reshape(box_regression.shape[0], -1, 4)[foreground, labels[foreground]]
-    box_loss = smooth_l1_loss(deltas, regression_targets[foreground], beta=1 / 9, reduction="sum")
+    box_loss = smooth_l1_loss(deltas, regression_targets[foreground], beta=beta, reduction="sum")
     return loss_classifier, box_loss / max(labels.numel(), 1)

@@ -304,6 +304,26 @@ class Res5Head(nn.Module):
         return self.layer4(x).mean(dim=(2, 3))
 
 
+def resnet_c4(
+    backbone: str, backbone_weights: object, trainable_layers: int | None, frozen_bn: bool | None
+) -> tuple[C4Backbone, nn.Module, int]:
+    """A ResNet cut after ``layer3``: ``(C4 backbone, layer4, layer4's output channels)``. ``layer4``
+    leaves the backbone (the C4 heads run it on pooled RoIs, or drop it)."""
+    trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
+    body = resnet_body(
+        _depth(backbone),
+        returned_layers=(3,),
+        trainable_layers=trainable,
+        frozen_bn=frozen,
+        weights=backbone_weights,
+    )
+    layer4, res5_channels = body.layer4, body.out_channels["c5"]
+    del body.layer4
+    for table in (body.stage_layout, body.out_channels, body.strides):
+        table.pop("c5")
+    return C4Backbone(body), layer4, res5_channels
+
+
 @with_settings(RCNNSettings, rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000)
 def fasterrcnn_resnet50_c4(
     num_classes: int,
@@ -313,6 +333,8 @@ def fasterrcnn_resnet50_c4(
     trainable_layers: int | None = None,
     frozen_bn: bool | None = None,
     pool: Literal["align", "pool"] = "align",
+    box_head: Literal["res5", "2fc"] = "res5",
+    representation_size: int = 1024,
     anchor_sizes: Sequence[Sequence[int]] = C4_SIZES,
     aspect_ratios: Sequence[Sequence[float]] = C4_ASPECT_RATIOS,
     settings: RCNNSettings,
@@ -321,25 +343,25 @@ def fasterrcnn_resnet50_c4(
     anchors, RoIs pooled 14x14 from ``C4`` by RoIAlign (``pool="align"``, Detectron2's half-pixel-aligned
     ROIAlignV2 with adaptive sampling) or RoIPool (``pool="pool"``, the paper's), ``res5`` + average
     pooling as the box head. 12000 / 6000 anchors enter the RPN's NMS in training / inference
-    (Detectron2's C4 settings; the paper's 12000 / 6000 too)."""
-    trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
-    body = resnet_body(
-        _depth(backbone),
-        returned_layers=(3,),
-        trainable_layers=trainable,
-        frozen_bn=frozen,
-        weights=backbone_weights,
-    )
-    # layer4 moves from the backbone to the box head: the backbone stops at layer3.
-    layer4, res5_channels = body.layer4, body.out_channels["c5"]
-    del body.layer4
-    for table in (body.stage_layout, body.out_channels, body.strides):
-        table.pop("c5")
-    net = C4Backbone(body)
+    (Detectron2's C4 settings; the paper's 12000 / 6000 too).
+
+    ``box_head="2fc"``: the VGG-16 design of the Faster R-CNN (and Fast R-CNN) papers instead: RoIs
+    pooled 7x7 from ``C4``, then ``fc6``, ``fc7`` of ``representation_size`` units (the papers' 4096;
+    :class:`~.box_head.TwoMLPHead`); ``layer4`` is dropped. The same backbone and head as
+    :func:`~.fast_rcnn.fastrcnn_resnet50_c4`, with the RPN in place of selective search."""
+    net, layer4, res5_channels = resnet_c4(backbone, backbone_weights, trainable_layers, frozen_bn)
     anchors = AnchorGenerator(anchor_sizes, aspect_ratios)
     if pool not in ("align", "pool"):
         raise ValueError(f"pool must be 'align' or 'pool', got {pool!r}")
-    pooler = MultiScaleRoIPool(["0"], 14, 0, mode=pool, aligned=pool == "align")
+    if box_head not in ("res5", "2fc"):
+        raise ValueError(f"box_head must be 'res5' or '2fc', got {box_head!r}")
+    if box_head == "2fc":
+        pooler = MultiScaleRoIPool(["0"], BOX_POOL_SIZE, 0, mode=pool, aligned=pool == "align")
+        head: nn.Module = TwoMLPHead(net.out_channels * BOX_POOL_SIZE**2, representation_size)
+        width = representation_size
+    else:
+        pooler = MultiScaleRoIPool(["0"], 14, 0, mode=pool, aligned=pool == "align")
+        head, width = Res5Head(layer4, res5_channels), res5_channels
     return assemble(
         num_classes,
         settings,
@@ -347,6 +369,6 @@ def fasterrcnn_resnet50_c4(
         anchor_generator=anchors,
         rpn_head=RPNHead(net.out_channels, anchors.num_anchors_per_location()[0]),
         box_pooler=pooler,
-        box_head=Res5Head(layer4, res5_channels),
-        representation_size=res5_channels,
+        box_head=head,
+        representation_size=width,
     )

@@ -5,13 +5,16 @@ Training (Girshick, "Fast R-CNN", ICCV 2015, sec. 2.3; Ren et al., "Faster R-CNN
 1. the ground-truth boxes are added to each image's proposals (so every object has a perfect RoI early
    in training);
 2. each proposal is matched to the ground-truth box it overlaps most: foreground (label ``u`` of that
-   box) if ``IoU >= fg_iou_thresh`` (0.5), background (label 0) if ``IoU < bg_iou_thresh`` (0.5), ignored
-   in between (label -1, only when the thresholds differ); an image without objects is all background;
+   box) if ``IoU >= fg_iou_thresh`` (0.5), background (label 0) if ``bg_iou_low <= IoU < bg_iou_thresh``
+   (0.5), ignored otherwise (label -1: between the thresholds when they differ, and below ``bg_iou_low``,
+   0 here; Fast R-CNN's 0.1 keeps background RoIs that overlap an object, "a heuristic for hard example
+   mining"); an image without objects is all background;
 3. ``batch_size_per_image`` (512) RoIs are sampled per image, at most ``positive_fraction`` (25%)
    foreground;
 4. their features are pooled and the box head gives class logits and class-specific deltas; the loss is
    :func:`~.box_head.fastrcnn_loss` ``L = L_cls + [u >= 1] L_loc`` with targets
-   encoded w.r.t. the RoI by the R-CNN box coder (weights ``(10, 10, 5, 5)``);
+   encoded w.r.t. the RoI by the R-CNN box coder (weights ``(10, 10, 5, 5)``) and smooth L1 of
+   ``smooth_l1_beta`` (torchvision's 1/9; the Fast R-CNN paper's 1);
 5. with a mask branch, the foreground sampled RoIs are pooled again (14 x 14) and
    :func:`~.mask_head.maskrcnn_loss` is added.
 
@@ -51,6 +54,8 @@ class RoIHeads(nn.Module):
         box_head: e.g. :class:`~segdet.models.detection.rcnn.box_head.TwoMLPHead`.
         box_predictor: :class:`~segdet.models.detection.rcnn.box_head.FastRCNNPredictor`.
         fg_iou_thresh, bg_iou_thresh: matching thresholds (foreground ``>= fg``, background ``< bg``).
+        bg_iou_low: background RoIs need ``IoU >= bg_iou_low`` with their best object (0: all).
+        smooth_l1_beta: the box loss's smooth L1 transition point.
         batch_size_per_image, positive_fraction: RoI sampling.
         bbox_reg_weights: box coder weights ``(w_x, w_y, w_w, w_h)``.
         score_thresh, nms_thresh, detections_per_img: post-processing.
@@ -81,6 +86,8 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        bg_iou_low: float = 0.0,
+        smooth_l1_beta: float = 1 / 9,
         mask_pooler: nn.Module | None = None,
         mask_head: nn.Module | None = None,
         mask_predictor: nn.Module | None = None,
@@ -101,6 +108,8 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.bg_iou_low = bg_iou_low
+        self.smooth_l1_beta = smooth_l1_beta
 
     @property
     def has_mask(self) -> bool:
@@ -128,14 +137,19 @@ class RoIHeads(nn.Module):
         self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Matched ground-truth index (0 for unmatched) and label (0 background, -1 ignored) per proposal."""
-        if gt_boxes.shape[0] == 0:  # background image: every proposal is a negative
+        if gt_boxes.shape[0] == 0:
+            # Background image: every proposal is a negative, whatever bg_iou_low (a heuristic about
+            # the background *near objects*; with none, keeping nothing would leave no sample at all).
             zeros = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
             return zeros, zeros.clone()
-        matches = self.proposal_matcher(box_iou(gt_boxes, proposals))
+        iou = box_iou(gt_boxes, proposals)
+        matches = self.proposal_matcher(iou)
         matched = matches.clamp(min=0)
         labels = gt_labels[matched].to(torch.int64)
         labels[matches == BELOW_LOW_THRESHOLD] = 0
         labels[matches == BETWEEN_THRESHOLDS] = -1
+        if self.bg_iou_low > 0:
+            labels[(labels == 0) & (iou.max(dim=0).values < self.bg_iou_low)] = -1
         return matched, labels
 
     def select_training_samples(
@@ -255,7 +269,11 @@ class RoIHeads(nn.Module):
             return detections, {}
 
         loss_classifier, loss_box_reg = fastrcnn_loss(
-            class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)
+            class_logits,
+            box_regression,
+            torch.cat(labels),
+            torch.cat(regression_targets),
+            beta=self.smooth_l1_beta,
         )
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask:
