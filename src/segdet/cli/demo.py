@@ -30,7 +30,7 @@ TARGETS = {"mIoU": 0.8, "AP50": 0.7}
 # Training images the data part writes as COCO, checks and summarises (a sample: it shows the tools).
 DATA_PART_IMAGES = 96
 # Detections drawn in summary.png (the metrics use every detection, as COCO AP does).
-SCORE_THRESH = 0.3
+SCORE_THRESH = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
