@@ -17,7 +17,7 @@ from segdet.errors import SegdetError
 
 # command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("segdet.cli.demo", "generate the synthetic shapes set, check it, draw it (the main job)"),
+    "demo": ("segdet.cli.demo", "train a U-Net and a detector on synthetic shapes, show them (the main job)"),
     "data": ("segdet.cli.data", "check, describe, draw and convert datasets"),
     "train": ("segdet.cli.train", "train a model from a YAML config (torchrun for several processes)"),
     "eval": ("segdet.cli.evaluate", "evaluate a trained checkpoint on a dataset"),
