@@ -33,17 +33,21 @@ def anchors_per_level(outputs: list[Tensor], channels: int) -> list[int]:
     return [o.shape[1] // channels * o.shape[2] * o.shape[3] for o in outputs]
 
 
+def in_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors``, each in float32 when reduced-precision autocast (bf16 / fp16) produced it, else as they
+    are: decoding, losses and NMS stay in float32, since bf16's 8-bit mantissa would round coordinates of
+    a few hundred pixels by 1-4 px."""
+    return tuple(t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors)
+
+
 def dense_head_outputs(
     head: nn.Module, levels: list[Tensor], num_scores: int
 ) -> tuple[Tensor, Tensor, list[int]]:
     """Run a dense ``head`` (per level ``(scores N x A C x H x W, deltas N x 4A x H x W)`` lists) and
     flatten its outputs: ``(scores [N, M, C], deltas [N, M, 4], anchors per level)`` with ``C =
-    num_scores``. Under reduced-precision autocast they come back in float32: decoding, losses and NMS
-    stay in float32, since bf16's 8-bit mantissa would round coordinates of a few hundred pixels by
-    1-4 px."""
+    num_scores``, in float32 under reduced-precision autocast (:func:`in_float32`)."""
     score_levels, delta_levels = head(levels)
     scores = flatten_anchor_outputs(score_levels, num_scores)
     deltas = flatten_anchor_outputs(delta_levels, 4)
-    if deltas.dtype not in (torch.float32, torch.float64):
-        scores, deltas = scores.float(), deltas.float()
+    scores, deltas = in_float32(scores, deltas)
     return scores, deltas, anchors_per_level(delta_levels, 4)

@@ -22,6 +22,7 @@ from segdet.models.detection.centernet.head import CenterNetHead
 from segdet.models.detection.centernet.loss import centernet_loss
 from segdet.models.detection.centernet.targets import RADIUS_RULES, center_targets
 from segdet.models.detection.detector import Detector
+from segdet.models.detection.head_outputs import in_float32
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.postprocess import image_bounds
 from segdet.models.detection.settings import TransformSettings
@@ -85,10 +86,7 @@ class CenterNet(Detector):
         targets: list[dict[str, Tensor]] | None,
         generator: torch.Generator | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        outputs = self.head(list(features.values())[-1])
-        if outputs[0].dtype not in (torch.float32, torch.float64):
-            outputs = tuple(o.float() for o in outputs)  # loss and decoding in float32 under autocast
-        heatmap, size, offset = outputs
+        heatmap, size, offset = in_float32(*self.head(list(features.values())[-1]))
         s = self.settings
         if self.training:
             assert targets is not None

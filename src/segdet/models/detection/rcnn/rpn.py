@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from segdet.losses import binary_cross_entropy_loss, smooth_l1_loss
 from segdet.models.detection.anchors import AnchorGenerator
+from segdet.models.detection.head_outputs import in_float32
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
 from segdet.models.detection.postprocess import topk_per_level
@@ -256,10 +257,7 @@ class RegionProposalNetwork(nn.Module):
         level_logits, level_deltas = self.head(feature_list)
         num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in level_logits]
         objectness, deltas = flatten_head_outputs(level_logits, level_deltas)
-        if objectness.dtype not in (torch.float32, torch.float64):
-            # Reduced precision (bf16 / fp16 autocast): anchors, decoding and NMS stay in float32, since
-            # bf16's 8-bit mantissa would round coordinates of a few hundred pixels by 1-4 px.
-            objectness, deltas = objectness.float(), deltas.float()
+        objectness, deltas = in_float32(objectness, deltas)  # anchors, decoding and NMS in float32
         anchors = self.anchor_generator(images, feature_list, dtype=deltas.dtype)
 
         top_idx, levels = self.select_top_per_level(objectness.detach(), num_anchors_per_level)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from segdet.models.detection.detector import Detector
+from segdet.models.detection.head_outputs import in_float32
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.postprocess import image_bounds, select_detections, topk_pairs
 from segdet.models.detection.settings import FixedSizeSettings
@@ -91,9 +92,7 @@ class YOLOv1(Detector):
         targets: list[dict[str, Tensor]] | None,
         generator: torch.Generator | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        predictions = self.head(list(features.values())[-1])
-        if predictions.dtype not in (torch.float32, torch.float64):
-            predictions = predictions.float()  # decoding, loss and NMS in float32 under autocast
+        (predictions,) = in_float32(self.head(list(features.values())[-1]))
         size = batch.tensors.shape[-2:]
         s = self.settings
         if self.training:
