@@ -16,9 +16,10 @@ from segdet.models.detection.anchors import (
     FPN_SIZES,
     AnchorGenerator,
 )
+from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.rcnn.rpn import RegionProposalNetwork
-from segdet.models.detection.rcnn.rpn_head import RPNHead, flatten_head_outputs
+from segdet.models.detection.rcnn.rpn_head import RPNHead
 
 CHANNELS = 8
 PADDED = (128, 192)  # a multiple of 32 (and of the strides 4..64)
@@ -219,7 +220,8 @@ def test_per_image_anchor_tensors_give_the_same_loss():
     ours, _ = _pair(FPN_SIZES, FPN_ASPECT_RATIOS)
     images, features = _inputs(FPN_STRIDES)
     feature_list = list(features.values())
-    objectness, deltas = flatten_head_outputs(*ours.head(feature_list))
+    scores, deltas, _ = dense_head_outputs(ours.head, feature_list, 1)
+    objectness = scores[..., 0]
     shared = ours.anchor_generator(images, feature_list)
     copies = [a.clone() for a in shared]
     labels, matched = ours.assign_targets_to_anchors(shared, TARGETS)

@@ -49,11 +49,10 @@ from torch import Tensor, nn
 
 from segdet.losses import binary_cross_entropy_loss, smooth_l1_loss
 from segdet.models.detection.anchors import AnchorGenerator
-from segdet.models.detection.head_outputs import in_float32
+from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
 from segdet.models.detection.postprocess import topk_per_level
-from segdet.models.detection.rcnn.rpn_head import flatten_head_outputs
 from segdet.models.detection.rcnn.sampler import BalancedPositiveNegativeSampler
 from segdet.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
@@ -254,10 +253,9 @@ class RegionProposalNetwork(nn.Module):
         if self.training and targets is None:
             raise ValueError("RegionProposalNetwork needs targets in training mode")
         feature_list = list(features.values()) if isinstance(features, Mapping) else list(features)
-        level_logits, level_deltas = self.head(feature_list)
-        num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in level_logits]
-        objectness, deltas = flatten_head_outputs(level_logits, level_deltas)
-        objectness, deltas = in_float32(objectness, deltas)  # anchors, decoding and NMS in float32
+        # One objectness logit per anchor; anchors, decoding and NMS in float32 under autocast.
+        scores, deltas, num_anchors_per_level = dense_head_outputs(self.head, feature_list, 1)
+        objectness = scores[..., 0]
         anchors = self.anchor_generator(images, feature_list, dtype=deltas.dtype)
 
         top_idx, levels = self.select_top_per_level(objectness.detach(), num_anchors_per_level)

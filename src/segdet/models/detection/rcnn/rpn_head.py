@@ -17,8 +17,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from segdet.models.detection.head_outputs import flatten_anchor_outputs
-
 
 class RPNHead(nn.Module):
     """Objectness logits and box deltas for every anchor of every level.
@@ -66,17 +64,3 @@ def _rename_legacy_conv(module: nn.Module, state_dict: dict[str, Any], prefix: s
         old = f"{prefix}conv.{name}"
         if old in state_dict:
             state_dict[f"{prefix}conv.0.0.{name}"] = state_dict.pop(old)
-
-
-def flatten_head_outputs(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Concatenate the levels' outputs in anchor order (level, y, x, anchor; see
-    :mod:`segdet.models.detection.head_outputs`).
-
-    Args:
-        logits: per level ``N x A_l x H_l x W_l``.
-        deltas: per level ``N x 4A_l x H_l x W_l``.
-
-    Returns:
-        ``(objectness [N, Σ H_l W_l A_l], deltas [N, Σ H_l W_l A_l, 4])``.
-    """
-    return flatten_anchor_outputs(logits, 1)[..., 0], flatten_anchor_outputs(deltas, 4)
