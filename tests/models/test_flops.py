@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from segdet.cli.main import main
 from segdet.models import build
@@ -89,3 +90,22 @@ def test_models_command_is_deterministic(capsys):
     assert first == second and list(first) == ["maskrcnn_resnet101_fpn"]
     assert first["maskrcnn_resnet101_fpn"][1] == "1000/100" and first["maskrcnn_resnet101_fpn"][0] > 0
     assert main(["models", "no_such_model"]) != 0
+
+
+def test_rcnn_2014_is_counted_per_proposal(capsys):
+    """R-CNN (2014) costs its CNN once per warped proposal: the count at R regions is R times the count at
+    one (exact), and one region costs the network on one ``S x S`` crop plus, by hand, every class's SVM
+    on ``fc7`` and box regressor on the pool features, ``2 K (D + 4 C p^2)`` (exact). ``segdet models``
+    lists it at its 2000 test-time proposals."""
+    from segdet.models.flops import rcnn_2014_flops
+
+    options = {"backbone": "resnet18", "input_size": 32, "pool_size": 2, "representation_size": 16}
+    with torch.device("meta"):
+        model = build("rcnn_resnet_c4", 3, **options).eval()
+    one = rcnn_2014_flops(model, 1)
+    assert rcnn_2014_flops(model, 10) == 10 * one
+    with FlopCounterMode(display=False) as counter:
+        model.network.features(torch.zeros(1, 3, 32, 32, device="meta"))
+    assert one - counter.get_total_flops() == 2 * 3 * (16 + 4 * 256 * 2**2)  # ResNet-18 layer3: C = 256
+    rows = _table(capsys, ["models", "rcnn_resnet_c4", "--size", "64"])
+    assert rows["rcnn_resnet_c4"][1] == "2000/-" and rows["rcnn_resnet_c4"][0] > 0

@@ -1,7 +1,9 @@
 """``segdet eval CHECKPOINT [--data PATH]``: evaluate a trained model on a dataset.
 
 Segmentation checkpoints report mIoU, Dice and accuracies; detection checkpoints COCO box AP (and mask
-AP for instance segmentation), computed by our COCO evaluator.
+AP for instance segmentation), computed by our COCO evaluator. ``segdet rcnn``'s ``rcnn.safetensors`` is
+a detection checkpoint like the others: without ``--data`` it is evaluated on the run's held-out
+images, which gives the AP of its ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from segdet.data.formats import FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint written by segdet train")
+    parser.add_argument(
+        "checkpoint",
+        type=path_arg,
+        help="a .safetensors checkpoint: segdet train's (RUN/best.safetensors, last.safetensors) or "
+        "segdet rcnn's (OUT/rcnn.safetensors: R-CNN's network, SVMs and box regressors)",
+    )
     parser.add_argument(
         "--data", type=path_arg, help="dataset to evaluate on (default: the run's validation split)"
     )

@@ -30,7 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "rcnn": (
         "segdet.cli.rcnn",
-        "train R-CNN (2014) stage by stage: fine-tune, SVMs, box regression; evaluate",
+        "train R-CNN (2014) stage by stage: fine-tune, SVMs, box regression; evaluate "
+        "(segdet eval / predict read its rcnn.safetensors)",
     ),
 }
 

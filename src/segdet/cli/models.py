@@ -41,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     print("processed at that size. Two-stage detectors (Faster / Mask R-CNN) are counted with their box")
     print("head on a fixed number of proposals and their mask head on a fixed number of detections (RoIs")
     print("box/mask): the most they keep, rpn_post_nms_top_n_test and box_detections_per_img (1000 and 100")
-    print("at the defaults). See segdet.models.flops.")
+    print("at the defaults). R-CNN (rcnn_resnet_c4, trained by segdet rcnn) runs its CNN once per warped")
+    print("proposal: counted on its test-time proposals (2000). See segdet.models.flops.")
     return 0

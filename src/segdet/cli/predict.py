@@ -4,7 +4,8 @@ Segmentation: a label PNG and an overlay per image. Detection / instance segment
 image (boxes, class names, scores and masks of the detections scoring at least ``--score-thresh``) and
 ``predictions.json``, every detection scoring at least ``--json-thresh`` in COCO's results format
 (``image_id``, ``category_id``, ``bbox`` xywh, ``score``, ``segmentation`` RLE) plus ``file_name`` and
-``category_name``, which COCO evaluators ignore.
+``category_name``, which COCO evaluators ignore. R-CNN's scores (``segdet rcnn``'s ``rcnn.safetensors``)
+are SVM margins, not probabilities: its default thresholds are 0 (drawn) and none (written).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint written by segdet train")
+    parser.add_argument(
+        "checkpoint",
+        type=path_arg,
+        help="a .safetensors checkpoint: segdet train's (RUN/best.safetensors, last.safetensors) or "
+        "segdet rcnn's (OUT/rcnn.safetensors: R-CNN's network, SVMs and box regressors)",
+    )
     parser.add_argument("inputs", nargs="+", type=path_arg, help="image files or folders of images")
     parser.add_argument("--out", type=path_arg, required=True, help="output folder (absent or empty)")
     add_overwrite(parser)
@@ -33,10 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "own min_size / max_size options say",
     )
     parser.add_argument(
-        "--score-thresh", type=float, default=0.5, help="detections drawn: those scoring at least this"
+        "--score-thresh",
+        type=float,
+        help="detections drawn: those scoring at least this (default 0.5; R-CNN, whose scores are SVM "
+        "margins: 0)",
     )
     parser.add_argument(
-        "--json-thresh", type=float, default=0.05, help="detections in predictions.json: score at least this"
+        "--json-thresh",
+        type=float,
+        help="detections in predictions.json: score at least this (default 0.05; R-CNN: all it returns)",
     )
     parser.add_argument(
         "--coco-gt",
@@ -174,6 +185,17 @@ def image_ids(images: list[Path], coco_gt: Path | None) -> list[int]:
     return ids
 
 
+def score_thresholds(model, drawn: float | None, written: float | None) -> tuple[float, float]:
+    """The ``(drawn, written)`` score thresholds: those given, else the model's own defaults
+    (``predict_score_thresholds``: R-CNN's, whose scores are SVM margins), else 0.5 and 0.05 (scores
+    that are probabilities)."""
+    from segdet.engine.inference import Autocast
+
+    inner = model.model if isinstance(model, Autocast) else model
+    default = getattr(inner, "predict_score_thresholds", (0.5, 0.05))
+    return (default[0] if drawn is None else drawn), (default[1] if written is None else written)
+
+
 def predict_detections(
     trained, images: list[Path], args: argparse.Namespace, device, names: list[str]
 ) -> Skipped:
@@ -184,6 +206,7 @@ def predict_detections(
     from segdet.ops.draw import draw_detections, save_png
 
     masks = trained.config.task == "instance"
+    drawn, written = score_thresholds(trained.model, args.score_thresh, args.json_thresh)
     ids = image_ids(images, args.coco_gt)
     results: list[dict] = []
     skipped = Skipped(len(images))
@@ -193,11 +216,11 @@ def predict_detections(
             continue
         output = DetectionTask.infer(trained.model, raw, device)
         for entry in detections_to_coco(
-            output, image_id, trained.category_ids, masks=masks, score_thresh=args.json_thresh
+            output, image_id, trained.category_ids, masks=masks, score_thresh=written
         ):
             label = trained.category_ids.index(entry["category_id"])
             results.append({**entry, "file_name": path.name, "category_name": trained.classes[label]})
-        shown = output["scores"] >= args.score_thresh
+        shown = output["scores"] >= drawn
         picture = draw_detections(
             raw,
             output["boxes"][shown],
@@ -209,8 +232,8 @@ def predict_detections(
         save_png(picture, args.out / "overlays" / f"{name}.png")
     (args.out / "predictions.json").write_text(json.dumps(results))
     print(
-        f"predicted {skipped.done} images: {len(results)} detections (score >= {args.json_thresh:g}) in "
-        f"{args.out / 'predictions.json'}, overlays (score >= {args.score_thresh:g}) in "
+        f"predicted {skipped.done} images: {len(results)} detections (score >= {written:g}) in "
+        f"{args.out / 'predictions.json'}, overlays (score >= {drawn:g}) in "
         f"{args.out / 'overlays'}"
     )
     return skipped

@@ -6,7 +6,10 @@ ridge box regression. The proposals come from the selective-search cache (``segd
 beforehand; missing ones are computed on the way). Written to ``--out``: ``rcnn.safetensors`` (the
 network, SVMs and regressors, with the options and classes; never unpickled), ``stages.json`` (each
 stage's statistics) and, when there is a validation split, ``metrics.json`` (COCO box AP, AP50 and the
-seconds per image, the proposals' included).
+seconds per image, the proposals' included). ``rcnn.safetensors`` also holds the run's config (the model
+``rcnn_resnet_c4`` with its options: backbone, sizes, proposal settings; the data and its split), so
+``segdet eval OUT/rcnn.safetensors`` (same AP on the same held-out images) and ``segdet predict`` need
+nothing else.
 """
 
 from __future__ import annotations
@@ -52,28 +55,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _splits(args: argparse.Namespace):
-    from segdet.data import shapes
-    from segdet.data.formats import detect_format, read_dataset
-    from segdet.engine.data_splits import holdout
+def run_config(args: argparse.Namespace, options: dict):
+    """The run as a :class:`~segdet.engine.config.Config`: the model (``rcnn_resnet_c4`` and its options)
+    and the data. Its splits are :func:`~segdet.engine.data_splits.train_val_splits`'s, and it is saved
+    in ``rcnn.safetensors``, so ``segdet eval`` without ``--data`` evaluates on the same held-out images."""
+    from segdet.data.formats import detect_format
+    from segdet.engine.config import Config, DataConfig, DataSplit, ModelConfig, TrainConfig
     from segdet.errors import ConfigError
 
-    if args.synthetic:
-        root = args.out / "synthetic"
-        size = args.synthetic_size
-        val = shapes.generate(
-            root / "val", max(4, args.synthetic // 4), seed=args.seed + 1_000_003, size=size
-        )
-        return shapes.generate(root / "train", args.synthetic, seed=args.seed, size=size), val
-    if args.path is None:
+    if args.path is None and not args.synthetic:
         raise ConfigError("give a training dataset PATH or --synthetic N")
-    fmt = args.format or detect_format(args.path)
-    train = read_dataset(fmt, args.path)
-    if args.val is not None:
-        return train, read_dataset(fmt, args.val)
-    if args.val_fraction > 0:
-        return holdout(train, args.val_fraction, args.seed)
-    return train, None
+    out = args.out.resolve()
+    data = DataConfig(synthetic=args.synthetic, synthetic_size=args.synthetic_size)
+    if not args.synthetic:
+        data.format = args.format or detect_format(args.path)
+        data.train = DataSplit(path=str(args.path.resolve()))
+        data.val = None if args.val is None else DataSplit(path=str(args.val.resolve()))
+        data.val_fraction = args.val_fraction
+    return Config(
+        task="detection",
+        name=out.name,
+        output_dir=str(out.parent),
+        model=ModelConfig(name="rcnn_resnet_c4", kwargs=options),
+        data=data,
+        train=TrainConfig(seed=args.seed),
+    )
 
 
 def _model_options(args: argparse.Namespace) -> dict:
@@ -97,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     from segdet.cli.paths import output_dir
     from segdet.engine.checkpoint import save_checkpoint
+    from segdet.engine.config import to_dict
+    from segdet.engine.data_splits import train_val_splits
     from segdet.engine.timed_eval import evaluate_timed
     from segdet.errors import ConfigError
     from segdet.models.detection.region_cnn.model import rcnn_resnet_c4
@@ -111,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
             "--steps, --positives, --proposals, --input-size, --pool-size and --svm-c must be > 0"
         )
     output_dir(args.out, overwrite=args.overwrite, sources=[args.path, args.val])
-    train, val = _splits(args)
     options = _model_options(args)
+    cfg = run_config(args, options)
+    train, val = train_val_splits(cfg)
     torch.manual_seed(args.seed)
     model = rcnn_resnet_c4(len(train.classes), **options)
     samples = training_samples(train)
@@ -127,7 +136,14 @@ def run(args: argparse.Namespace) -> int:
     stats = train_rcnn(model, samples, settings, progress=not args.no_progress)
     save_checkpoint(
         args.out / "rcnn.safetensors",
-        {"model": model.state_dict(), "options": options, "classes": list(train.classes), "kind": "rcnn"},
+        {
+            "model": model.state_dict(),
+            "config": to_dict(cfg),
+            "classes": list(train.classes),
+            "category_ids": list(train.category_ids),
+            "task": cfg.task,
+            "kind": "rcnn",
+        },
     )
     (args.out / "stages.json").write_text(json.dumps(stats, indent=2))
     loss = stats["finetune_loss"]

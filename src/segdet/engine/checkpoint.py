@@ -58,6 +58,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; a bad file is a one-line error."""
     path = Path(path)
+    if path.is_dir():  # a run folder (segdet train's, segdet rcnn's): name the files it holds
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        inside = f"give one of its checkpoints: {', '.join(found)}" if found else "it holds no .safetensors"
+        raise SegdetError(f"{path}: a folder, not a checkpoint file; {inside}")
     if not path.is_file():
         raise SegdetError(f"{path}: checkpoint not found")
     try:

@@ -19,6 +19,7 @@ return the same numbers (the trainer's choice of the best checkpoint must agree 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -252,7 +253,10 @@ class DetectionTask:
             for target, output in zip(targets, outputs, strict=True):
                 image_id = int(target["image_id"])
                 check_finite_output(output, image_id)
-                results[image_id] = detections_to_coco(output, image_id, self.category_ids, masks=self.masks)
+                # every detection is scored: R-CNN's SVM margins are negative for most of them
+                results[image_id] = detections_to_coco(
+                    output, image_id, self.category_ids, masks=self.masks, score_thresh=-math.inf
+                )
         return results
 
     @torch.no_grad()

@@ -31,7 +31,8 @@ def load_trained(
     path: str | Path, device: torch.device | str = "cpu", *, use_ema: bool = True
 ) -> TrainedModel:
     """Rebuild the model a checkpoint was trained with and load its weights (the EMA weights when the
-    run kept an EMA and ``use_ema``), in eval mode.
+    run kept an EMA and ``use_ema``), in eval mode. ``segdet train``'s checkpoints and ``segdet rcnn``'s
+    ``rcnn.safetensors`` (R-CNN's network, SVMs and box regressors, with its run's config) alike.
 
     Nothing but ``path`` is read: pretrained weights the saved config names (``backbone_weights``) are
     not fetched, the checkpoint's own weights replace them. A checkpoint that does not fit (keys, shapes,
@@ -43,7 +44,9 @@ def load_trained(
     ckpt = load_checkpoint(path, map_location=device)
     for key in ("config", "classes", "model"):
         if key not in ckpt:
-            raise SegdetError(f"{path}: not a training checkpoint (no {key!r})")
+            rcnn = ckpt.get("kind") == "rcnn"
+            what = "an incomplete R-CNN checkpoint" if rcnn else "not a training checkpoint"
+            raise SegdetError(f"{path}: {what} (no {key!r})")
     try:
         config = from_dict(ckpt["config"])
     except ConfigError as e:

@@ -50,6 +50,8 @@ def evaluation_task(cfg: Config, classes: list[str], *, data_given: bool) -> Seg
         raise ConfigError("no evaluation data: the run had no validation split; give --data PATH")
     cls = task_class(cfg.task)
     if cls is DetectionTask and list(val.classes) != list(classes):
-        raise ConfigError(f"the evaluation set's classes {val.classes} are not the checkpoint's {classes}")
+        raise ConfigError(
+            f"{val.source}: the evaluation set's classes {val.classes} are not the checkpoint's {classes}"
+        )
     # The set also stands in as the training split: a task learns its class list from there.
     return cls(cfg, splits=(val, val))

@@ -144,6 +144,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet_backbone": unet_backbone,
     "deeplabv3plus": deeplabv3plus,
     # --- detection: two-stage detectors (segdet.models.detection.rcnn; torchvision's keyword options) ---
+    # R-CNN (2014) is trained by `segdet rcnn`, stage by stage; here so that eval / predict rebuild it
+    "rcnn_resnet_c4": detection.rcnn_resnet_c4,
     "fastrcnn_resnet50_c4": detection.fastrcnn_resnet50_c4,
     "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
     "fasterrcnn_resnet101_fpn": detection.fasterrcnn_resnet101_fpn,

@@ -12,7 +12,10 @@ mask head on ``detections`` RoIs, by default the most the model keeps
 (``rpn_post_nms_top_n_test``: 1000 and ``box_detections_per_img``: 100 at torchvision's defaults).
 One-stage detectors (RetinaNet, SSD, YOLO, CenterNet) run every layer densely on the image, so their
 count does not depend on the data; their post-processing (top-k, NMS) needs values, so they are counted
-on one real forward pass with seeded random weights on a blank image.
+on one real forward pass with seeded random weights on a blank image. R-CNN (2014) runs its CNN on
+every warped proposal whatever the image size: it is counted as that network on a batch of as many
+``S x S`` crops as it keeps proposals at test time (2000 by default; the SVMs and regressors are
+matmuls counted too, warping and NMS are not).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 from segdet.models.build import build, model_options
 from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+from segdet.models.detection.region_cnn.model import RCNN
 
 
 def count_flops(
@@ -78,6 +82,20 @@ def rcnn_flops(
         model.train(was_training)
 
 
+def rcnn_2014_flops(model: RCNN, proposals: int) -> int:
+    """Floating-point operations of R-CNN (2014) on one image with ``proposals`` regions: its CNN on
+    ``[proposals, 3, S, S]`` warped crops, then every class's SVM on ``fc7`` and regressor on the pool
+    features. Shape-only: works on the ``meta`` device."""
+    param = next(model.parameters())
+    crops = torch.zeros(proposals, 3, model.input_size, model.input_size, device=param.device)
+
+    def forward() -> None:
+        pool, fc7 = model.network.features(crops)
+        _ = fc7 @ model.svm_weight.T, torch.einsum("rp,kpc->rkc", pool, model.reg_weight)
+
+    return _counted(forward)
+
+
 def _pooled(pooler: nn.Module, features: dict[str, torch.Tensor], rois: int) -> torch.Tensor:
     """A stand-in for ``pooler``'s output on ``rois`` boxes: ``[rois, C, *output_size]``."""
     first = features[pooler.featmap_names[0]]
@@ -114,6 +132,9 @@ def model_cost(name: str, input_size: int | tuple[int, int] = 512, **kwargs) -> 
     with torch.device("meta"):
         model = build(name, **kwargs).eval()
     params = sum(p.numel() for p in model.parameters())
+    if isinstance(model, RCNN):
+        proposals = model.proposals.num_proposals[1]
+        return Cost(params, rcnn_2014_flops(model, proposals) / 1e9, proposals, 0)
     if isinstance(model, GeneralizedRCNN):
         proposals = model.rpn.post_nms_top_n()
         detections = model.roi_heads.detections_per_img if model.roi_heads.has_mask else 0

@@ -5,6 +5,7 @@ stages converging on shapes (AP50 >= 0.8, our COCO evaluator, equal to pycocotoo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,13 +129,17 @@ def test_rcnn_three_stages_converge_on_shapes(tmp_path):
     assert metrics["proposal_seconds_per_image"] > 0 and metrics["network_seconds_per_image"] > 0
 
 
-def test_rcnn_command(tmp_path, capsys):
-    """``segdet rcnn`` runs the stages in order, writes the model (safetensors), the stages' statistics
-    and the validation metrics."""
-    from segdet.cli.main import main
-    from segdet.engine.checkpoint import load_checkpoint
+@pytest.fixture(scope="module")
+def rcnn_run(tmp_path_factory):
+    """``segdet rcnn`` on 4 synthetic 48 px images at the tiny sizes (2 fine-tuning steps): its output
+    folder and what it printed."""
+    import contextlib
+    import io
 
-    out = tmp_path / "o"
+    from segdet.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("rcnn")
+    out = tmp / "o"
     argv = [
         "rcnn",
         "--synthetic",
@@ -144,7 +149,7 @@ def test_rcnn_command(tmp_path, capsys):
         "--out",
         str(out),
         "--cache",
-        str(tmp_path / "c"),
+        str(tmp / "c"),
     ]
     argv += [
         "--backbone",
@@ -157,12 +162,115 @@ def test_rcnn_command(tmp_path, capsys):
         "16",
     ]
     argv += ["--steps", "2", "--positives", "4", "--no-progress"]
-    assert main(argv) == 0, capsys.readouterr()
-    printed = capsys.readouterr().out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return out, printed.getvalue()
+
+
+def test_rcnn_command(rcnn_run, tmp_path, capsys):
+    """``segdet rcnn`` runs the stages in order, writes the model (safetensors, with the run's config),
+    the stages' statistics and the validation metrics."""
+    from segdet.cli.main import main
+    from segdet.engine.checkpoint import load_checkpoint
+
+    out, printed = rcnn_run
     assert "AP50" in printed
     assert json.loads((out / "stages.json").read_text())["svms"]
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["AP50"] <= 1.0
     state = load_checkpoint(out / "rcnn.safetensors")
     assert state["kind"] == "rcnn" and "svm_weight" in state["model"]
+    assert state["config"]["model"]["name"] == "rcnn_resnet_c4"
+    assert state["config"]["model"]["kwargs"]["input_size"] == 32
     assert main(["rcnn", "--out", str(tmp_path / "p")]) == 1
     assert "--synthetic" in capsys.readouterr().err
+
+
+BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def test_rcnn_eval_and_predict(rcnn_run, tmp_path, capsys):
+    """``segdet eval rcnn.safetensors`` rebuilds R-CNN from the file alone and gives the COCO box metrics
+    of ``segdet rcnn``'s own metrics.json on its held-out images: exactly (the same proposals from the
+    cache, the same float32 network, every detection scored) with ``--no-fuse``, and by default (BatchNorm
+    folded: float32 rounding only) to 1e-6; the same again on those images written as a COCO set
+    (``--data``). ``segdet predict`` writes an overlay per image and predictions.json, whose box AP by our
+    COCO evaluator is that AP again (1e-9). Both end with the seconds per image."""
+    from segdet.cli.main import main
+    from segdet.data.formats import read_dataset, write_dataset
+    from segdet.data.formats.coco_write import to_coco_dict
+    from segdet.engine.checkpoint import load_checkpoint
+    from segdet.engine.config import from_dict
+    from segdet.engine.data_splits import train_val_splits
+    from segdet.engine.detection import coco_metrics
+
+    out, _ = rcnn_run
+    expected = json.loads((out / "metrics.json").read_text())
+    ckpt = out / "rcnn.safetensors"
+    for extra, tol in (["--no-fuse"], 0.0), ([], 1e-6):
+        assert main(["eval", str(ckpt), "--out", str(tmp_path / f"m{len(extra)}.json"), *extra]) == 0
+        got = json.loads((tmp_path / f"m{len(extra)}.json").read_text())
+        for k in BOX_METRICS:
+            assert got[k] == pytest.approx(expected[k], abs=tol, rel=0), (k, extra)
+        assert "s per image" in capsys.readouterr().out
+
+    cfg = from_dict(load_checkpoint(ckpt)["config"])
+    val = train_val_splits(cfg)[1]
+    coco = write_dataset("coco", val, tmp_path / "val")
+    assert main(["eval", str(ckpt), "--data", str(coco), "--no-fuse", "--out", str(tmp_path / "d.json")]) == 0
+    got = json.loads((tmp_path / "d.json").read_text())
+    assert all(got[k] == expected[k] for k in BOX_METRICS)
+
+    gt = read_dataset("coco", coco)
+    images = sorted(Path(r.path) for r in gt.images)
+    argv = ["predict", str(ckpt), *map(str, images), "--out", str(tmp_path / "p"), "--no-fuse"]
+    assert main([*argv, "--coco-gt", str(next((tmp_path / "val").rglob("*.json")))]) == 0
+    assert "s per image" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "p" / "overlays").iterdir()) == [
+        p.stem + ".png" for p in images
+    ]
+    results = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert results and all(r["category_name"] in val.classes for r in results)
+    ap = coco_metrics(to_coco_dict(gt), results, masks=False)["AP"]
+    assert ap == pytest.approx(expected["AP"], abs=1e-9)
+
+
+def test_rcnn_checkpoint_errors(rcnn_run, tmp_path, capsys):
+    """A wrong or incomplete R-CNN output is a one-line error naming the file and the problem: the
+    folder instead of its rcnn.safetensors, a stage's tensors missing (the SVMs), no saved config, an
+    evaluation set with other classes, and ``segdet train`` asked to train R-CNN."""
+    from segdet.cli.main import main
+    from segdet.data.formats import write_dataset
+    from segdet.engine.checkpoint import load_checkpoint, save_checkpoint
+    from segdet.engine.config import from_dict
+    from segdet.engine.data_splits import train_val_splits
+
+    out, _ = rcnn_run
+    ckpt = out / "rcnn.safetensors"
+    state = load_checkpoint(ckpt)
+    no_svm = {**state, "model": {k: v for k, v in state["model"].items() if not k.startswith("svm_")}}
+    save_checkpoint(tmp_path / "no_svm.safetensors", no_svm)
+    save_checkpoint(tmp_path / "old.safetensors", {k: v for k, v in state.items() if k != "config"})
+    val = train_val_splits(from_dict(state["config"]))[1]
+    val.classes = [f"not_{name}" for name in val.classes]
+    other = write_dataset("coco", val, tmp_path / "other")
+    images = out / "synthetic" / "val" / "images"
+    run = {**state["config"], "output_dir": str(tmp_path / "runs"), "train": {"epochs": 1, "progress": False}}
+    (tmp_path / "train.yaml").write_text(json.dumps(run))  # JSON is YAML
+    cases = [
+        (
+            ["eval", str(out)],
+            "a folder, not a checkpoint file; give one of its checkpoints: rcnn.safetensors",
+        ),
+        (["eval", str(tmp_path / "no_svm.safetensors")], "missing keys (svm_weight, svm_bias)"),
+        (
+            ["predict", str(tmp_path / "old.safetensors"), str(images), "--out", str(tmp_path / "p")],
+            "an incomplete R-CNN checkpoint (no 'config')",
+        ),
+        (["eval", str(ckpt), "--data", str(other)], f"{other}: the evaluation set's classes"),
+        (["train", str(tmp_path / "train.yaml")], "trained stage by stage by `segdet rcnn`"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, (argv, err)

@@ -2,8 +2,9 @@
 
 Shared here: the :class:`~.detector.Detector` base (targets, transform in and out, fusing), the
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
-settings and torchvision conversion. Each family is a sub-package composing them: ``rcnn`` (Faster /
-Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512, SSDLite), ``yolo`` (YOLO v1), ``centernet``.
+settings and torchvision conversion. Each family is a sub-package composing them: ``region_cnn``
+(R-CNN, 2014), ``rcnn`` (Fast / Faster / Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512,
+SSDLite), ``yolo`` (YOLO v1), ``centernet``.
 """
 
 from segdet.models.detection.centernet import (
@@ -29,6 +30,7 @@ from segdet.models.detection.rcnn import (
     maskrcnn_resnet101_fpn,
 )
 from segdet.models.detection.rcnn.convert import convert_torchvision_state_dict
+from segdet.models.detection.region_cnn.model import RCNN, rcnn_resnet_c4
 from segdet.models.detection.retinanet import (
     RetinaNet,
     RetinaNetSettings,
@@ -53,6 +55,7 @@ from segdet.models.detection.yolo import (
 )
 
 __all__ = [
+    "RCNN",
     "SSD",
     "CenterNet",
     "CenterNetSettings",
@@ -81,6 +84,7 @@ __all__ = [
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
     "maskrcnn_resnet101_fpn",
+    "rcnn_resnet_c4",
     "retinanet_resnet50_fpn",
     "retinanet_resnet50_fpn_v2",
     "ssd300_vgg16",

@@ -12,7 +12,10 @@
 The SVMs and regressors are buffers, so ``state_dict`` saves the whole detector; they are fitted by
 :func:`.stages.train_rcnn`. ``model(images)`` follows the detectors' evaluation interface (float
 ``[0, 1]`` images in, per image ``boxes``, ``labels`` ``0 .. K-1``, ``scores`` out; the scores are SVM
-margins, not probabilities), so :class:`segdet.engine.detection.DetectionTask` evaluates it.
+margins, not probabilities), so :class:`segdet.engine.detection.DetectionTask` evaluates it and
+``segdet eval`` / ``segdet predict`` read the ``rcnn.safetensors`` that ``segdet rcnn`` writes (the
+model is built again by name, ``rcnn_resnet_c4`` of :data:`segdet.models.MODELS`, from the options the
+file holds, then loaded with its weights).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from segdet.errors import ConfigError
 from segdet.models.detection.postprocess import select_detections
 from segdet.models.detection.proposals import SelectiveSearchProposals
 from segdet.models.detection.region_cnn.network import RegionNetwork
@@ -43,6 +47,11 @@ class RCNN(nn.Module):
             ``score_thresh`` are dropped before NMS).
         chunk: regions per CNN call.
     """
+
+    #: ``segdet predict``'s default thresholds ``(drawn, written)`` on the scores, which are SVM margins:
+    #: 0 is each SVM's decision boundary; every detection the model returns (margin above
+    #: ``score_thresh``) is written to ``predictions.json``, as ``segdet eval`` scores every one.
+    predict_score_thresholds = (0.0, float("-inf"))
 
     def __init__(
         self,
@@ -98,12 +107,18 @@ class RCNN(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, images: Sequence[Tensor] | Tensor, proposals: Sequence[Tensor] | None = None
+        self,
+        images: Sequence[Tensor] | Tensor,
+        targets: None = None,
+        *,
+        proposals: Sequence[Tensor] | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Detections per image (module docstring); ``proposals`` replaces selective search."""
-        if self.training:
-            raise RuntimeError(
-                "R-CNN is trained stage by stage (segdet rcnn, train_rcnn), not by its forward"
+        """Detections per image (module docstring); ``proposals`` replaces selective search. The
+        detectors' signature, but there are no ``targets``: no loss to return."""
+        if self.training or targets is not None:
+            raise ConfigError(
+                "R-CNN (rcnn_resnet_c4) is trained stage by stage by `segdet rcnn`, not through its "
+                "forward: segdet train cannot train it"
             )
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
