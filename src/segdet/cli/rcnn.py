@@ -91,7 +91,8 @@ def _model_options(args: argparse.Namespace) -> dict:
         "pool_size": args.pool_size,
         "representation_size": args.representation_size,
         "proposal_mode": args.mode,
-        "proposal_cache": str(args.cache) if args.cache is not None else None,
+        # absolute: segdet eval / predict read the same cache from any working directory
+        "proposal_cache": str(args.cache.resolve()) if args.cache is not None else None,
         "proposal_min_side": args.min_side,
         "proposals_train": args.proposals,
         "proposals_test": args.proposals,
