@@ -13,7 +13,11 @@ log-uniform in the given range of image pixels, aspect ratios in [1/2, 2], clipp
   2 x 512 x 38 x 63 conv5 map (scale 1/16) of two 600 x 1000 images: Fast R-CNN's test-time pooling;
 * ``small``: 64 RoIs, sides 16-256 px, on a 1 x 64 x 32 x 32 map at scale 1/16 (a 512-px image);
 * ``small-rois``: 1000 RoIs, sides 16-112 px, on the ``rpn`` map: the FPN-P2-sized RoIs (4-28 map
-  cells), our worst case (torchvision's cost grows with the bins' area, ours far less).
+  cells), our worst case (torchvision's cost grows with the bins' area, ours far less);
+* ``fast-rcnn-relu``: ``fast-rcnn`` on a map of ReLU outputs (half zeros), as a detector's conv5 is:
+  segdet pools maps without negative values with float keys that need no decoding.
+
+The maps hold standard normal values (``fast-rcnn-relu``: their ReLU).
 
 Each side is timed on the same inputs, interleaved (A B A B ...), after one untimed warm-up run each;
 the table gives medians of ``--repeat`` runs: the forward pass of a map that requires grad (so both
@@ -54,6 +58,7 @@ class Case:
     sides: tuple[float, float]  # RoI side range, image pixels
     spatial_scale: float
     output_size: int = 7
+    relu: bool = False  # a map of ReLU outputs (what a detector pools), else standard normal values
 
 
 CASES = [
@@ -61,6 +66,7 @@ CASES = [
     Case("fast-rcnn", (2, 512, 38, 63), 1000, (20, 600), 1 / 16),
     Case("small", (1, 64, 32, 32), 64, (16, 256), 1 / 16),
     Case("small-rois", (1, 256, 200, 200), 1000, (16, 112), 1 / 4),
+    Case("fast-rcnn-relu", (2, 512, 38, 63), 1000, (20, 600), 1 / 16, relu=True),
 ]
 
 
@@ -131,7 +137,8 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
 def bench_case(case: Case, repeat: int, device: torch.device) -> dict[str, dict[str, float]]:
     """Median seconds of ``fwd``, ``bwd``, ``fwd+bwd`` and ``infer`` for ``tv`` and ``ours``."""
     g = torch.Generator().manual_seed(1)
-    features = torch.randn(case.shape, generator=g).to(device).requires_grad_(True)
+    features = torch.randn(case.shape, generator=g)
+    features = (features.relu() if case.relu else features).to(device).requires_grad_(True)
     rois = make_rois(case).to(device)
     size, scale = case.output_size, case.spatial_scale
     ops = {"tv": torchvision.ops.roi_pool, "ours": roi_pool}

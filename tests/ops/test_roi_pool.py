@@ -23,9 +23,11 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import segdet.ops.rect_keys as rect_keys_module
 import segdet.ops.rect_max as rect_max_module
 from segdet.ops import roi_pool
-from segdet.ops.rect_max import FLT_MAX, rect_max
+from segdet.ops.rect_keys import FLT_MAX
+from segdet.ops.rect_max import rect_max
 
 tv_roi_pool = torchvision.ops.roi_pool
 # the module: ``segdet.ops.roi_pool`` is the function (exported like torchvision.ops.roi_pool)
@@ -197,7 +199,8 @@ def test_rect_max_of_explicit_rectangles():
             continue
         best = block.argmax(1)
         assert torch.equal(value[q], block.max(1).values)
-        assert torch.equal(argmax[q].long(), (t + best // (r - le)) * 10 + le + best % (r - le))
+        position = (t + best // (r - le)) * 10 + le + best % (r - le)
+        assert torch.equal(argmax[q].long(), -2 - position)  # rect_max's arg-max codes
 
 
 @settings(max_examples=25, deadline=None)
@@ -244,3 +247,26 @@ def test_dispatch_small_bins_to_torchvision(monkeypatch):
     large = torch.tensor([[0.0, 0, 0, 1000, 1000]]).repeat(4, 1)  # bins of ~81 cells
     assert torch.equal(roi_pool(features, large, 7, 1 / 16), tv_roi_pool(features, large, 7, 1 / 16))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("limits", [(2,), (4,), (16,)])
+def test_every_block_scheme_matches(monkeypatch, limits):
+    """Powers of two only (the plain sparse table: most rectangles read two or four blocks), exact
+    sizes up to 4 (a mix) and up to 16 (one block each here): the same outputs and gradients as
+    torchvision's, float32 (packed keys) and float64 (ranks)."""
+    monkeypatch.setattr(rect_max_module, "EXACT_LIMITS", limits)
+    features = torch.randn(2, 3, 21, 26)
+    rois = random_rois(70, 2, 84, 104, seed=12)
+    assert_same_as_torchvision(features, rois, (3, 4), 0.25)
+    assert_same_as_torchvision(features.double(), rois.double(), 2, 0.25)
+
+
+def test_maps_without_negative_values_use_plain_float_bits():
+    """ReLU outputs (zeros tied everywhere, ``-0.0`` among them): the keys take the float bits as they
+    are, and the results are torchvision's."""
+    g = torch.Generator().manual_seed(13)
+    features = torch.randn(2, 4, 19, 22, generator=g).relu()
+    features[0, 1, :5] = -0.0
+    assert rect_keys_module.NonNegativeKeys.applies(features)
+    assert not rect_keys_module.NonNegativeKeys.applies(features - 1e-3)
+    assert_same_as_torchvision(features, random_rois(60, 2, 76, 88, seed=14), (3, 3), 0.25)

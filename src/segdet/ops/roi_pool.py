@@ -15,12 +15,13 @@ sum of dL/dout[k, c, p, q] over the bins whose argmax is a`` (torchvision's tie 
 empty bin and ``-FLT_MAX`` when only NaN / -inf lie in a bin, with no gradient for either).
 
 torchvision's CPU kernel visits every element of every bin with scalar code on one thread: its cost is
-the sum of the bins' areas times C. Here the bins' maxima are range-maximum queries on a sparse table
-(:mod:`segdet.ops.rect_max`): a few vectorised passes over the map per level, then four gathers per
-bin and channel, whatever the bin's size; the arg-max comes with the maximum. The table's cost per
-output is fixed (about ten passes of vectorised torch operations), so it wins by far on bins of tens
-of cells and loses on bins of one or two: calls whose bins are that small on average (or whose work
-is tiny) go to torchvision's kernel (``_torchvision_is_faster``, the crossover as measured).
+the sum of the bins' areas times C. Here the bins' maxima are range-maximum queries on a table of block
+maxima (:mod:`segdet.ops.rect_max`): a vectorised pass over the map per block size, then one to four
+gathered table rows per bin (one where the table has the bin's exact size, as it has for the small
+bins of Fast R-CNN's conv5), whatever the bin's size; the arg-max comes with the maximum. The table's
+cost per output is fixed (a gather and a few vectorised passes), so it wins by far on bins of tens of
+cells and loses on bins of one or two: calls whose bins are that small on average (or whose work is
+tiny) go to torchvision's kernel (``_torchvision_is_faster``, the crossover as measured).
 
 The backward pass scatters the output gradient into the arg-max positions (``scatter_add_``), in
 torchvision's order (RoI, then bin, for every element), so it is deterministic and *equal* to
@@ -132,12 +133,13 @@ def _torchvision_is_faster(bins: _Bins, channels: int) -> bool:
 
 def _pool(x: Tensor, bins: _Bins, with_argmax: bool) -> tuple[Tensor, Tensor | None, bool]:
     """Pool ``x`` (float32 / float64): ``output [K, C, PH, PW]``, ``argmax`` (``[C, K, PH, PW]``,
-    channel-major for the backward pass, int16 when the map has fewer than 2**15 cells, else int32;
-    ``None`` unless ``with_argmax``) and whether ``argmax`` may be -1 outside the empty bins."""
+    channel-major for the backward pass, ``rect_max``'s codes ``-2 - position`` (-1: none), int16 when
+    they fit, else int32; ``None`` unless ``with_argmax``) and whether ``argmax`` may be -1 outside the
+    empty bins."""
     _, C, H, W = x.shape
     (K, ph), pw = bins.top.shape, bins.left.shape[1]
     out = torch.empty(K, C, ph, pw, dtype=x.dtype)
-    small = torch.int16 if H * W < 2**15 else torch.int32
+    small = torch.int16 if H * W < 2**15 - 1 else torch.int32  # codes -2 - position
     argmax = torch.empty(C, K, ph, pw, dtype=small) if with_argmax else None
     if out.numel() == 0:
         return out, argmax, False
@@ -180,6 +182,7 @@ def _unpool(
     in_order = bool((order == torch.arange(K)).all())
     bounds = torch.searchsorted(image[order], torch.arange(N + 1)).tolist()
     grad, argmax = grad.flatten(2), argmax.flatten(2)
+    minus_two = torch.tensor(-2, dtype=argmax.dtype)
     for n in range(N):
         k0, k1 = bounds[n], bounds[n + 1]
         if k0 == k1:
@@ -193,7 +196,7 @@ def _unpool(
             c1 = min(C, c0 + block)
             s, i = src[: c1 - c0], index[: c1 - c0]
             s.copy_(grad[rows, c0:c1].transpose(0, 1))
-            i.copy_(argmax[c0:c1, rows])
+            torch.sub(minus_two, argmax[c0:c1, rows], out=i)  # rect_max's codes: -2 - position
             s, i = s.view(c1 - c0, -1), i.view(c1 - c0, -1)
             if unpickable:
                 missing = i < 0
