@@ -33,6 +33,8 @@ alike, medians of ``--repeats``:
   scores and masks, labels shifted by our 0-based convention);
 * a training step, batch ``--train-batch`` (2): forward with the synthetic targets (boxes, labels,
   masks), sum of the losses, backward, SGD step; both seeded alike before each step.
+  ``--train-channels-last`` adds our step with channels-last weights (``train.channels_last: true``,
+  which the SSDLite configs set) against torchvision's as it runs by default.
 * with ``--bf16``: our fused model as ``prepare_for_inference`` sets bf16 up (folded, channels-last,
   no NNPACK) under ``torch.autocast("cpu", dtype=torch.bfloat16)``, its speed
   against ours and torchvision's float32, and its accuracy: the R50-FPN models here are untrained, so
@@ -54,6 +56,7 @@ benchmarks/detection.py --device cuda --infer-batches 1,8 --train-batch 4 --bf16
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -409,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ap-images", type=int, default=32, help="held-out images of the bf16 AP check")
     parser.add_argument("--ap-size", type=int, default=128, help="image size of the bf16 AP check")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--train-channels-last",
+        action="store_true",
+        help="also time our training step with channels-last weights (train.channels_last: true)",
+    )
     parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -462,6 +470,14 @@ def main(argv: list[str] | None = None) -> int:
                 step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
                 t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
                 rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}", t_ours, t_theirs))
+            if args.train_channels_last:
+                # what ``train.channels_last: true`` does: the weights (and so the activations) NHWC
+                ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+                step_ours = train_fn(ours_cl, images[:b], targets[:b], args.seed)
+                step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed)
+                t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
+                rows.append((name, f"train step b{b} fp32, ours channels-last", t_ours, t_theirs))
+                del ours_cl
         del ours, theirs
 
     print(f"\n{'model':22} {'mode':48} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
