@@ -22,7 +22,8 @@ same wall-clock budget (``--budget-minutes``), one after the other, each in its 
   own recipe (mosaic and the other augmentations, SGD/AdamW auto, its LR schedule fitted to the time),
   on the training images written as a YOLO dataset (boxes);
 * ours: ``segdet train --ours-config train.max_minutes=budget`` (default
-  ``configs/coco128_yolov1_race.yaml``: YOLO v1 on MobileNetV3-Large at 640 px, our fastest).
+  ``configs/coco128_yolov1_race.yaml``: YOLO v1 on MobileNetV3-Large at 640 px;
+  ``configs/coco128_yolov1_small_race.yaml``: the faster one on MobileNetV3-Small).
 
 Then both predict the held-out images (YOLOv8n with ``conf=0.001, iou=0.7, max_det=100``, its
 validation settings; ours with its own) and :func:`segdet.engine.detection.coco_metrics` (our
@@ -33,6 +34,9 @@ Nothing is downloaded: ``YOLO_OFFLINE=1``, Ultralytics' settings in the output f
 root (Ultralytics from the ``bench`` extra)::
 
     python benchmarks/yolov8n_race.py --data ../shared/data/coco128 --budget-minutes 10 --threads 2
+    python benchmarks/yolov8n_race.py --data ../shared/data/coco128 --skip-ap --candidates yolov1_mnv3s
+
+(``--skip-ap``: the latency part only.)
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 CANDIDATES = {
     # name -> (MODELS name, options at a 640 x 640 input)
+    "yolov1_mnv3s": ("yolov1_mobilenet_v3_small", {}),
     "yolov1_mnv3": ("yolov1_mobilenet_v3_large", {}),
     "yolov1_r18": (
         "yolov1_resnet50",
@@ -245,12 +250,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both (training and latency)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
-        "--candidates", default="yolov1_mnv3,ssdlite,yolov1_r18,centernet_r18", help=f"of {list(CANDIDATES)}"
+        "--candidates", default=",".join(CANDIDATES), help=f"of {list(CANDIDATES)} (default: all)"
     )
     parser.add_argument("--budget-minutes", type=float, default=10.0, help="training time of each (minutes)")
     parser.add_argument("--batch", type=int, default=8, help="YOLOv8n's training batch (ours: its config's)")
     parser.add_argument("--ours-config", default="configs/coco128_yolov1_race.yaml")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-ap", action="store_true", help="latency only: no training, no evaluation")
     parser.add_argument(
         "--skip-train", action="store_true", help="evaluate the checkpoints of a previous run"
     )
@@ -266,7 +272,17 @@ def main() -> None:
         for key, ms in lat["ms"].items():
             print(f"  {key:16s} {ms:8.1f}")
         print(f"  ours fastest: {lat['fastest']}, ratio ours / YOLOv8n = {lat['ratio']:.2f} (target <= 1.0)")
+    if not args.skip_ap:
+        report.update(race_ap(args))
+    report["load_average_end"] = os.getloadavg()
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    start, end = report["load_average_start"], report["load_average_end"]
+    print(f"load average (1, 5, 15 min) at start / end: {start} / {end}")
 
+
+def race_ap(args: argparse.Namespace) -> dict:
+    """Train both for the budget (unless ``--skip-train``), score both on the held-out images."""
+    report: dict = {}
     train, val = split(args)
     category_ids = list(train.category_ids)
     config = yaml.safe_load(Path(args.ours_config).read_text())
@@ -291,10 +307,7 @@ def main() -> None:
         f"each: YOLOv8n AP {theirs['AP']:.4f} AP50 {theirs['AP50']:.4f}; ours ({config['name']}) "
         f"AP {ours['AP']:.4f} AP50 {ours['AP50']:.4f} (target: ours >= YOLOv8n)"
     )
-    report["load_average_end"] = os.getloadavg()
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    start, end = report["load_average_start"], report["load_average_end"]
-    print(f"load average (1, 5, 15 min) at start / end: {start} / {end}")
+    return report
 
 
 if __name__ == "__main__":

@@ -80,6 +80,25 @@ def test_vgg_and_mobilenet_equal_torchvision():
         torch.testing.assert_close(mob(x)["c5"], mob_ref.features(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize(("output_stride", "dilated"), [(32, False), (16, True)])
+def test_mobilenet_v3_small_loads_torchvision_weights(tmp_path, output_stride, dilated):
+    """MobileNetV3-Small: stages end before each downsampling block (c1..c5 = 16, 16, 24, 48, 576
+    channels at strides 2..32); torchvision's whole mobilenet_v3_small state dict (random init, saved as
+    a file) loads through ``weights=`` with strict names (its classifier dropped by
+    ignored_weight_prefixes), and c5 then equals torchvision's features to 1e-6 (at output stride 16,
+    its dilated=True)."""
+    torch.manual_seed(0)
+    ref = torchvision.models.mobilenet_v3_small(dilated=dilated).eval()
+    torch.save(ref.state_dict(), tmp_path / "small.pth")
+    ours = build_backbone("mobilenet_v3_small", output_stride=output_stride, weights=tmp_path / "small.pth")
+    assert ours.out_channels == {"c1": 16, "c2": 16, "c3": 24, "c4": 48, "c5": 576}
+    assert ours.stage_layout["c1"] == ("features.0",) and ours.stage_layout["c5"][-1] == "features.12"
+    assert set(ours.state_dict()) == {k for k in ref.state_dict() if k.startswith("features.")}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x)["c5"], ref.features(x), rtol=0, atol=1e-6)
+
+
 def test_frozen_batchnorm_equals_eval_batchnorm():
     """FrozenBatchNorm2d built by convert_frozen_batchnorm equals nn.BatchNorm2d in eval mode (1e-6) and
     loads a BatchNorm2d state dict (num_batches_tracked dropped)."""

@@ -165,6 +165,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "yolov1": detection.yolov1,
     "yolov1_resnet50": detection.yolov1_resnet50,
     "yolov1_mobilenet_v3_large": detection.yolov1_mobilenet_v3_large,
+    "yolov1_mobilenet_v3_small": detection.yolov1_mobilenet_v3_small,
     "centernet_resnet18": detection.centernet_resnet18,
     "centernet_resnet50": detection.centernet_resnet50,
     # --- end of detection ---

@@ -29,7 +29,8 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet101": partial(ResNetBackbone, 101),
     "vgg16": VGGBackbone,
     "vgg16_bn": partial(VGGBackbone, batch_norm=True),
-    "mobilenet_v3_large": MobileNetV3Backbone,
+    "mobilenet_v3_large": partial(MobileNetV3Backbone, "large"),
+    "mobilenet_v3_small": partial(MobileNetV3Backbone, "small"),
 }
 
 

@@ -1,13 +1,17 @@
-"""MobileNetV3-Large backbone (Howard et al., "Searching for MobileNetV3", ICCV 2019), torchvision's
-``mobilenet_v3_large`` ``features`` with their parameter names.
+"""MobileNetV3-Large and -Small backbones (Howard et al., "Searching for MobileNetV3", ICCV 2019),
+torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small`` ``features`` with their parameter names
+(torchvision's ImageNet weights load as they are).
 
-Stages end before each block that downsamples (torchvision marks those ``_is_cn``): ``c1`` =
+Stages end before each block that downsamples (torchvision marks those ``_is_cn``). Large: ``c1`` =
 ``features[0:2]`` (stride 2, 16 channels), ``c2`` = ``[2:4]`` (4, 24), ``c3`` = ``[4:7]`` (8, 40), ``c4``
-= ``[7:13]`` (16, 112), ``c5`` = ``[13:17]`` (32, 960, the last 1x1 convolution included).
+= ``[7:13]`` (16, 112), ``c5`` = ``[13:17]`` (32, 960, the last 1x1 convolution included). Small (its
+first block already downsamples): ``c1`` = ``features[0:1]`` (2, 16), ``c2`` = ``[1:2]`` (4, 16), ``c3``
+= ``[2:4]`` (8, 24), ``c4`` = ``[4:9]`` (16, 48), ``c5`` = ``[9:13]`` (32, 576).
 
-``reduced_tail`` halves the channels of the last stage (960 -> 480; MobileNetV3 paper, table 6: for
-detection heads that do not need ImageNet's wide features; torchvision's SSDLite trains from scratch
-with it) and ``norm_layer`` replaces BatchNorm2d (e.g. SSDLite's ``eps = 0.001, momentum = 0.03``).
+``reduced_tail`` halves the channels of the last stage (Large 960 -> 480, Small 576 -> 288; MobileNetV3
+paper, table 6: for detection heads that do not need ImageNet's wide features; torchvision's SSDLite
+trains from scratch with it) and ``norm_layer`` replaces BatchNorm2d (e.g. SSDLite's ``eps = 0.001,
+momentum = 0.03``).
 
 Output stride 16 / 8 removes the stride of the downsampling block of ``c5`` / ``c4`` and ``c5`` and
 dilates every depthwise convolution of the stage by the stride removed (torchvision's ``dilated=True``,
@@ -24,17 +28,24 @@ from torch import nn
 
 from segdet.models.backbones.base import Backbone, check_output_stride, dilate_conv_, nominal_strides
 
+ARCHS: dict[str, Callable[..., torchvision.models.MobileNetV3]] = {
+    "large": torchvision.models.mobilenet_v3_large,
+    "small": torchvision.models.mobilenet_v3_small,
+}
+
 
 class MobileNetV3Backbone(Backbone):
-    """torchvision's MobileNetV3-Large feature part returning ``c1`` ... ``c5``.
+    """torchvision's MobileNetV3-Large or -Small (``arch``) feature part returning ``c1`` ... ``c5``.
 
-    Args: as :class:`ResNetBackbone`, and ``reduced_tail``, ``norm_layer`` (module docstring).
+    Args: ``arch`` (``"large"`` / ``"small"``), as :class:`ResNetBackbone`, and ``reduced_tail``,
+    ``norm_layer`` (module docstring).
     """
 
     ignored_weight_prefixes = ("classifier.",)
 
     def __init__(
         self,
+        arch: str = "large",
         *,
         output_stride: int = 32,
         weights: str | Path | None = None,
@@ -45,12 +56,13 @@ class MobileNetV3Backbone(Backbone):
     ):
         super().__init__()
         check_output_stride(output_stride)
-        self.features = torchvision.models.mobilenet_v3_large(
-            weights=None, reduced_tail=reduced_tail, norm_layer=norm_layer
-        ).features
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+        self.arch = arch
+        self.features = ARCHS[arch](weights=None, reduced_tail=reduced_tail, norm_layer=norm_layer).features
         starts = [0] + [i for i, b in enumerate(self.features) if getattr(b, "_is_cn", False)]
         ends = [*starts[1:], len(self.features)]
-        assert len(starts) == 5, "torchvision's MobileNetV3-Large has five strided stages"
+        assert len(starts) == 5, "torchvision's MobileNetV3s have five strided stages"
         self.stage_layout = {}
         self.out_channels = {}
         for k, (start, end) in enumerate(zip(starts, ends, strict=True)):

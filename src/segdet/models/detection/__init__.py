@@ -51,6 +51,7 @@ from segdet.models.detection.yolo import (
     YOLOv1Settings,
     yolov1,
     yolov1_mobilenet_v3_large,
+    yolov1_mobilenet_v3_small,
     yolov1_resnet50,
 )
 
@@ -92,5 +93,6 @@ __all__ = [
     "ssdlite320_mobilenet_v3_large",
     "yolov1",
     "yolov1_mobilenet_v3_large",
+    "yolov1_mobilenet_v3_small",
     "yolov1_resnet50",
 ]

@@ -13,7 +13,7 @@ Which layers feed the FPN (torchvision's ``returned_layers``):
 * MobileNetV3-Large: torchvision cuts ``features`` at the blocks ``[0, 2, 4, 7, 13, 16]`` (the stem,
   each strided block, the last 1x1 convolution) and stage ``k`` is the *output of* block
   ``stage_indices[k]``; the default ``returned_layers = [4, 5]`` taps blocks 13 and 16, both at stride 32
-  (160 and 960 channels).
+  (160 and 960 channels). MobileNetV3-Small (``arch="small"``, YOLO v1 only): ``[0, 1, 2, 4, 9, 12]``.
 
 Which parameters train (``trainable_layers``, torchvision's ``trainable_backbone_layers``):
 
@@ -132,10 +132,11 @@ def mobilenet_body(
     trainable_layers: int = 6,
     frozen_bn: bool = False,
     weights: object = None,
+    arch: str = "large",
 ) -> MobileNetV3Backbone:
-    """MobileNetV3-Large tapped at torchvision's ``mobilenet_backbone(fpn=True)`` stages (module
-    docstring), with its freezing rule."""
-    body = MobileNetV3Backbone(weights=weights, frozen_bn=frozen_bn)
+    """MobileNetV3-Large (or ``arch="small"``) tapped at torchvision's ``mobilenet_backbone(fpn=True)``
+    stages (module docstring), with its freezing rule."""
+    body = MobileNetV3Backbone(arch, weights=weights, frozen_bn=frozen_bn)
     stages = mobilenet_stage_indices(body)
     if not 0 <= trainable_layers <= len(stages):
         raise ValueError(

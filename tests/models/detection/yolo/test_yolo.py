@@ -111,19 +111,36 @@ def test_paper_architecture():
     assert model.transform.fixed_size == (448, 448)
 
 
+def test_mobilenet_v3_small_defaults():
+    """yolov1_mobilenet_v3_small: 640 x 640 input, MobileNetV3-Small's 576-channel stride-32 map into a
+    128-wide conv head, a 20 x 20 grid of 5B + C = 90 numbers (B = 2, C = 80); the backbone's parameters
+    keep torchvision's ``features.*`` names."""
+    with torch.device("meta"):
+        model = build("yolov1_mobilenet_v3_small", num_classes=80)
+    assert model.transform.fixed_size == (640, 640)
+    assert model.head.grid_size == 20 and model.head.kind == "conv"
+    first = model.head.convs[0]
+    convs = [m for m in first.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert (convs[0].in_channels, convs[0].out_channels) == (576, 128)
+    assert model.head.predictor.out_channels == 90
+    assert {k.split(".")[0] for k, _ in model.backbone.named_parameters()} == {"features"}
+    assert max(int(k.split(".")[1]) for k, _ in model.backbone.named_parameters()) == 12
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
         ("yolov1", TINY),
         ("yolov1_resnet50", {"backbone": "resnet18", "head": "conv", "head_channels": 32, "size": (96, 96)}),
         ("yolov1_mobilenet_v3_large", {"grid_size": 3, "head_channels": 32, "size": (96, 96)}),
+        ("yolov1_mobilenet_v3_small", {"grid_size": 3, "head_channels": 32, "size": (96, 96)}),
     ],
 )
 def test_yolov1_builds_trains_and_evaluates(name, options, smoke_train):
-    """Built by name (the paper's head, and the convolutional one on a ResNet-18 and a MobileNetV3: a
-    3 x 3 grid at 96 px): finite positive losses with gradients on images of different sizes; on a
-    background-only batch only the no-object loss is non-zero; in eval, labels in 0..C-1 and boxes inside
-    the image."""
+    """Built by name (the paper's head, and the convolutional one on a ResNet-18 and a MobileNetV3-Large
+    and -Small: a 3 x 3 grid at 96 px): finite positive losses with gradients on images of different
+    sizes; on a background-only batch only the no-object loss is non-zero; in eval, labels in 0..C-1 and
+    boxes inside the image."""
     assert name in MODELS
     model = build(name, num_classes=3, **options)
     losses = smoke_train(model, 3)

@@ -1,4 +1,4 @@
-"""YOLO v1 builders: the paper's network, and YOLO v1 on our ResNets.
+"""YOLO v1 builders: the paper's network, and YOLO v1 on our ResNets and MobileNetV3s.
 
 * ``yolov1``: the paper's 24 convolutions + 2 fully connected layers (:mod:`.darknet`; the first 20 as
   the backbone, the last 4 and the FCs as the ``"fc"`` head), 448 x 448 input, ``S = 7``, ``B = 2``.
@@ -6,7 +6,9 @@
   ``backbone_weights``) whose ``C5`` (stride 32) feeds the head: the paper's ``"fc"`` head by default,
   or the fully convolutional ``"conv"`` one (then ``S`` is naturally ``size / 32``).
 * ``yolov1_mobilenet_v3_large``: MobileNetV3-Large's last map (stride 32, 960 channels) and the
-  ``"conv"`` head: the fastest YOLO v1 on a CPU (the race against YOLOv8n, ``benchmarks/yolov8n_race.py``).
+  ``"conv"`` head: a fast YOLO v1 on a CPU (the race against YOLOv8n, ``benchmarks/yolov8n_race.py``).
+* ``yolov1_mobilenet_v3_small``: the same on MobileNetV3-Small (576 channels, a 128-wide head): the
+  fastest, about half the arithmetic of the Large one.
 
 Settings (both): ``grid_size`` (``S``), ``boxes_per_cell`` (``B``), ``size`` (input ``(H, W)``),
 ``head`` (``"fc"`` / ``"conv"``), ``head_channels`` (1024), ``fc_channels`` (4096), ``dropout`` (after
@@ -139,6 +141,28 @@ def yolov1_resnet50(
     )
 
 
+def _yolov1_mobilenet(
+    arch: str,
+    num_classes: int,
+    settings: YOLOv1Settings,
+    *,
+    backbone_weights: object,
+    trainable_layers: int | None,
+    **head_options: object,
+) -> YOLOv1:
+    check_num_classes(num_classes)
+    # torchvision's last stage: the output of the last block (the 1x1 convolution to 960 / 576 channels).
+    default_trainable = 3 if backbone_weights is not None else 6
+    body = mobilenet_body(
+        returned_layers=(5,),
+        trainable_layers=default_trainable if trainable_layers is None else trainable_layers,
+        weights=backbone_weights,
+        arch=arch,
+    )
+    in_channels = body.out_channels[body.out_features[-1]]
+    return _yolov1(num_classes, body, in_channels, settings, batch_norm=True, **head_options)
+
+
 @with_settings(YOLOv1Settings, size=(640, 640))
 def yolov1_mobilenet_v3_large(
     num_classes: int,
@@ -156,24 +180,55 @@ def yolov1_mobilenet_v3_large(
     """YOLO v1 on MobileNetV3-Large (Howard et al. 2019), 640 x 640 input, a 20 x 20 grid; see the module
     docstring. ``trainable_layers``: the last ``t`` of its 6 stages train (default all from scratch, 3
     with ``backbone_weights``)."""
-    check_num_classes(num_classes)
-    # torchvision's stage 5: the output of the last block (the 1x1 convolution to 960 channels).
-    default_trainable = 3 if backbone_weights is not None else 6
-    body = mobilenet_body(
-        returned_layers=(5,),
-        trainable_layers=default_trainable if trainable_layers is None else trainable_layers,
-        weights=backbone_weights,
-    )
-    return _yolov1(
+    return _yolov1_mobilenet(
+        "large",
         num_classes,
-        body,
-        body.out_channels[body.out_features[-1]],
         settings,
+        backbone_weights=backbone_weights,
+        trainable_layers=trainable_layers,
         grid_size=grid_size,
         boxes_per_cell=boxes_per_cell,
         head=head,
         head_channels=head_channels,
         fc_channels=fc_channels,
         dropout=dropout,
-        batch_norm=True,
+    )
+
+
+@with_settings(YOLOv1Settings, size=(640, 640))
+def yolov1_mobilenet_v3_small(
+    num_classes: int,
+    *,
+    backbone_weights: object = None,
+    trainable_layers: int | None = None,
+    grid_size: int = 20,
+    boxes_per_cell: int = 2,
+    head: str = "conv",
+    head_channels: int = 128,
+    fc_channels: int = 4096,
+    dropout: float = 0.5,
+    settings: YOLOv1Settings,
+) -> YOLOv1:
+    """YOLO v1 on MobileNetV3-Small (Howard et al. 2019), otherwise as :func:`yolov1_mobilenet_v3_large`
+    (640 x 640, a 20 x 20 grid, the ``"conv"`` head, the same ``trainable_layers`` rule over Small's 6
+    stages).
+
+    ``head_channels`` 128 for Small's 576 input channels: it keeps the head's cost in proportion to the
+    backbone's as in the Large builder (at 640 px, torch's FLOP counter: Large 3.47 GFLOPs + head 960 ->
+    256 2.26, 0.65 of it; Small 0.89 + head 576 -> 128 0.66, 0.74 of it), where Large's 256 would make
+    the head 1.55 GFLOPs, 1.7 times the backbone it serves; it is still wider than the 5B + C = 90 numbers
+    per cell it predicts for COCO, and a multiple of 32 (full SIMD vectors).
+    """
+    return _yolov1_mobilenet(
+        "small",
+        num_classes,
+        settings,
+        backbone_weights=backbone_weights,
+        trainable_layers=trainable_layers,
+        grid_size=grid_size,
+        boxes_per_cell=boxes_per_cell,
+        head=head,
+        head_channels=head_channels,
+        fc_channels=fc_channels,
+        dropout=dropout,
     )
