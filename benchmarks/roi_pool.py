@@ -26,6 +26,10 @@ under ``torch.no_grad()`` (inference). Outputs and gradients are checked equal (
 before timing. Each case's mean bin area and the path segdet takes (its sparse table, or
 torchvision's kernel for tiny bins) are printed with it.
 
+glibc's malloc is tuned at start-up as ``segdet``'s commands do (:func:`segdet.engine.perf.tune_malloc`:
+freed memory is kept, so the outputs of repeated calls are not page-faulted in anew; both sides
+profit); ``--no-tune-malloc`` to compare.
+
 The machine may be shared: the load average is printed before and after. On an oversubscribed
 machine OpenMP's default spin-waiting makes every parallel torch operation wait for a descheduled
 worker thread (milliseconds each; torchvision's kernel is single-threaded and does not notice): time
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 import torch
 import torchvision
 
+from segdet.engine.perf import tune_malloc
 from segdet.ops import roi_pool
 from segdet.ops.roi_pool import roi_bins
 
@@ -185,7 +190,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
+    parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc as it is")
     args = parser.parse_args()
+    tuned = False if args.no_tune_malloc else tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -194,7 +201,7 @@ def main() -> None:
     chosen = [c for c in CASES if c.name in args.cases.split(",")]
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, device {device}, "
-        f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
+        f"threads {torch.get_num_threads()}, malloc tuned {tuned}, load average {os.getloadavg()[0]:.2f}"
     )
     if device.type == "cuda":
         print("(on CUDA segdet's roi_pool calls torchvision's kernel: the ratio measures the wrapper)")
