@@ -16,6 +16,10 @@ direct kernels, which reach ~185 GFLOP/s, near the cores' AVX2 peak):
 
 * ``256 -> 256`` at 200², batch 1 (an FPN / RPN convolution on P2 at 800 px): 252 ms -> 98 ms;
   at 100²: 64 -> 27 ms; at 50²: 16 -> 10 ms; at 25²: 4.2 -> 5.9 ms (slower: too few tiles);
+* at 38² (SSD300's conv4, 1444 px), one thread, NNPACK's time over oneDNN's: ``512 -> 512`` 0.59-0.82
+  (84 -> 69 ms and 108 -> 49 ms in two runs), ``256 -> 256`` 0.59, ``128 -> 128`` 0.72; at 32²
+  0.65-0.96; at 25² 0.87-1.04; at 19² 1.3-1.8 (slower). SSD300 inference, one thread: 0.83 -> 0.68 of
+  torchvision's time with its 38² maps on NNPACK;
 * ``128 -> 128`` at 100²: 16.4 -> 10.2 ms; ``64 -> 64`` at 200²: 15.1 -> 15.0 ms and ``128 -> 32``
   at 256²: 28.9 -> 32.0 ms (no gain: too few channels for the transforms to pay off);
 * ``256 -> 256`` on RoI features, NNPACK's batch path: 100 RoIs of 14² (the mask head) 128 -> 64 ms;
@@ -46,7 +50,7 @@ from torch import Tensor, nn
 
 # Below these, oneDNN's direct kernels are as fast or faster (measurements in the module docstring).
 MIN_CHANNELS = 128
-MIN_PIXELS = 2500  # per image, for the one-image path
+MIN_PIXELS = 1200  # per image, for the one-image path: 35² and up (38² wins, 32² is even)
 MIN_BATCH, MIN_SIDE = 20, 10  # for the batch path (R-CNN heads: many small RoI features)
 
 
