@@ -19,7 +19,9 @@ direct kernels, which reach ~185 GFLOP/s, near the cores' AVX2 peak):
 * at 38² (SSD300's conv4, 1444 px), one thread, NNPACK's time over oneDNN's: ``512 -> 512`` 0.59-0.82
   (84 -> 69 ms and 108 -> 49 ms in two runs), ``256 -> 256`` 0.59, ``128 -> 128`` 0.72; at 32²
   0.65-0.96; at 25² 0.87-1.04; at 19² 1.3-1.8 (slower). SSD300 inference, one thread: 0.83 -> 0.68 of
-  torchvision's time with its 38² maps on NNPACK;
+  torchvision's time with its 38² maps on NNPACK. On two threads NNPACK gains less on small maps (38²:
+  0.87 / 1.05 / 1.13 for 128 / 256 / 512 channels; 50²: 0.39-0.85) and SSD300 is even (0.856 with
+  the threshold at 2500 px, 0.847 at 1200): the threshold is set for one thread, where it pays;
 * ``128 -> 128`` at 100²: 16.4 -> 10.2 ms; ``64 -> 64`` at 200²: 15.1 -> 15.0 ms and ``128 -> 32``
   at 256²: 28.9 -> 32.0 ms (no gain: too few channels for the transforms to pay off);
 * ``256 -> 256`` on RoI features, NNPACK's batch path: 100 RoIs of 14² (the mask head) 128 -> 64 ms;
