@@ -270,3 +270,15 @@ def test_maps_without_negative_values_use_plain_float_bits():
     assert rect_keys_module.NonNegativeKeys.applies(features)
     assert not rect_keys_module.NonNegativeKeys.applies(features - 1e-3)
     assert_same_as_torchvision(features, random_rois(60, 2, 76, 88, seed=14), (3, 3), 0.25)
+
+
+@pytest.mark.parametrize("width", [2**15 - 1, 2**15])
+def test_argmax_codes_at_the_int16_limit(width):
+    """The arg-max is kept as ``-2 - position`` codes, int16 while the map has fewer than 2**15 cells:
+    the last cell of the largest such map (code -32768) and of the first larger one (int32) both get
+    their gradient, as torchvision's. The bins are thousands of cells wide: table blocks far past 64
+    (the plan's group codes once assumed block widths below 64)."""
+    features = torch.randn(1, 2, 1, width, generator=torch.Generator().manual_seed(15))
+    features[:, :, 0, -1] = 10.0
+    rois = torch.tensor([[0.0, 0.0, 0.0, width - 1.0, 0.0], [0.0, width - 40.0, 0.0, width - 1.0, 0.0]])
+    assert_same_as_torchvision(features, rois, (1, 3), 1.0)

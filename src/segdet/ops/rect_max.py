@@ -108,10 +108,10 @@ def _choose_sizes(heights: Tensor, widths: Tensor, map_elements: int) -> tuple[l
     counts = torch.bincount(heights * (max_w + 1) + widths, minlength=(max_h + 1) * (max_w + 1))
     counts = counts.view(max_h + 1, max_w + 1).double()
     best: tuple[float, list[int], list[int]] | None = None
-    for rows in {tuple(_sizes(limit, max_h)) for limit in EXACT_LIMITS}:
+    for rows in sorted({tuple(_sizes(limit, max_h)) for limit in EXACT_LIMITS}):
         two_r = torch.ones(max_h + 1, dtype=torch.float64)
         two_r[list(rows)] = 0
-        for cols in {tuple(_sizes(limit, max_w)) for limit in EXACT_LIMITS}:
+        for cols in sorted({tuple(_sizes(limit, max_w)) for limit in EXACT_LIMITS}):
             two_c = torch.ones(max_w + 1, dtype=torch.float64)
             two_c[list(cols)] = 0
             corners = (1 + two_r[:, None]) * (1 + two_c[None, :])
@@ -139,13 +139,12 @@ class _Level:
 @dataclass(frozen=True)
 class _Plan:
     """``levels`` (groups of rectangles) in build order; ``rows``: block heights, ``cols[a]``: the widths
-    built on height ``a``; ``order``: the rectangles sorted by group (the empty ones, ``empty`` of them,
-    first), whose answers are gathered back with ``inverse``."""
+    built on height ``a``. The rectangles are answered sorted by group (the empty ones, ``empty`` of
+    them, first); ``inverse[q]`` is where rectangle ``q``'s answer lands in that order."""
 
     levels: list[_Level]
     rows: list[int]
     cols: dict[int, list[int]]
-    order: Tensor
     inverse: Tensor
     empty: int
 
@@ -154,9 +153,9 @@ def _plan(n: Tensor, top: Tensor, bottom: Tensor, left: Tensor, right: Tensor, s
     """The levels a set of rectangles (1-D int64 tensors, clipped to the map, possibly empty) needs.
 
     Variables: ``a, b`` a rectangle's block height / width (the largest chosen size not above its
-    height / width), ``kr, kc`` 1 if the block row / column is exact (one block), else 2 (one at each
-    end, overlapping), ``hi, wj`` the number of block positions of that level per column / row,
-    ``order`` the rectangles sorted by group ``(a, b, kr, kc)``."""
+    height / width; ``ia, ib`` their indices in the chosen sizes), ``kr, kc`` 1 if the block row /
+    column is exact (one block), else 2 (one at each end, overlapping), ``hi, wj`` the number of block
+    positions of that level per column / row, ``order`` the rectangles sorted by ``(ia, ib, kr, kc)``."""
     _, H, W = shape
     valid = (bottom > top) & (right > left)
     h, w = (bottom - top).clamp(min=1), (right - left).clamp(min=1)
@@ -164,10 +163,10 @@ def _plan(n: Tensor, top: Tensor, bottom: Tensor, left: Tensor, right: Tensor, s
         row_sizes, col_sizes = _choose_sizes(h[valid], w[valid], shape[0] * H * W)
     else:
         row_sizes, col_sizes = [1], [1]
-    a = _largest_at_most(h, row_sizes)
-    b = _largest_at_most(w, col_sizes)
+    ia, ib = _largest_at_most(h, row_sizes), _largest_at_most(w, col_sizes)
+    a, b = torch.tensor(row_sizes)[ia], torch.tensor(col_sizes)[ib]
     kr, kc = 1 + (a != h).long(), 1 + (b != w).long()
-    code = torch.where(valid, ((a * 64 + b) * 2 + kr - 1) * 2 + kc - 1, -1)
+    code = torch.where(valid, ((ia * len(col_sizes) + ib) * 2 + kr - 1) * 2 + kc - 1, -1)
     order = torch.argsort(code, stable=True)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
@@ -182,7 +181,8 @@ def _plan(n: Tensor, top: Tensor, bottom: Tensor, left: Tensor, right: Tensor, s
             continue
         ab, two_c = divmod(value, 2)
         ab, two_r = divmod(ab, 2)
-        la, lb = divmod(ab, 64)
+        i, j = divmod(ab, len(col_sizes))
+        la, lb = row_sizes[i], col_sizes[j]
         hi, wj = H - la + 1, W - lb + 1
         r0, r1 = (n[bins] * hi + top[bins]) * wj, (n[bins] * hi + bottom[bins] - la) * wj
         c0, c1 = left[bins], right[bins] - lb
@@ -194,12 +194,12 @@ def _plan(n: Tensor, top: Tensor, bottom: Tensor, left: Tensor, right: Tensor, s
     last = max((a for a in row_sizes if widest[a]), default=1)
     rows = [a for a in row_sizes if a <= last]
     cols = {a: [b for b in col_sizes if b <= widest[a]] for a in rows}
-    return _Plan(levels, rows, cols, order, inverse, empty)
+    return _Plan(levels, rows, cols, inverse, empty)
 
 
 def _largest_at_most(length: Tensor, sizes: list[int]) -> Tensor:
-    table = torch.tensor(sizes)
-    return table[torch.searchsorted(table, length, right=True) - 1]
+    """The index in ``sizes`` (ascending, from 1) of the largest size ``<= length`` (``>= 1``)."""
+    return torch.searchsorted(torch.tensor(sizes), length, right=True) - 1
 
 
 def _answer(table: Tensor, level: _Level, out: Tensor) -> None:
@@ -278,10 +278,9 @@ def rect_max(
     ``x``: ``[N, C, H, W]`` float32 or float64 on the CPU. ``n, top, bottom, left, right``: int64
     tensors that broadcast to one shape ``S`` (rectangles clipped to ``[0, H] x [0, W]``; empty ones
     allowed). Returns ``value`` (``x.dtype``) and ``argmax`` (int32 codes ``-2 - (h * W + w)``, ``-1``
-    for none; skipped unless
-    ``with_argmax``), both ``[*S, C]``, written into ``value`` / ``argmax`` (of any strides and, for
-    ``argmax``, any integer dtype holding ``-1 - H * W``) when given. See the module docstring for the
-    conventions and the algorithm."""
+    for none; skipped unless ``with_argmax``), both ``[*S, C]``, written into ``value`` / ``argmax`` (of
+    any strides and, for ``argmax``, any integer dtype holding ``-1 - H * W``) when given. See the
+    module docstring for the conventions and the algorithm."""
     N, C, H, W = x.shape
     rect = torch.broadcast_tensors(n, top, bottom, left, right)
     shape = rect[0].shape
@@ -322,8 +321,8 @@ def rect_max(
         for r0 in range(0, shape[0], step):
             r1 = min(shape[0], r0 + step)
             v, a = keys.decode(res[r0 * per_row : r1 * per_row].view(r1 - r0, *shape[1:], c1 - c0))
-            # Decoded into new (contiguous) tensors, then copied into the outputs: copy_ transposes
-            # to their strides several times faster than an elementwise op writing through them.
+            # Copied into the outputs, whatever their strides: copy_ transposes several times faster
+            # than the decoding's elementwise ops would writing through them.
             value[r0:r1, ..., c0:c1] = v
             if argmax is not None:
                 argmax[r0:r1, ..., c0:c1] = a
