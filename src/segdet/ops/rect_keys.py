@@ -60,7 +60,22 @@ class PackedKeys:
         return self.values(hi), lo
 
 
-class Float32Keys(PackedKeys):
+class _FloatBitKeys(PackedKeys):
+    """Codes made from float32 bits, computed channels-last in a reused ``scratch`` buffer (``width``
+    channels)."""
+
+    def __init__(self, x: Tensor, width: int) -> None:
+        super().__init__(x)
+        N, _, H, W = x.shape
+        self.scratch = torch.empty(N * H * W * width, dtype=torch.float32)
+
+    def channels_last(self, c0: int, c1: int) -> tuple[Tensor, Tensor]:
+        """Channels ``[c0, c1)`` as ``[N, H, W, c1 - c0]`` and the scratch view of that shape."""
+        chunk = self.x[:, c0:c1].permute(0, 2, 3, 1)
+        return chunk, self.scratch[: chunk.numel()].view(chunk.shape)
+
+
+class Float32Keys(_FloatBitKeys):
     """``code(x)``: float32 bits read as a sign-magnitude integer (``-0.0 -> 0``); unpickable elements
     (through ``fmax``) get ``code(-FLT_MAX)``."""
 
@@ -68,16 +83,13 @@ class Float32Keys(PackedKeys):
     zero = 0
 
     def __init__(self, x: Tensor, width: int) -> None:
-        super().__init__(x)
-        N, _, H, W = x.shape
-        self.scratch = torch.empty(N * H * W * width, dtype=torch.float32)
+        super().__init__(x, width)
         # NaN fails the comparison too; only then does the arg-max need the "nothing pooled" fix.
         self.has_unpickable = x.numel() > 0 and not bool(x.amin() > -FLT_MAX)
 
     def codes(self, c0: int, c1: int) -> Tensor:
-        chunk = self.x[:, c0:c1].permute(0, 2, 3, 1)
-        y = torch.fmax(chunk, torch.tensor(-FLT_MAX), out=self.scratch[: chunk.numel()].view(chunk.shape))
-        bits = y.view(torch.int32)
+        chunk, scratch = self.channels_last(c0, c1)
+        bits = torch.fmax(chunk, torch.tensor(-FLT_MAX), out=scratch).view(torch.int32)
         sign = bits >> 31
         code = sign & 0x7FFFFFFF
         code ^= bits
@@ -89,7 +101,7 @@ class Float32Keys(PackedKeys):
         return torch.bitwise_or(code.abs(), code & -(2**31)).view(torch.float32)
 
 
-class NonNegativeKeys(PackedKeys):
+class NonNegativeKeys(_FloatBitKeys):
     """``code(x)``: the float32 bits as they are, for maps without negative values (and without NaN),
     such as the ReLU outputs a detector pools: their order is the values' order once ``-0.0`` is
     made ``0.0`` (``x + 0.0``), and the value is the code read as a float: no decoding."""
@@ -98,18 +110,13 @@ class NonNegativeKeys(PackedKeys):
     zero = 0
     has_unpickable = False
 
-    def __init__(self, x: Tensor, width: int) -> None:
-        super().__init__(x)
-        N, _, H, W = x.shape
-        self.scratch = torch.empty(N * H * W * width, dtype=torch.float32)
-
     @staticmethod
     def applies(x: Tensor) -> bool:
         return x.dtype == torch.float32 and x.numel() > 0 and bool(x.amin() >= 0)  # NaN fails too
 
     def codes(self, c0: int, c1: int) -> Tensor:
-        chunk = self.x[:, c0:c1].permute(0, 2, 3, 1)
-        return torch.add(chunk, 0.0, out=self.scratch[: chunk.numel()].view(chunk.shape)).view(torch.int32)
+        chunk, scratch = self.channels_last(c0, c1)
+        return torch.add(chunk, 0.0, out=scratch).view(torch.int32)
 
     def values(self, code: Tensor) -> Tensor:
         return code.view(torch.float32)

@@ -139,7 +139,8 @@ def _pool(x: Tensor, bins: _Bins, with_argmax: bool) -> tuple[Tensor, Tensor | N
     _, C, H, W = x.shape
     (K, ph), pw = bins.top.shape, bins.left.shape[1]
     out = torch.empty(K, C, ph, pw, dtype=x.dtype)
-    small = torch.int16 if H * W < 2**15 - 1 else torch.int32  # codes -2 - position
+    # codes -2 - position reach -(H W + 1): int16 holds them while H W < 2**15
+    small = torch.int16 if H * W < 2**15 else torch.int32
     argmax = torch.empty(C, K, ph, pw, dtype=small) if with_argmax else None
     if out.numel() == 0:
         return out, argmax, False
