@@ -51,7 +51,7 @@ import torch
 import torchvision
 
 from segdet.engine.perf import tune_malloc
-from segdet.ops import roi_pool
+from segdet.ops import native, roi_pool
 from segdet.ops.roi_pool import roi_bins
 
 
@@ -106,7 +106,10 @@ def describe(case: Case, device: torch.device) -> str:
         calls = _count_torchvision_calls(
             lambda: roi_pool(features, rois, case.output_size, case.spatial_scale)
         )
-    path = "torchvision's kernel" if calls or device.type != "cpu" else "sparse table"
+    if calls or device.type != "cpu":
+        path = "torchvision's kernel"
+    else:
+        path = "C++ kernel" if native.library("roi_pool") is not None else "sparse table"
     return f"{case.name}: {rois.shape[0]} RoIs on {n}x{c}x{h}x{w}, mean bin {mean:.1f} cells -> {path}"
 
 

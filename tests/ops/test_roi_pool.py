@@ -20,12 +20,12 @@ import importlib
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import segdet.ops.rect_keys as rect_keys_module
 import segdet.ops.rect_max as rect_max_module
-from segdet.ops import roi_pool
+from segdet.ops import native, roi_pool
 from segdet.ops.rect_keys import FLT_MAX
 from segdet.ops.rect_max import rect_max
 
@@ -34,13 +34,31 @@ tv_roi_pool = torchvision.ops.roi_pool
 roi_pool_module = importlib.import_module("segdet.ops.roi_pool")
 
 
-@pytest.fixture(autouse=True)
-def sparse_table_always(monkeypatch, request):
-    """Every test pools with the sparse table, however small its map (``roi_pool`` hands calls whose
-    bins are tiny to torchvision's kernel), except those that test that choice."""
-    if "dispatch" not in request.node.name:
-        monkeypatch.setattr(roi_pool_module, "MIN_VISITS", 0)
-        monkeypatch.setattr(roi_pool_module, "MIN_BIN_AREA", 0)
+def _table_always(monkeypatch) -> None:
+    """The pure-torch path, with the sparse table however small the map (that path hands calls whose
+    bins are tiny to torchvision's kernel)."""
+    monkeypatch.setenv("SEGDET_NATIVE", "0")
+    monkeypatch.setattr(roi_pool_module, "MIN_VISITS", 0)
+    monkeypatch.setattr(roi_pool_module, "MIN_BIN_AREA", 0)
+
+
+@pytest.fixture(params=["native", "table"])
+def path(request, monkeypatch):
+    """The comparisons run on both CPU paths of ``roi_pool``: the C++ kernel (``csrc/roi_pool.cpp``)
+    and the pure-torch sparse table."""
+    if request.param == "native":
+        monkeypatch.delenv("SEGDET_NATIVE", raising=False)
+        if native.library("roi_pool") is None:
+            pytest.skip("no C++ compiler here: roi_pool's C++ kernel cannot be built")
+    else:
+        _table_always(monkeypatch)
+    return request.param
+
+
+@pytest.fixture
+def table(monkeypatch):
+    """Tests of the sparse table's own machinery (block sizes, chunking, keys, dispatch)."""
+    _table_always(monkeypatch)
 
 
 def random_rois(num: int, images: int, height: float, width: float, seed: int, dtype=torch.float32):
@@ -92,14 +110,14 @@ def assert_same_as_torchvision(features, rois, output_size, spatial_scale):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("output_size", "spatial_scale"), [((7, 7), 1 / 16), ((2, 3), 1 / 4), (5, 1.0)])
-def test_random_and_edge_rois_match_torchvision(dtype, output_size, spatial_scale):
+def test_random_and_edge_rois_match_torchvision(dtype, output_size, spatial_scale, path):
     features = torch.randn(3, 5, 17, 23, dtype=dtype)
     rois = random_rois(120, 3, 17 / spatial_scale, 23 / spatial_scale, seed=7, dtype=dtype)
     assert_same_as_torchvision(features, rois, output_size, spatial_scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_ties_go_to_the_first_maximum_in_row_major_order(dtype):
+def test_ties_go_to_the_first_maximum_in_row_major_order(dtype, path):
     """Constant maps, maps of three values and all-zero maps with -0.0 sprinkled in: every bin has tied
     maxima, and the gradient must reach the element torchvision picks."""
     g = torch.Generator().manual_seed(3)
@@ -113,7 +131,7 @@ def test_ties_go_to_the_first_maximum_in_row_major_order(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nan_inf_and_lowest_values_never_win(dtype):
+def test_nan_inf_and_lowest_values_never_win(dtype, path):
     """torchvision pools only ``x > -FLT_MAX``: NaN, -inf, -FLT_MAX (and, in float64, anything lower)
     never win; a bin of nothing else reads -FLT_MAX and passes no gradient."""
     features = torch.randn(2, 4, 13, 16, dtype=dtype)
@@ -126,14 +144,35 @@ def test_nan_inf_and_lowest_values_never_win(dtype):
     assert_same_as_torchvision(features, rois, (4, 3), 0.5)
 
 
-def test_channels_last_input_and_several_images_out_of_order():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_channels_with_ties_nan_and_threads(dtype, threads, path):
+    """Channel counts past the C++ kernel's SIMD blocks (32 floats / 16 doubles) with channels left over,
+    ties, NaN, -inf and -0.0 inside the blocks, on one thread and on two (RoIs shared in the forward
+    pass, channels split in the backward pass): torchvision's outputs and gradients."""
+    g = torch.Generator().manual_seed(21)
+    features = torch.randint(0, 4, (2, 70, 14, 17), generator=g).to(dtype) - 2
+    features[0, 3:40:3, 2:9] = float("nan")
+    features[1, 5:60:7, :, 4:] = float("-inf")
+    features[features == 0] = -0.0
+    features[0, 33:, ::2] = torch.randn(37, 7, 17, generator=g, dtype=dtype)
+    rois = random_rois(150, 2, 14 * 4, 17 * 4, seed=22, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_same_as_torchvision(features, rois, (4, 5), 0.25)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_channels_last_input_and_several_images_out_of_order(path):
     features = torch.randn(4, 6, 20, 24).contiguous(memory_format=torch.channels_last)
     rois = random_rois(90, 4, 80, 96, seed=2)
     rois = rois[torch.randperm(len(rois), generator=torch.Generator().manual_seed(0))]
     assert_same_as_torchvision(features, rois, 7, 0.25)
 
 
-def test_list_of_boxes_and_empty_rois():
+def test_list_of_boxes_and_empty_rois(path):
     features = torch.randn(2, 3, 12, 12, requires_grad=True)
     boxes = [torch.tensor([[0.0, 0.0, 20.0, 30.0], [5.0, 5.0, 40.0, 44.0]]), torch.tensor([[1.0, 2, 3, 4]])]
     assert torch.equal(roi_pool(features, boxes, 2, 0.25), tv_roi_pool(features, boxes, 2, 0.25))
@@ -145,7 +184,7 @@ def test_list_of_boxes_and_empty_rois():
     assert torch.equal(roi_pool(features, [torch.zeros(0, 4), torch.zeros(0, 4)], 2), torch.zeros(0, 3, 2, 2))
 
 
-def test_gradcheck():
+def test_gradcheck(path):
     """Finite differences through our backward, float64, distinct values (max pooling is differentiable
     there), several bins selecting the same element (overlapping RoIs)."""
     features = torch.randn(2, 1, 6, 7, dtype=torch.float64, requires_grad=True)
@@ -153,7 +192,7 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda f: roi_pool(f, rois, (3, 2), 0.5), (features,))
 
 
-def test_chunked_paths_match(monkeypatch):
+def test_chunked_paths_match(monkeypatch, table):
     """Tiny table, gather and backward budgets: many channel chunks, row steps and channel blocks."""
     monkeypatch.setattr(rect_max_module, "TABLE_BYTES", 1)
     monkeypatch.setattr(rect_max_module, "GATHER_BYTES", 1)
@@ -162,7 +201,7 @@ def test_chunked_paths_match(monkeypatch):
     assert_same_as_torchvision(features, random_rois(25, 2, 44, 52, seed=4), (2, 3), 0.25)
 
 
-def test_no_grad_inference_and_half_precision():
+def test_no_grad_inference_and_half_precision(path):
     features = torch.randn(1, 4, 16, 16)
     rois = random_rois(40, 1, 64, 64, seed=8)
     expected = tv_roi_pool(features, rois, 3, 0.25)
@@ -175,7 +214,7 @@ def test_no_grad_inference_and_half_precision():
         assert torch.equal(got, tv_roi_pool(low.float(), rois, 3, 0.25).to(dtype))
 
 
-def test_bad_rois_are_refused():
+def test_bad_rois_are_refused(path):
     features = torch.randn(2, 3, 10, 10)
     with pytest.raises(ValueError, match=r"\[K, 5\]"):
         roi_pool(features, torch.zeros(4, 4), 2)
@@ -203,7 +242,7 @@ def test_rect_max_of_explicit_rectangles():
         assert torch.equal(argmax[q].long(), -2 - position)  # rect_max's arg-max codes
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 2),
     c=st.integers(1, 3),
@@ -216,7 +255,7 @@ def test_rect_max_of_explicit_rectangles():
     seed=st.integers(0, 2**16),
     levels=st.booleans(),
 )
-def test_property_matches_torchvision(n, c, h, w, k, ph, pw, scale, seed, levels):
+def test_property_matches_torchvision(n, c, h, w, k, ph, pw, scale, seed, levels, path):
     """Any small map, RoIs anywhere around it, any grid: same output and gradient. ``levels``: a map of
     few distinct values (ties everywhere) or continuous values."""
     g = torch.Generator().manual_seed(seed)
@@ -230,8 +269,10 @@ def test_property_matches_torchvision(n, c, h, w, k, ph, pw, scale, seed, levels
 
 
 def test_dispatch_small_bins_to_torchvision(monkeypatch):
-    """Bins of ~1 cell go to torchvision's kernel, bins of many cells to the sparse table (the rule on
-    the mean bin area; the one on the total work is lowered to fit a small map)."""
+    """On the pure-torch path, bins of ~1 cell go to torchvision's kernel, bins of many cells to the
+    sparse table (the rule on the mean bin area; the one on the total work is lowered to fit a small
+    map)."""
+    monkeypatch.setenv("SEGDET_NATIVE", "0")
     calls = []
 
     def counting(*args, **kwargs):
@@ -250,7 +291,7 @@ def test_dispatch_small_bins_to_torchvision(monkeypatch):
 
 
 @pytest.mark.parametrize("limits", [(2,), (4,), (16,)])
-def test_every_block_scheme_matches(monkeypatch, limits):
+def test_every_block_scheme_matches(monkeypatch, limits, table):
     """Powers of two only (the plain sparse table: most rectangles read two or four blocks), exact
     sizes up to 4 (a mix) and up to 16 (one block each here): the same outputs and gradients as
     torchvision's, float32 (packed keys) and float64 (ranks)."""
@@ -261,7 +302,7 @@ def test_every_block_scheme_matches(monkeypatch, limits):
     assert_same_as_torchvision(features.double(), rois.double(), 2, 0.25)
 
 
-def test_maps_without_negative_values_use_plain_float_bits():
+def test_maps_without_negative_values_use_plain_float_bits(table):
     """ReLU outputs (zeros tied everywhere, ``-0.0`` among them): the keys take the float bits as they
     are, and the results are torchvision's."""
     g = torch.Generator().manual_seed(13)
@@ -273,7 +314,7 @@ def test_maps_without_negative_values_use_plain_float_bits():
 
 
 @pytest.mark.parametrize("width", [2**15 - 1, 2**15])
-def test_argmax_codes_at_the_int16_limit(width):
+def test_argmax_codes_at_the_int16_limit(width, path):
     """The arg-max is kept as ``-2 - position`` codes, int16 while the map has fewer than 2**15 cells:
     the last cell of the largest such map (code -32768) and of the first larger one (int32) both get
     their gradient, as torchvision's. The bins are thousands of cells wide: table blocks far past 64

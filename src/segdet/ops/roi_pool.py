@@ -14,18 +14,24 @@ and the gradient goes to the first maximal element in row-major order (``argmax`
 sum of dL/dout[k, c, p, q] over the bins whose argmax is a`` (torchvision's tie rule, its ``0`` for an
 empty bin and ``-FLT_MAX`` when only NaN / -inf lie in a bin, with no gradient for either).
 
-torchvision's CPU kernel visits every element of every bin with scalar code on one thread: its cost is
-the sum of the bins' areas times C. Here the bins' maxima are range-maximum queries on a table of block
-maxima (:mod:`segdet.ops.rect_max`): a vectorised pass over the map per block size, then one to four
-gathered table rows per bin (one where the table has the bin's exact size, as it has for the small
-bins of Fast R-CNN's conv5), whatever the bin's size; the arg-max comes with the maximum. The table's
-cost per output is fixed (a gather and a few vectorised passes), so it wins by far on bins of tens of
-cells and loses on bins of one or two: calls whose bins are that small on average (or whose work is
-tiny) go to torchvision's kernel (``_torchvision_is_faster``, the crossover as measured).
+torchvision's CPU kernel visits every element of every bin with scalar code on one thread, channel by
+channel. Ours (``csrc/roi_pool.cpp``, built on first use by :mod:`segdet.ops.native`) reads the map
+channels-last, so that each cell of a bin updates the running maxima (and arg-maxima) of all C
+channels in one vectorised loop, and shares the RoIs among torch's threads; the backward pass splits
+the channels among them.
 
-The backward pass scatters the output gradient into the arg-max positions (``scatter_add_``), in
-torchvision's order (RoI, then bin, for every element), so it is deterministic and *equal* to
-torchvision's: the same float additions in the same order.
+Without a C++ compiler (or with ``SEGDET_NATIVE=0``) a pure-torch path is taken: the bins' maxima are
+range-maximum queries on a table of block maxima (:mod:`segdet.ops.rect_max`): a vectorised pass over
+the map per block size, then one to four gathered table rows per bin (one where the table has the
+bin's exact size, as it has for the small bins of Fast R-CNN's conv5), whatever the bin's size; the
+arg-max comes with the maximum. The table's cost per output is fixed (a gather and a few vectorised
+passes), so it wins by far on bins of tens of cells and loses on bins of one or two: on that path,
+calls whose bins are that small on average (or whose work is tiny) go to torchvision's kernel
+(``_torchvision_is_faster``, the crossover as measured).
+
+Both backward passes scatter the output gradient into the arg-max positions in torchvision's order
+(RoI, then bin, for every element), so they are deterministic and *equal* to torchvision's: the same
+float additions in the same order.
 
 Other devices use torchvision's kernel. Half-precision inputs are pooled in float32 and returned in
 their dtype, as torchvision's autocast wrapper does; ``rois`` are converted to the pooling dtype
@@ -35,6 +41,7 @@ out of bounds).
 
 from __future__ import annotations
 
+import ctypes
 from typing import NamedTuple
 
 import torch
@@ -42,6 +49,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torchvision.ops import roi_pool as tv_roi_pool
 
+from segdet.ops import native
 from segdet.ops.rect_max import rect_max
 
 # Below these, torchvision's kernel is called instead (see ``_torchvision_is_faster``).
@@ -211,6 +219,8 @@ def _unpool(
 
 
 class _RoIPool(torch.autograd.Function):
+    """The pure-torch path: sparse-table forward (:func:`_pool`), scatter backward (:func:`_unpool`)."""
+
     @staticmethod
     def forward(ctx, input: Tensor, bins: _Bins):
         out, argmax, unpickable = _pool(_pooling_dtype(input), bins, ctx.needs_input_grad[0])
@@ -224,6 +234,64 @@ class _RoIPool(torch.autograd.Function):
         argmax, empty, image = ctx.saved_tensors
         grad_input = _unpool(_pooling_dtype(grad), argmax, empty, ctx.unpickable, image, ctx.shape)
         return grad_input.to(grad.dtype), None
+
+
+_FLOAT_ARGUMENT = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+
+def _kernel_suffix(dtype: torch.dtype, index: torch.dtype) -> str:
+    """The C++ kernels' names end in their float and arg-max types, e.g. ``f32_i16``."""
+    floats = {torch.float32: "f32", torch.float64: "f64"}
+    return f"{floats[dtype]}_{'i16' if index == torch.int16 else 'i32'}"
+
+
+def _pointer(t: Tensor | None) -> ctypes.c_void_p:
+    """The address of ``t``'s data (null for ``None``): the caller keeps ``t`` alive until the call."""
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
+
+
+class _NativeRoIPool(torch.autograd.Function):
+    """The C++ path (``csrc/roi_pool.cpp``): bins, maxima and arg-maxima in one call; the arg-max is
+    kept ``[K, C, PH, PW]`` (flat ``h W + w``, -1 for none; int16 while it fits) for the backward call."""
+
+    @staticmethod
+    def forward(ctx, input, rois, image, size, spatial_scale, kernels):
+        x = _pooling_dtype(input)
+        _, C, H, W = x.shape
+        K, (ph, pw) = rois.shape[0], size
+        out = torch.empty(K, C, ph, pw, dtype=x.dtype)
+        # positions h W + w and -1: int16 holds them while H W < 2**15
+        index = torch.int16 if H * W < 2**15 else torch.int32
+        argmax = torch.empty(K, C, ph, pw, dtype=index) if ctx.needs_input_grad[0] else None
+        if out.numel():
+            # held in variables: the kernel reads them after _pointer has returned
+            cells = x.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]; free when x is channels-last
+            rois = rois.contiguous()
+            scalar = _FLOAT_ARGUMENT[x.dtype]
+            i64 = ctypes.c_int64
+            getattr(kernels, f"roi_pool_forward_{_kernel_suffix(x.dtype, index)}")(
+                _pointer(cells), i64(H), i64(W), i64(C), _pointer(rois), scalar(spatial_scale),
+                i64(K), i64(ph), i64(pw), _pointer(out), _pointer(argmax), i64(torch.get_num_threads()),
+            )  # fmt: skip
+        ctx.save_for_backward(argmax, image)
+        ctx.shape, ctx.kernels, ctx.index = tuple(input.shape), kernels, index
+        return out.to(input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        argmax, image = ctx.saved_tensors
+        N, C, H, W = ctx.shape
+        g = _pooling_dtype(grad).contiguous()
+        grad_input = torch.zeros(N, C, H, W, dtype=g.dtype)
+        if g.numel():
+            image = image.contiguous()
+            i64 = ctypes.c_int64
+            getattr(ctx.kernels, f"roi_pool_backward_{_kernel_suffix(g.dtype, ctx.index)}")(
+                _pointer(g), _pointer(argmax), _pointer(image), i64(g.shape[0]), i64(C),
+                i64(g.shape[2] * g.shape[3]), i64(H * W), _pointer(grad_input), i64(torch.get_num_threads()),
+            )  # fmt: skip
+        return grad_input.to(grad.dtype), None, None, None, None, None
 
 
 def _pooling_dtype(t: Tensor) -> Tensor:
@@ -258,7 +326,12 @@ def roi_pool(
         return tv_roi_pool(input, rois, size, spatial_scale)
     N, C, H, W = input.shape
     rois = rois.to(_pooling_dtype(input).dtype)
-    bins = _Bins(*roi_bins(rois, spatial_scale, size, H, W), _image_index(rois, N))
+    image = _image_index(rois, N)
+    # the kernel's positions h W + w are int32
+    kernels = native.library("roi_pool") if H * W < 2**31 else None
+    if kernels is not None:
+        return _NativeRoIPool.apply(input, rois, image, size, spatial_scale, kernels)
+    bins = _Bins(*roi_bins(rois, spatial_scale, size, H, W), image)
     if _torchvision_is_faster(bins, C):
         return tv_roi_pool(_pooling_dtype(input), rois, size, spatial_scale).to(input.dtype)
     return _RoIPool.apply(input, bins)

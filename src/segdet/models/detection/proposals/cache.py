@@ -30,19 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from segdet.cache import cache_root
 from segdet.models.detection.proposals.selective_search import SelectiveSearchSettings
 
 logger = logging.getLogger("segdet.proposals")
 
-CACHE_VARIABLE = "SEGDET_CACHE_DIR"
-
 
 def default_cache_dir() -> Path:
-    """``$SEGDET_CACHE_DIR/proposals``, else ``$XDG_CACHE_HOME/segdet/proposals`` (``~/.cache``)."""
-    if os.environ.get(CACHE_VARIABLE):
-        return Path(os.environ[CACHE_VARIABLE]) / "proposals"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "segdet" / "proposals"
+    """``proposals/`` in segdet's cache (:func:`segdet.cache.cache_root`: ``$SEGDET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/segdet`` or ``~/.cache/segdet``)."""
+    return cache_root() / "proposals"
 
 
 def image_key(pixels: np.ndarray) -> str:
