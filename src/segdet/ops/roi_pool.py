@@ -264,13 +264,16 @@ class _NativeRoIPool(torch.autograd.Function):
         index = torch.int16 if H * W < 2**15 else torch.int32
         argmax = torch.empty(K, C, ph, pw, dtype=index) if ctx.needs_input_grad[0] else None
         if out.numel():
-            # held in variables: the kernel reads them after _pointer has returned
-            cells = x.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]; free when x is channels-last
+            # held in variables: the kernel reads them after _pointer has returned. The kernel reads
+            # the map channels-last: as it is if it is laid out so, else it transposes a copy.
+            channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            x = x if channels_last else x.contiguous()
             rois = rois.contiguous()
             scalar = _FLOAT_ARGUMENT[x.dtype]
             i64 = ctypes.c_int64
             getattr(kernels, f"roi_pool_forward_{_kernel_suffix(x.dtype, index)}")(
-                _pointer(cells), i64(H), i64(W), i64(C), _pointer(rois), scalar(spatial_scale),
+                _pointer(x), i64(channels_last), i64(x.shape[0]), i64(H), i64(W), i64(C),
+                _pointer(rois), scalar(spatial_scale),
                 i64(K), i64(ph), i64(pw), _pointer(out), _pointer(argmax), i64(torch.get_num_threads()),
             )  # fmt: skip
         ctx.save_for_backward(argmax, image)

@@ -12,7 +12,7 @@
 //     argmax[k, c, p, q] = h W + w of the FIRST maximum in row-major order (-1: empty, or no value
 //                          above -FLT_MAX, i.e. only NaN / -inf: the output is then -FLT_MAX)
 // torchvision's rule: start at -FLT_MAX, replace on a strict ">" (NaN never replaces). The map is read
-// channels-last ([N, H, W, C]) so that each cell of a bin updates the running maxima of many channels
+// channels-last ([N, H, W, C]; an NCHW map is transposed first) so that each cell of a bin updates the running maxima of many channels
 // in a few SIMD instructions; per RoI, the results are transposed to torchvision's [K, C, PH, PW] layout (the
 // arg-max, ours only, for the backward pass, too). RoIs are shared among threads dynamically
 // (their sizes vary).
@@ -152,25 +152,43 @@ inline void transpose8x8(const void* src, int64_t ld, void* dst, int64_t stride)
 }
 #endif
 
-// A [rows, C] block `src` -> [C, rows] rows of `dst`, `stride` apart (with AVX2, 4-byte values go by
-// 8 x 8 tiles, the edges one by one).
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: a transposition (with AVX2,
+// 4-byte values go by 8 x 8 tiles, the edges one by one).
 template <typename V>
-void transpose(const V* __restrict src, int64_t rows, int64_t C, V* __restrict dst, int64_t stride) {
-  int64_t r0 = 0, c0 = 0;
+void transpose(const V* __restrict src, int64_t rows, int64_t cols, int64_t ld_src, V* __restrict dst,
+               int64_t ld_dst) {
+  int64_t r0 = 0;
 #ifdef __AVX2__
   if constexpr (sizeof(V) == 4) {
+    const int64_t c0 = cols - cols % 8;
     for (r0 = 0; r0 + 8 <= rows; r0 += 8) {
-      for (c0 = 0; c0 + 8 <= C; c0 += 8) transpose8x8(src + r0 * C + c0, C, dst + c0 * stride + r0, stride);
+      for (int64_t c = 0; c < c0; c += 8) {
+        transpose8x8(src + r0 * ld_src + c, ld_src, dst + c * ld_dst + r0, ld_dst);
+      }
     }
-    c0 = C - C % 8;  // columns [c0, C) of rows [0, r0) are left, and all of rows [r0, rows)
-    for (int64_t c = c0; c < C; ++c) {
-      for (int64_t r = 0; r < r0; ++r) dst[c * stride + r] = src[r * C + c];
+    // left: columns [c0, cols) of rows [0, r0), and all of rows [r0, rows)
+    for (int64_t c = c0; c < cols; ++c) {
+      for (int64_t r = 0; r < r0; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
     }
   }
 #endif
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t r = r0; r < rows; ++r) dst[c * stride + r] = src[r * C + c];
+  for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t r = r0; r < rows; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
   }
+}
+
+// The NCHW map x ([N, C, HW]) channels-last into cells ([N, HW, C]), by column ranges on the threads.
+template <typename T>
+void to_channels_last(const T* x, int64_t N, int64_t C, int64_t HW, T* cells, int64_t threads) {
+  constexpr int64_t COLUMNS = 256;
+  const int64_t parts = (HW + COLUMNS - 1) / COLUMNS;
+  std::atomic<int64_t> next{0};
+  split(threads, threads, [&](int64_t, int64_t) {
+    for (int64_t j = next++; j < N * parts; j = next++) {
+      const int64_t n = j / parts, p0 = j % parts * COLUMNS, p1 = std::min(HW, p0 + COLUMNS);
+      transpose(x + n * C * HW + p0, C, p1 - p0, HW, cells + (n * HW + p0) * C, C);
+    }
+  });
 }
 
 // Edges [lo[i], hi[i]) of the `bins` bins of a RoI side from `start` to `end` (quantised), clipped to
@@ -189,10 +207,17 @@ void edges(int64_t start, int64_t end, int64_t bins, int64_t limit, int64_t* lo,
 // T: the map's float type; A: the arg-max's integer type (int16 while H W < 2^15: half the memory
 // traffic of int32 in the arg-max's [K, C, PH, PW] array).
 template <typename T, typename A>
-void pool_forward(const T* __restrict x, int64_t H, int64_t W, int64_t C, const T* rois, T scale,
-                  int64_t K, int64_t PH, int64_t PW, T* out, A* argmax, int64_t threads) {
+void pool_forward(const T* input, int64_t channels_last, int64_t N, int64_t H, int64_t W, int64_t C,
+                  const T* rois, T scale, int64_t K, int64_t PH, int64_t PW, T* out, A* argmax,
+                  int64_t threads) {
   constexpr int64_t BLOCK = VECTORS * 32 / sizeof(T);
   const int64_t bins = PH * PW;
+  std::vector<T> copy;
+  if (!channels_last) {
+    copy.resize(N * H * W * C);
+    to_channels_last(input, N, C, H * W, copy.data(), N * H * W * C < MIN_PARALLEL ? 1 : threads);
+  }
+  const T* __restrict x = channels_last ? input : copy.data();
   if (K * bins * C < MIN_PARALLEL) threads = 1;
   std::atomic<int64_t> next{0};
   auto work = [&](int64_t, int64_t) {
@@ -223,9 +248,9 @@ void pool_forward(const T* __restrict x, int64_t H, int64_t W, int64_t C, const 
           for (; c < C; ++c) bin_channel(map, W, C, c, t, b, l, r, m, a);
         }
       }
-      transpose(best.data(), bins, C, out + k * C * bins, bins);
+      transpose(best.data(), bins, C, C, out + k * C * bins, bins);
       if (argmax) {
-        transpose(where.data(), bins, C, column.data(), bins);
+        transpose(where.data(), bins, C, C, column.data(), bins);
         std::copy(column.begin(), column.end(), argmax + k * C * bins);  // converts to A
       }
     }
@@ -261,16 +286,17 @@ void pool_backward(const T* grad, const A* argmax, const int64_t* image, int64_t
 }  // namespace
 
 // One forward and one backward entry point per (float type, arg-max type):
-// roi_pool_forward_{f32,f64}_{i16,i32}(x, H, W, C, rois, scale, K, PH, PW, out, argmax, threads)
-//   x: channels-last map [N, H, W, C]; rois [K, 5] (n, x1, y1, x2, y2); out [K, C, PH, PW];
+// roi_pool_forward_{f32,f64}_{i16,i32}(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out,
+//                                      argmax, threads)
+//   x: the map, [N, C, H, W] contiguous, or [N, H, W, C] with channels_last = 1; rois [K, 5] (n, x1, y1, x2, y2); out [K, C, PH, PW];
 //   argmax [K, C, PH, PW] or null (inference: maxima only).
 // roi_pool_backward_{f32,f64}_{i16,i32}(grad, argmax, image, K, C, bins, HW, grad_input, threads)
 //   grad and argmax [K, C, bins], image [K]; grad_input [N, C, HW], zeroed by the caller.
 #define SEGDET_ROI_POOL(T, A, SUFFIX)                                                                   \
-  extern "C" void roi_pool_forward_##SUFFIX(const T* x, int64_t H, int64_t W, int64_t C, const T* rois, \
-                                            T scale, int64_t K, int64_t PH, int64_t PW, T* out,          \
-                                            A* argmax, int64_t threads) {                               \
-    pool_forward(x, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);                             \
+  extern "C" void roi_pool_forward_##SUFFIX(const T* x, int64_t channels_last, int64_t N, int64_t H,    \
+                                            int64_t W, int64_t C, const T* rois, T scale, int64_t K,     \
+                                            int64_t PH, int64_t PW, T* out, A* argmax, int64_t threads) { \
+    pool_forward(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);           \
   }                                                                                                     \
   extern "C" void roi_pool_backward_##SUFFIX(const T* grad, const A* argmax, const int64_t* image,       \
                                              int64_t K, int64_t C, int64_t bins, int64_t HW,            \
