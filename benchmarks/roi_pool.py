@@ -2,6 +2,7 @@
 
     python benchmarks/roi_pool.py --repeat 5                 # CPU, torch's default threads
     python benchmarks/roi_pool.py --threads 1 --repeat 5     # one thread for both
+    python benchmarks/roi_pool.py --no-native                # segdet's pure-torch path
     python benchmarks/roi_pool.py --device cuda              # on a GPU, if there is one
 
 Cases (7 x 7 bins unless said; RoIs drawn with a fixed seed, centres uniform over the image, sides
@@ -23,8 +24,10 @@ Each side is timed on the same inputs, interleaved (A B A B ...), after one unti
 the table gives medians of ``--repeat`` runs: the forward pass of a map that requires grad (so both
 compute the arg-max), the backward pass (one upstream gradient), their sum, and the forward pass
 under ``torch.no_grad()`` (inference). Outputs and gradients are checked equal (``torch.equal``)
-before timing. Each case's mean bin area and the path segdet takes (its sparse table, or
-torchvision's kernel for tiny bins) are printed with it.
+before timing. Each case's mean bin area and the path segdet takes are printed with it: its C++ kernel
+(``csrc/roi_pool.cpp``, built on first use), or, without a compiler or with ``--no-native``
+(``SEGDET_NATIVE=0``), the pure-torch sparse table, which hands calls with tiny bins to torchvision's
+kernel.
 
 glibc's malloc is tuned at start-up as ``segdet``'s commands do (:func:`segdet.engine.perf.tune_malloc`:
 freed memory is kept, so the outputs of repeated calls are not page-faulted in anew; both sides
@@ -194,7 +197,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
     parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc as it is")
+    parser.add_argument(
+        "--no-native", action="store_true", help="segdet's pure-torch path, not its C++ kernel"
+    )
     args = parser.parse_args()
+    if args.no_native:
+        os.environ["SEGDET_NATIVE"] = "0"
     tuned = False if args.no_tune_malloc else tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
