@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,8 +40,8 @@ def cache_dir() -> Path:
 
 
 def find_compiler() -> str | None:
-    """``$CXX`` if set (even if it does not exist: then the build fails and says so), else the first
-    of ``c++``, ``g++``, ``clang++`` on the PATH."""
+    """``$CXX`` if set (a command line, e.g. ``ccache g++``; if it does not work the build fails and
+    says so), else the first of ``c++``, ``g++``, ``clang++`` on the PATH."""
     if os.environ.get("CXX"):
         return os.environ["CXX"]
     return next((found for name in ("c++", "g++", "clang++") if (found := shutil.which(name))), None)
@@ -73,7 +74,7 @@ def build(source: Path, compiler: str, directory: Path) -> Path:
     os.close(fd)
     try:
         for arch in ((NATIVE_ARCH,), ()):
-            command = [compiler, *FLAGS, *arch, str(source), "-o", tmp]
+            command = [*shlex.split(compiler), *FLAGS, *arch, str(source), "-o", tmp]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode == 0:
                 break

@@ -170,8 +170,8 @@ def test_background_only_batch_trains_with_zero_box_losses():
     }
     losses = model(images, [empty, dict(empty)], generator=torch.Generator().manual_seed(2))
     assert all(torch.isfinite(v) for v in losses.values())
-    assert float(losses["loss_box_reg"]) == 0.0 and float(losses["loss_rpn_box_reg"]) == 0.0
-    assert float(losses["loss_classifier"]) > 0 and float(losses["loss_objectness"]) > 0
+    assert losses["loss_box_reg"].item() == 0.0 and losses["loss_rpn_box_reg"].item() == 0.0
+    assert losses["loss_classifier"].item() > 0 and losses["loss_objectness"].item() > 0
     sum(losses.values()).backward()
 
 
