@@ -15,10 +15,11 @@ sum of dL/dout[k, c, p, q] over the bins whose argmax is a`` (torchvision's tie 
 empty bin and ``-FLT_MAX`` when only NaN / -inf lie in a bin, with no gradient for either).
 
 torchvision's CPU kernel visits every element of every bin with scalar code on one thread, channel by
-channel. Ours (``csrc/roi_pool.cpp``, built on first use by :mod:`segdet.ops.native`) reads the map
-channels-last, so that each cell of a bin updates the running maxima (and arg-maxima) of all C
-channels in one vectorised loop, and shares the RoIs among torch's threads; the backward pass splits
-the channels among them.
+channel. Ours (``csrc/roi_pool.cpp``, built on first use by :mod:`segdet.ops.native`) computes the bins
+by the same formulas in the same float type, reads the map channels-last, so that each cell of a bin
+updates the running maxima (and arg-maxima) of many channels in a few SIMD instructions, and shares the
+RoIs among as many threads as torch uses (calls of under ~1 M outputs run on one: starting threads
+would cost more); the backward pass splits the channels among them.
 
 Without a C++ compiler (or with ``SEGDET_NATIVE=0``) a pure-torch path is taken: the bins' maxima are
 range-maximum queries on a table of block maxima (:mod:`segdet.ops.rect_max`): a vectorised pass over
