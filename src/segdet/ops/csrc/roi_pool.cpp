@@ -12,10 +12,10 @@
 //     argmax[k, c, p, q] = h W + w of the FIRST maximum in row-major order (-1: empty, or no value
 //                          above -FLT_MAX, i.e. only NaN / -inf: the output is then -FLT_MAX)
 // torchvision's rule: start at -FLT_MAX, replace on a strict ">" (NaN never replaces). The map is read
-// channels-last ([N, H, W, C]; an NCHW map is transposed first) so that each cell of a bin updates the running maxima of many channels
-// in a few SIMD instructions; per RoI, the results are transposed to torchvision's [K, C, PH, PW] layout (the
-// arg-max, ours only, for the backward pass, too). RoIs are shared among threads dynamically
-// (their sizes vary).
+// channels-last ([N, H, W, C]; an NCHW map is transposed first) so that each cell of a bin updates the
+// running maxima of many channels in a few SIMD instructions; per RoI, the results are transposed to
+// torchvision's [K, C, PH, PW] layout (the arg-max, ours only, kept for the backward pass, too). RoIs
+// are shared among threads dynamically (their sizes vary).
 //
 // Backward: grad_input[n, c, argmax[k, c, p, q]] += grad[k, c, p, q], skipping -1. Threads split the
 // channels, and each adds its terms in torchvision's order (ascending RoI, then bin), so every element
@@ -288,20 +288,21 @@ void pool_backward(const T* grad, const A* argmax, const int64_t* image, int64_t
 // One forward and one backward entry point per (float type, arg-max type):
 // roi_pool_forward_{f32,f64}_{i16,i32}(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out,
 //                                      argmax, threads)
-//   x: the map, [N, C, H, W] contiguous, or [N, H, W, C] with channels_last = 1; rois [K, 5] (n, x1, y1, x2, y2); out [K, C, PH, PW];
-//   argmax [K, C, PH, PW] or null (inference: maxima only).
+//   x: the map, [N, C, H, W] contiguous, or [N, H, W, C] with channels_last = 1;
+//   rois [K, 5] (n, x1, y1, x2, y2); out [K, C, PH, PW]; argmax [K, C, PH, PW] or null (inference).
 // roi_pool_backward_{f32,f64}_{i16,i32}(grad, argmax, image, K, C, bins, HW, grad_input, threads)
 //   grad and argmax [K, C, bins], image [K]; grad_input [N, C, HW], zeroed by the caller.
-#define SEGDET_ROI_POOL(T, A, SUFFIX)                                                                   \
-  extern "C" void roi_pool_forward_##SUFFIX(const T* x, int64_t channels_last, int64_t N, int64_t H,    \
-                                            int64_t W, int64_t C, const T* rois, T scale, int64_t K,     \
-                                            int64_t PH, int64_t PW, T* out, A* argmax, int64_t threads) { \
-    pool_forward(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);           \
-  }                                                                                                     \
-  extern "C" void roi_pool_backward_##SUFFIX(const T* grad, const A* argmax, const int64_t* image,       \
-                                             int64_t K, int64_t C, int64_t bins, int64_t HW,            \
-                                             T* grad_input, int64_t threads) {                          \
-    pool_backward(grad, argmax, image, K, C, bins, HW, grad_input, threads);                            \
+#define SEGDET_ROI_POOL(T, A, SUFFIX)                                                              \
+  extern "C" void roi_pool_forward_##SUFFIX(const T* x, int64_t channels_last, int64_t N,         \
+                                            int64_t H, int64_t W, int64_t C, const T* rois,        \
+                                            T scale, int64_t K, int64_t PH, int64_t PW, T* out,    \
+                                            A* argmax, int64_t threads) {                          \
+    pool_forward(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);      \
+  }                                                                                                \
+  extern "C" void roi_pool_backward_##SUFFIX(const T* grad, const A* argmax, const int64_t* image, \
+                                             int64_t K, int64_t C, int64_t bins, int64_t HW,       \
+                                             T* grad_input, int64_t threads) {                     \
+    pool_backward(grad, argmax, image, K, C, bins, HW, grad_input, threads);                       \
   }
 
 SEGDET_ROI_POOL(float, int16_t, f32_i16)
