@@ -272,11 +272,13 @@ class _NativeRoIPool(torch.autograd.Function):
             rois = rois.contiguous()
             scalar = _FLOAT_ARGUMENT[x.dtype]
             i64 = ctypes.c_int64
-            getattr(kernels, f"roi_pool_forward_{_kernel_suffix(x.dtype, index)}")(
+            failed = getattr(kernels, f"roi_pool_forward_{_kernel_suffix(x.dtype, index)}")(
                 _pointer(x), i64(channels_last), i64(x.shape[0]), i64(H), i64(W), i64(C),
                 _pointer(rois), scalar(spatial_scale),
                 i64(K), i64(ph), i64(pw), _pointer(out), _pointer(argmax), i64(torch.get_num_threads()),
             )  # fmt: skip
+            if failed:  # the kernel's channels-last copy of the map did not fit in memory
+                raise MemoryError(f"roi_pool: no memory for a channels-last copy of the {tuple(x.shape)} map")
         ctx.save_for_backward(argmax, image)
         ctx.shape, ctx.kernels, ctx.index = tuple(input.shape), kernels, index
         return out.to(input.dtype)

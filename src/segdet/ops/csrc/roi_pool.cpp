@@ -27,6 +27,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -43,16 +45,27 @@ constexpr int64_t MIN_PARALLEL = 1 << 20;
 // The backward pass adds into a block of channel planes at a time, sized to stay in a core's L2.
 constexpr int64_t PLANES_BYTES = 1 << 18;
 
-// body(begin, end) on [0, n) cut into `threads` contiguous parts, one per thread.
+// body(begin, end) on [0, n) cut into `threads` contiguous parts, taken one by one by up to `threads`
+// threads (the calling one included): if the system refuses a thread, the others do its parts.
 template <typename Body>
 void split(int64_t n, int64_t threads, const Body& body) {
   threads = std::max<int64_t>(1, std::min(threads, n));
   const int64_t part = (n + threads - 1) / threads;
+  std::atomic<int64_t> next{0};
+  const auto run = [&] {
+    for (int64_t begin = next.fetch_add(part); begin < n; begin = next.fetch_add(part)) {
+      body(begin, std::min(n, begin + part));
+    }
+  };
   std::vector<std::thread> pool;
-  for (int64_t begin = part; begin < n; begin += part) {
-    pool.emplace_back(body, begin, std::min(n, begin + part));
+  for (int64_t t = 1; t < threads; ++t) {
+    try {
+      pool.emplace_back(run);
+    } catch (const std::system_error&) {
+      break;
+    }
   }
-  body(0, std::min(n, part));
+  run();
   for (auto& t : pool) t.join();
 }
 
@@ -285,7 +298,8 @@ void pool_backward(const T* grad, const A* argmax, const int64_t* image, int64_t
 
 }  // namespace
 
-// One forward and one backward entry point per (float type, arg-max type):
+// One forward and one backward entry point per (float type, arg-max type), each returning 0, or 1 when
+// memory ran out (the caller raises):
 // roi_pool_forward_{f32,f64}_{i16,i32}(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out,
 //                                      argmax, threads)
 //   x: the map, [N, C, H, W] contiguous, or [N, H, W, C] with channels_last = 1;
@@ -293,16 +307,22 @@ void pool_backward(const T* grad, const A* argmax, const int64_t* image, int64_t
 // roi_pool_backward_{f32,f64}_{i16,i32}(grad, argmax, image, K, C, bins, HW, grad_input, threads)
 //   grad and argmax [K, C, bins], image [K]; grad_input [N, C, HW], zeroed by the caller.
 #define SEGDET_ROI_POOL(T, A, SUFFIX)                                                              \
-  extern "C" void roi_pool_forward_##SUFFIX(const T* x, int64_t channels_last, int64_t N,         \
-                                            int64_t H, int64_t W, int64_t C, const T* rois,        \
-                                            T scale, int64_t K, int64_t PH, int64_t PW, T* out,    \
-                                            A* argmax, int64_t threads) {                          \
-    pool_forward(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);      \
+  extern "C" int roi_pool_forward_##SUFFIX(const T* x, int64_t channels_last, int64_t N,          \
+                                           int64_t H, int64_t W, int64_t C, const T* rois,         \
+                                           T scale, int64_t K, int64_t PH, int64_t PW, T* out,     \
+                                           A* argmax, int64_t threads) {                           \
+    try {                                                                                          \
+      pool_forward(x, channels_last, N, H, W, C, rois, scale, K, PH, PW, out, argmax, threads);    \
+    } catch (const std::bad_alloc&) {                                                              \
+      return 1;                                                                                    \
+    }                                                                                              \
+    return 0;                                                                                      \
   }                                                                                                \
-  extern "C" void roi_pool_backward_##SUFFIX(const T* grad, const A* argmax, const int64_t* image, \
-                                             int64_t K, int64_t C, int64_t bins, int64_t HW,       \
-                                             T* grad_input, int64_t threads) {                     \
+  extern "C" int roi_pool_backward_##SUFFIX(const T* grad, const A* argmax, const int64_t* image,  \
+                                            int64_t K, int64_t C, int64_t bins, int64_t HW,        \
+                                            T* grad_input, int64_t threads) {                      \
     pool_backward(grad, argmax, image, K, C, bins, HW, grad_input, threads);                       \
+    return 0;                                                                                      \
   }
 
 SEGDET_ROI_POOL(float, int16_t, f32_i16)
