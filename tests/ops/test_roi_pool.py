@@ -1,4 +1,5 @@
-"""segdet.ops.roi_pool (sparse-table RoI max pooling) against torchvision.ops.roi_pool.
+"""segdet.ops.roi_pool against torchvision.ops.roi_pool, on both CPU paths: the C++ kernel
+(``csrc/roi_pool.cpp``) and the pure-torch sparse table (``rect_max``), via the ``path`` fixture.
 
 Reference: torchvision's CPU kernel, called on the same inputs. Tolerances:
 
@@ -128,6 +129,21 @@ def test_ties_go_to_the_first_maximum_in_row_major_order(dtype, path):
     rois = random_rois(80, 2, 15 * 4, 19 * 4, seed=11, dtype=dtype)
     for features in (constant, few_values, zeros, -constant):
         assert_same_as_torchvision(features, rois, (3, 4), 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_cpp_kernel_keeps_the_sign_of_zero(dtype, monkeypatch):
+    """The C++ path compares as torchvision's loop does, so a bin whose first maximum is ``-0.0`` reads
+    ``-0.0`` (the sparse table may give ``0.0``, equal under ``torch.equal``): bit for bit equal."""
+    monkeypatch.delenv("SEGDET_NATIVE", raising=False)
+    if native.library("roi_pool") is None:
+        pytest.skip("no C++ compiler here: roi_pool's C++ kernel cannot be built")
+    g = torch.Generator().manual_seed(23)
+    zeros = torch.zeros(2, 40, 9, 11, dtype=dtype)
+    zeros[torch.rand(zeros.shape, generator=g) < 0.6] = -0.0
+    rois = random_rois(50, 2, 9 * 2, 11 * 2, seed=24, dtype=dtype)
+    got, expected = roi_pool(zeros, rois, (3, 3), 0.5), tv_roi_pool(zeros, rois, (3, 3), 0.5)
+    assert torch.equal(got.signbit(), expected.signbit()) and bool(expected.signbit().any())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
