@@ -143,7 +143,7 @@ def test_centernet_trains_and_evaluates(deformable, smoke_train):
     assert torch.allclose(model.head.heatmap[-1].bias, torch.full((3,), HEATMAP_BIAS))
     losses = smoke_train(model, 3)
     assert set(losses["trained"]) == {"heatmap", "size", "offset"}
-    assert float(losses["heatmap"]) > 0 and float(losses["size"]) == float(losses["offset"]) == 0.0
+    assert losses["heatmap"].item() > 0 and losses["size"].item() == losses["offset"].item() == 0.0
     with torch.no_grad():
         batch, _ = model.transform([torch.rand(3, 96, 128)])
         outputs = model.head(model.backbone(batch.tensors))

@@ -37,9 +37,9 @@ def test_mask_rcnn_trains_on_mixed_and_background_batches():
         "masks": torch.zeros(0, 100, 90, dtype=torch.uint8),
     }
     losses = model(images, [objects, empty], generator=torch.Generator().manual_seed(1))
-    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"]) > 0
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"].item() > 0
     empty0 = dict(empty, masks=torch.zeros(0, 96, 128, dtype=torch.uint8))
     losses = model(images, [empty0, empty], generator=torch.Generator().manual_seed(1))
-    assert float(losses["loss_mask"]) == 0.0 and float(losses["loss_box_reg"]) == 0.0
-    assert float(losses["loss_rpn_box_reg"]) == 0.0
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_box_reg"].item() == 0.0
+    assert losses["loss_rpn_box_reg"].item() == 0.0
     sum(losses.values()).backward()

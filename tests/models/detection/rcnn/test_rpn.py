@@ -146,7 +146,7 @@ def test_background_only_batch():
     _, losses = ours(images, features, empty)
     torch.manual_seed(3)
     _, ref_losses = ref(TVImageList(images.tensors, images.image_sizes), features, empty)
-    assert float(losses["loss_rpn_box_reg"]) == 0.0
+    assert losses["loss_rpn_box_reg"].item() == 0.0
     torch.testing.assert_close(losses["loss_objectness"], ref_losses["loss_objectness"], rtol=0, atol=1e-5)
 
 

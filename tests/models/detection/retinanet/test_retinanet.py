@@ -145,7 +145,7 @@ def test_retinanet_builds_trains_and_evaluates(name, smoke_train):
     assert torch.allclose(head.cls_logits.bias, torch.full_like(head.cls_logits.bias, -math.log(99.0)))
     losses = smoke_train(model, 4)
     assert set(losses["trained"]) == {"classification", "bbox_regression"}
-    assert float(losses["bbox_regression"]) == 0.0 and float(losses["classification"]) > 0
+    assert losses["bbox_regression"].item() == 0.0 and losses["classification"].item() > 0
 
 
 @pytest.mark.parametrize("gamma", [2.0, 1.5])

@@ -121,7 +121,7 @@ def test_ssd_builders_and_background_only_batch(smoke_train):
     model = build("ssdlite320_mobilenet_v3_large", num_classes=3, size=(128, 128))
     losses = smoke_train(model, 3, min_detections=1)
     assert set(losses["trained"]) == {"classification", "bbox_regression"}
-    assert float(losses["classification"]) == 0.0 and float(losses["bbox_regression"]) == 0.0
+    assert losses["classification"].item() == 0.0 and losses["bbox_regression"].item() == 0.0
 
 
 def test_load_torchvision_ssdlite_weights_from_file(tmp_path):

@@ -73,7 +73,7 @@ def test_loss_hand_computed():
     losses = yolov1_loss(pred, targets, (100, 100), 2)
     expected = {"box": 0.05, "confidence": (0.9 - 5 / 7) ** 2, "no_object": 0.065, "classification": 0.1}
     for key, value in expected.items():
-        assert abs(float(losses[key]) - value) < 1e-6, (key, float(losses[key]), value)
+        assert abs(losses[key].item() - value) < 1e-6, (key, losses[key].item(), value)
 
 
 def test_postprocess_hand_computed():
@@ -145,7 +145,7 @@ def test_yolov1_builds_trains_and_evaluates(name, options, smoke_train):
     model = build(name, num_classes=3, **options)
     losses = smoke_train(model, 3)
     assert set(losses["trained"]) == {"box", "confidence", "no_object", "classification"}
-    assert float(losses["no_object"]) > 0
-    assert float(losses["box"]) == float(losses["confidence"]) == float(losses["classification"]) == 0.0
+    assert losses["no_object"].item() > 0
+    assert losses["box"].item() == losses["confidence"].item() == losses["classification"].item() == 0.0
     with pytest.raises(ValueError, match="head must be"):
         build(name, num_classes=3, **{**options, "head": "mlp"})
