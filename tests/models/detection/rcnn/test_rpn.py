@@ -206,12 +206,12 @@ def test_loss_decreases_with_sgd():
     def total() -> torch.Tensor:
         return sum(rpn(images, features, targets, generator=torch.Generator().manual_seed(0))[1].values())
 
-    first = float(total())
+    first = total().item()
     for _ in range(30):
         opt.zero_grad()
         total().backward()
         opt.step()
-    assert float(total()) < 0.7 * first
+    assert total().item() < 0.7 * first
 
 
 def test_per_image_anchor_tensors_give_the_same_loss():
