@@ -227,4 +227,4 @@ def test_per_image_anchor_tensors_give_the_same_loss():
     labels, matched = ours.assign_targets_to_anchors(shared, TARGETS)
     a = ours.compute_loss(objectness, deltas, shared, labels, matched, torch.Generator().manual_seed(1))
     b = ours.compute_loss(objectness, deltas, copies, labels, matched, torch.Generator().manual_seed(1))
-    assert float(a[1]) > 0 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[1].item() > 0 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
