@@ -30,6 +30,7 @@
 #include <new>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #ifdef __AVX2__
@@ -235,10 +236,12 @@ void pool_forward(const T* input, int64_t channels_last, int64_t N, int64_t H, i
   std::atomic<int64_t> next{0};
   auto work = [&](int64_t, int64_t) {
     std::vector<int64_t> top(PH), bottom(PH), left(PW), right(PW);
-    // one RoI's maxima and arg-maxima, bin-major ([bins, C]), before their transpositions; the
-    // arg-maxima then channel-major ([C, bins]) before their conversion to A
+    // one RoI's maxima and arg-maxima, bin-major ([bins, C]), before their transpositions; int16
+    // arg-maxima go through `column` (channel-major, [C, bins]) to be narrowed, int32 ones straight
+    // to their place
+    constexpr bool narrow = !std::is_same_v<A, int32_t>;
     std::vector<T> best(bins * C);
-    std::vector<int32_t> where(argmax ? bins * C : 0), column(argmax ? bins * C : 0);
+    std::vector<int32_t> where(argmax ? bins * C : 0), column(argmax && narrow ? bins * C : 0);
     for (int64_t k = next++; k < K; k = next++) {
       const T* roi = rois + k * 5;
       const auto corner = [&](int i) { return static_cast<int64_t>(std::round(roi[i] * scale)); };
@@ -263,8 +266,12 @@ void pool_forward(const T* input, int64_t channels_last, int64_t N, int64_t H, i
       }
       transpose(best.data(), bins, C, C, out + k * C * bins, bins);
       if (argmax) {
-        transpose(where.data(), bins, C, C, column.data(), bins);
-        std::copy(column.begin(), column.end(), argmax + k * C * bins);  // converts to A
+        if constexpr (narrow) {
+          transpose(where.data(), bins, C, C, column.data(), bins);
+          std::copy(column.begin(), column.end(), argmax + k * C * bins);  // converts to A
+        } else {
+          transpose(where.data(), bins, C, C, argmax + k * C * bins, bins);
+        }
       }
     }
   };
