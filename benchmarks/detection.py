@@ -67,10 +67,12 @@ import torch
 from torch import Tensor, nn
 
 from segdet.data.shapes import render
+from segdet.engine.config import TrainConfig
 from segdet.engine.inference import Autocast
 from segdet.engine.perf import tune_malloc
+from segdet.engine.trainer import training_uses_nnpack
 from segdet.models.detection.convert import from_torchvision
-from segdet.ops.nnpack_conv import NNPACKConv2d
+from segdet.ops.nnpack_conv import NNPACKConv2d, use_nnpack
 
 # Standard deviation given to the random classifiers' logits: each R-CNN RoI then has a few classes above
 # the 0.05 score threshold, scores are spread (no ties), and every image gets its 100 detections; a few
@@ -394,6 +396,38 @@ def inference_rows(kind: str, ours: nn.Module, theirs: nn.Module, images: list[T
     return rows
 
 
+def gradients(model: nn.Module, images: list[Tensor], targets: list[dict], seed: int) -> tuple[float, Tensor]:
+    """(loss, every parameter's gradient flattened into one vector) of one forward/backward pass."""
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    grads = [p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None]
+    return loss.item(), torch.cat(grads)
+
+
+def fast_training_row(name, ours, theirs, images, targets, tv_targets, args) -> tuple:
+    """Our training step as ``segdet train`` runs it on this CPU (``train.nnpack``: NNPACK forward and
+    input gradient, Winograd weight gradient) against torchvision's, and how far its loss and gradients
+    are from the plain kernels' (the same arithmetic as torchvision's) on the same batch."""
+    fast = copy.deepcopy(ours)
+    replaced = use_nnpack(fast, training=True)
+    loss_plain, grad_plain = gradients(ours, images, targets, args.seed)
+    loss_fast, grad_fast = gradients(fast, images, targets, args.seed)
+    print(
+        f"{name}: train.nnpack ({replaced} convolutions): loss {loss_fast:.6f} against {loss_plain:.6f} with "
+        f"the plain kernels (relative {abs(loss_fast - loss_plain) / abs(loss_plain):.1e}); gradients "
+        f"|Δ|/|g| {float((grad_fast - grad_plain).norm() / grad_plain.norm()):.1e}, cosine "
+        f"{float(torch.nn.functional.cosine_similarity(grad_fast, grad_plain, dim=0)):.6f}"
+    )
+    ours.zero_grad(set_to_none=True)
+    fast.zero_grad(set_to_none=True)
+    step_fast = train_fn(fast, images, targets, args.seed)
+    step_theirs = train_fn(theirs, images, tv_targets, args.seed)
+    t_fast, t_theirs = time_interleaved([step_fast, step_theirs], args.repeats, args.warmup)
+    return name, f"train step b{len(images)} fp32 (segdet train: train.nnpack)", t_fast, t_theirs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=800)
@@ -412,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ap-images", type=int, default=32, help="held-out images of the bf16 AP check")
     parser.add_argument("--ap-size", type=int, default=128, help="image size of the bf16 AP check")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-infer", action="store_true", help="time the training steps only")
     parser.add_argument(
         "--train-channels-last",
         action="store_true",
@@ -444,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         images = [im.to(device) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         name = KINDS[kind][1]
-        rows += inference_rows(kind, ours, theirs, images, args)
+        if not args.skip_infer:
+            rows += inference_rows(kind, ours, theirs, images, args)
         if args.bf16 and device.type == "cpu" and kind in ("faster", "mask"):
             change = bf16_ap_change(
                 kind, args.ap_steps, args.ap_train_images, args.ap_images, args.ap_size, args.seed
@@ -469,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
                 step_ours = train_fn(ours, images[:b], targets[:b], args.seed, autocast=low)
                 step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
                 t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
-                rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}", t_ours, t_theirs))
+                plain = " (plain kernels)" if not low and training_uses_nnpack(TrainConfig(), device) else ""
+                rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}{plain}", t_ours, t_theirs))
+            if training_uses_nnpack(TrainConfig(), device):
+                rows.append(fast_training_row(name, ours, theirs, images[:b], targets[:b], tv_targets, args))
             if args.train_channels_last:
                 # what ``train.channels_last: true`` does: the weights (and so the activations) NHWC
                 ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)

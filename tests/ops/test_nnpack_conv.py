@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdet.ops import nnpack_conv, winograd
 from segdet.ops.nnpack_conv import (
     MIN_BATCH,
     MIN_CHANNELS,
@@ -139,3 +140,120 @@ def test_use_nnpack_replaces_eligible_convolutions_only():
     # The same parameters (not copies) under the same state-dict keys.
     assert [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)] == weights
     assert list(model.state_dict()) == keys
+
+
+# ------------------------------------------------------------------------------------------ training
+def _training_conv(bias: bool = True) -> NNPACKConv2d:
+    conv = _conv(bias=bias)
+    conv.training_path = True
+    return conv
+
+
+def _gradients(conv: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, *, kernel=None):
+    """(output, ∂L/∂x, ∂L/∂w, ∂L/∂b) of ``conv`` (``kernel``: F.conv2d with its parameters instead)."""
+    x = x.detach().clone().requires_grad_()
+    conv.zero_grad(set_to_none=True)
+    out = conv(x) if kernel is None else kernel(x, conv.weight, conv.bias, padding=1)
+    out.backward(grad_out)
+    bias_grad = None if conv.bias is None else conv.bias.grad
+    return out.detach(), x.grad, conv.weight.grad, bias_grad
+
+
+@needs_nnpack
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    ("min_pixels", "min_tiles", "expected"),
+    [
+        (1, 1, {"nnpack": 4, "winograd": 1}),  # forward + input gradient (2 images each), weight gradient
+        (1, 10**9, {"nnpack": 4, "winograd": 0}),  # NNPACK only
+        (10**9, 1, {"nnpack": 0, "winograd": 1}),  # the Winograd weight gradient only
+    ],
+)
+def test_training_path_matches_onednn(bias, min_pixels, min_tiles, expected, monkeypatch):
+    """Output and every gradient within Winograd's rounding of F.conv2d's (no ReLU between: a changed
+    sign near zero would move a whole gradient value); the kernels that ran are counted."""
+    if expected["winograd"] and not winograd.available():
+        pytest.skip("the Winograd weight gradient's C++ kernel could not be built here")
+    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", min_pixels)
+    monkeypatch.setattr(nnpack_conv, "MIN_TILES", min_tiles)
+    calls = {"nnpack": 0, "winograd": 0}
+    nnpack_kernel, weight_grad = torch._nnpack_spatial_convolution, nnpack_conv.conv3x3_weight_grad
+    monkeypatch.setattr(
+        torch,
+        "_nnpack_spatial_convolution",
+        lambda *a: calls.__setitem__("nnpack", calls["nnpack"] + 1) or nnpack_kernel(*a),
+    )
+    monkeypatch.setattr(
+        nnpack_conv,
+        "conv3x3_weight_grad",
+        lambda *a: calls.__setitem__("winograd", calls["winograd"] + 1) or weight_grad(*a),
+    )
+    conv = _training_conv(bias=bias)
+    generator = torch.Generator().manual_seed(2)
+    x, grad_out = (
+        torch.randn(2, 128, 30, 25, generator=generator),
+        torch.randn(2, 128, 30, 25, generator=generator),
+    )
+    got = _gradients(conv, x, grad_out)
+    assert calls == expected
+    expected_values = _gradients(conv, x, grad_out, kernel=F.conv2d)
+    for a, b in zip(got, expected_values, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            _close(a, b)
+
+
+@needs_nnpack
+def test_training_path_frozen_weight_or_input(monkeypatch):
+    """Only the gradients asked for are computed: a frozen layer still passes the input gradient back,
+    and the first layer (input without gradient) gets its weight gradient."""
+    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", 1)
+    monkeypatch.setattr(nnpack_conv, "MIN_TILES", 1)
+    conv = _training_conv()
+    x = torch.randn(1, 128, 20, 20)
+    conv.weight.requires_grad_(False)
+    conv.bias.requires_grad_(False)
+    x_grad = x.clone().requires_grad_()
+    conv(x_grad).sum().backward()
+    expected = torch.ops.aten.convolution_backward(
+        torch.ones(1, 128, 20, 20),
+        x,
+        conv.weight,
+        None,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [True, False, False],
+    )[0]
+    _close(x_grad.grad, expected)
+    assert conv.weight.grad is None
+    conv.weight.requires_grad_(True)
+    conv(x).sum().backward()  # x needs no gradient
+    assert conv.weight.grad is not None and conv.bias.grad is None
+
+
+@needs_nnpack
+def test_training_path_is_deterministic_and_keeps_channels_last(monkeypatch):
+    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", 1)
+    monkeypatch.setattr(nnpack_conv, "MIN_TILES", 1)
+    conv = _training_conv()
+    x = torch.randn(2, 128, 24, 24).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 128, 24, 24)
+    first, second = _gradients(conv, x, grad_out), _gradients(conv, x, grad_out)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert conv(x).is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_nnpack
+def test_training_path_below_thresholds_is_onednn_bit_for_bit(monkeypatch):
+    """Maps under ``MIN_TRAIN_PIXELS`` per image and ``MIN_TILES`` tiles: F.conv2d's gradients exactly."""
+    conv = _training_conv()
+    side = int(nnpack_conv.MIN_TILES**0.5) * 4 - 8  # fewer tiles than MIN_TILES, one image
+    assert side * side < nnpack_conv.MIN_TRAIN_PIXELS
+    x, grad_out = torch.randn(1, 128, side, side), torch.randn(1, 128, side, side)
+    got, expected = _gradients(conv, x, grad_out), _gradients(conv, x, grad_out, kernel=F.conv2d)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

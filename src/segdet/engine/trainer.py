@@ -32,13 +32,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from segdet.engine import distributed as dist_utils
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from segdet.engine.config import DEVICE, Config, save_config, to_dict
+from segdet.engine.config import DEVICE, Config, TrainConfig, save_config, to_dict
 from segdet.engine.ema import ModelEMA
 from segdet.engine.finite import FiniteGuard, StepInfo
 from segdet.engine.loader import EpochSampler, EpochTagged, build_loader
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
+from segdet.ops.nnpack_conv import nnpack_available, nnpack_is_faster, use_nnpack
 
 
 class Task(Protocol):
@@ -85,6 +86,19 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def training_uses_nnpack(train: TrainConfig, device: torch.device) -> bool:
+    """Whether the wide 3x3 convolutions train on NNPACK and segdet's Winograd weight gradient
+    (:mod:`segdet.ops.nnpack_conv`): float32 (no autocast) on the CPU, NCHW; ``train.nnpack`` None:
+    where they were measured faster (:func:`~segdet.ops.nnpack_conv.nnpack_is_faster`). Under autocast
+    the convolutions stay autocast's whatever this says, and a channels-last model pays two layout copies
+    per convolution, so ``None`` leaves both alone."""
+    if device.type != "cpu" or train.nnpack is False:
+        return False
+    if train.nnpack:
+        return nnpack_available()
+    return train.amp == "none" and not train.channels_last and nnpack_is_faster()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 -- user code may draw from the global RNG
@@ -118,6 +132,10 @@ class Trainer:
         self.model = task.build_model().to(self.device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if training_uses_nnpack(config.train, self.device):
+            count = use_nnpack(self.model, training=True)
+            if count:
+                self._print(f"{count} 3x3 convolutions train on NNPACK and Winograd kernels (train.nnpack)")
         self.train_set = task.train_dataset()
         self.val_set = task.val_dataset()
         self.train_loader = self._loader(self.train_set, train=True)

@@ -1,4 +1,4 @@
-"""3x3 convolutions through NNPACK's fast algorithms, for CPU inference.
+"""3x3 convolutions through NNPACK's fast algorithms, for CPU inference and training.
 
 A dense 3x3 convolution computed directly costs ``9 C_in C_out`` multiply-adds per output pixel.
 Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR
@@ -42,6 +42,32 @@ on the detectors this moves boxes by ~1e-2 px and scores by ~1e-4, as large as f
 CPUs with AVX-512 run oneDNN's direct kernels twice as wide while NNPACK has AVX2 kernels only, so the
 gain there is unmeasured: :func:`nnpack_is_faster` says yes only for AVX2 CPUs. NNPACK runs on its own
 thread pool, created at its first call with ``torch.get_num_threads()`` threads.
+
+**Training** (``use_nnpack(model, training=True)``, what ``train.nnpack`` turns on). A convolution
+``y = w ⋆ x + b`` needs three products per step: the forward, the input gradient
+``∂L/∂x = rot180(w)ᵀ ⋆ ∂L/∂y`` (a 3x3 stride-1 convolution too, with the kernel flipped and its input
+and output channels swapped, so NNPACK computes it as well) and the weight gradient
+``∂L/∂w = Σ_pixels ∂L/∂y · x``, a correlation of two feature maps that NNPACK cannot compute here: segdet's
+own Winograd ``F(3x3, 4x4)`` does (:mod:`segdet.ops.winograd`, needs its C++ kernel). :class:`_TrainingConv`
+is that autograd function; each product falls back to oneDNN's where it would not pay. Measured on the
+2-core AVX2 host, 2 threads, batch 2, ms, NNPACK / Winograd against oneDNN:
+
+| map (layer) | forward | input gradient | weight gradient |
+|---|---:|---:|---:|
+| ``256 -> 256`` at 100 x 134 (RetinaNet's heads on P3 at 800 px) | 138 / 258 | 121 / 252 | 195 / 356 |
+| ``256 -> 819`` at 100 x 134 (RetinaNet's classifier on P3) | 368 / 848 | 364 / 826 | 601 / 1491 |
+| ``256 -> 256`` at 50 x 67 (P4) | 52 / 58 | 50 / 60 | 49 / 86 |
+| ``256 -> 256`` at 25 x 34 (P5) | 45 / 48 | 69 / 45 | 16 / 28 |
+| ``128 -> 128`` at 150² (SSD300's conv2) | 74 / 116 | 85 / 97 | 82 / 140 |
+| ``256 -> 256`` at 75² (conv3) | 68 / 116 | 65 / 104 | 64 / 141 |
+| ``512 -> 512`` at 38² (conv4) | 87 / 99 | 106 / 96 | 86 / 199 |
+| ``512 -> 512`` at 19² (conv5) | 64 / 29 | 66 / 27 | 40 / 39 |
+| ``1024 -> 546`` at 19² (a head) | | | 115 / 86 |
+
+Hence ``MIN_TRAIN_PIXELS`` per image for NNPACK's forward and input gradient, and ``MIN_TILES`` 4 x 4
+tiles in the batch for the Winograd weight gradient (its 36 matrix products have the tiles as their
+inner dimension, too short below that). The gradients differ from oneDNN's by Winograd's rounding
+(~1e-5 of the largest value, measured), like NNPACK's inference outputs.
 """
 
 from __future__ import annotations
@@ -50,10 +76,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segdet.ops.winograd import available as winograd_available
+from segdet.ops.winograd import conv3x3_weight_grad
+
 # Below these, oneDNN's direct kernels are as fast or faster (measurements in the module docstring).
 MIN_CHANNELS = 128
 MIN_PIXELS = 1200  # per image, for the one-image path: 35² and up (38² wins, 32² is even)
 MIN_BATCH, MIN_SIDE = 20, 10  # for the batch path (R-CNN heads: many small RoI features)
+# In training (module docstring): forward and input gradient on NNPACK from 50² per image (38² is even,
+# 50 x 67 wins); the weight gradient by Winograd from 100 tiles of 4 x 4 in the batch (2 x 19² is 50
+# tiles: even or slower; 2 x 25 x 34 is 126: faster).
+MIN_TRAIN_PIXELS = 2500
+MIN_TILES = 100
 
 
 def nnpack_available() -> bool:
@@ -82,23 +116,70 @@ def is_eligible(conv: nn.Module) -> bool:
     )
 
 
+def _nnpack_per_image(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """NNPACK's one-image (Winograd) path, image by image: its batch path is slow on large images
+    (2 x 256 x 200²: 968 ms, image by image 266 ms, oneDNN 525 ms). ``x``, ``weight``: contiguous NCHW."""
+    outs = [torch._nnpack_spatial_convolution(x[i : i + 1], weight, bias, [1, 1]) for i in range(len(x))]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class _TrainingConv(torch.autograd.Function):
+    """``conv2d(x, weight, bias, padding=1)`` for training (module docstring, "Training"): forward and
+    input gradient on NNPACK when ``nnpack`` (else oneDNN's), the weight gradient by
+    :func:`segdet.ops.winograd.conv3x3_weight_grad` when ``winograd`` (else oneDNN's), the bias gradient
+    a sum. Inputs: ``x`` [N, C_in, H, W] and ``weight`` [C_out, C_in, 3, 3], contiguous NCHW float32
+    on the CPU."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, nnpack: bool, winograd: bool) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.nnpack, ctx.winograd = bias is not None, nnpack, winograd
+        if nnpack:
+            return _nnpack_per_image(x, weight, bias)
+        return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
+        grad_out = grad_out.contiguous()
+        grad_x = grad_w = grad_b = None
+        if need_x and ctx.nnpack:
+            # ∂L/∂x = conv_transpose(∂L/∂y, w) = (w with channels swapped, rotated 180°) ⋆ ∂L/∂y
+            grad_x = _nnpack_per_image(grad_out, weight.transpose(0, 1).flip(2, 3).contiguous(), None)
+        if need_w and ctx.winograd:
+            grad_w = conv3x3_weight_grad(x, grad_out)
+            if need_b:
+                grad_b = grad_out.sum((0, 2, 3))
+        mask = [need_x and grad_x is None, need_w and grad_w is None, need_b and grad_b is None]
+        if any(mask):
+            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+            dnn = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, bias_sizes, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+            )
+            ours = (grad_x, grad_w, grad_b)
+            grad_x, grad_w, grad_b = (d if m else g for d, m, g in zip(dnn, mask, ours, strict=True))
+        return grad_x, grad_w, grad_b, None, None
+
+
 class NNPACKConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (3x3, stride 1, padding 1) computed by NNPACK when that pays off: float32 on
-    the CPU, no gradient needed, inputs as large as the module docstring says; otherwise the usual kernel
-    (always in training: NNPACK's forward made R50-FPN training steps slower, 11.4 s against 10.6 s).
+    the CPU, not under autocast, inputs as large as the module docstring says; otherwise the usual kernel.
 
-    The parameters and state-dict keys are the ``nn.Conv2d``'s. The output keeps the input's memory
-    format (NNPACK itself reads and writes contiguous NCHW).
+    When a gradient is needed the usual kernel runs unless ``training_path`` is set (``use_nnpack(...,
+    training=True)``): then :class:`_TrainingConv` computes the products where NNPACK
+    (``MIN_TRAIN_PIXELS``) or the Winograd weight gradient (``MIN_TILES``) pays. The parameters and
+    state-dict keys are the ``nn.Conv2d``'s. The output keeps the input's memory format (NNPACK itself
+    reads and writes contiguous NCHW).
     """
+
+    training_path: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        per_image = n > 0 and h * w >= MIN_PIXELS
-        as_batch = n >= MIN_BATCH and min(h, w) >= MIN_SIDE
         if (
-            needs_grad
-            or not (per_image or as_batch)
+            n == 0
             # under autocast the convolution is autocast's (reduced precision) to run
             or torch.is_autocast_enabled("cpu")
             or x.device.type != "cpu"
@@ -106,24 +187,31 @@ class NNPACKConv2d(nn.Conv2d):
             or self.weight.dtype != torch.float32
         ):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            nnpack = self.training_path and h * w >= MIN_TRAIN_PIXELS
+            tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
+            winograd = self.training_path and tiles >= MIN_TILES and winograd_available()
+            if not (nnpack or winograd):
+                return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return self._run(x, lambda y, weight: _TrainingConv.apply(y, weight, self.bias, nnpack, winograd))
+        if h * w >= MIN_PIXELS:
+            return self._run(x, lambda y, weight: _nnpack_per_image(y, weight, self.bias))
+        if n >= MIN_BATCH and min(h, w) >= MIN_SIDE:
+            batch_path = torch._nnpack_spatial_convolution
+            return self._run(x, lambda y, weight: batch_path(y, weight, self.bias, [1, 1]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def _run(self, x: Tensor, kernel) -> Tensor:
+        """``kernel(x, weight)`` on contiguous NCHW tensors, the output in ``x``'s memory format."""
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        x, weight = x.contiguous(), self.weight.contiguous()
-        if per_image:
-            # NNPACK's batch path is slow on large images (2 x 256 x 200²: 968 ms, image by image 266 ms,
-            # oneDNN 525 ms): a large batch goes through the one-image (Winograd) path image by image.
-            outs = [
-                torch._nnpack_spatial_convolution(x[i : i + 1], weight, self.bias, [1, 1]) for i in range(n)
-            ]
-            out = outs[0] if n == 1 else torch.cat(outs)
-        else:
-            out = torch._nnpack_spatial_convolution(x, weight, self.bias, [1, 1])
+        out = kernel(x.contiguous(), self.weight.contiguous())
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
-def use_nnpack(model: nn.Module) -> int:
+def use_nnpack(model: nn.Module, *, training: bool = False) -> int:
     """Replace every eligible convolution of ``model`` (:func:`is_eligible`) by an
-    :class:`NNPACKConv2d` sharing its parameters, in place. Returns how many were replaced (0 when NNPACK
-    is not available)."""
+    :class:`NNPACKConv2d` sharing its parameters, in place; ``training``: also when gradients are
+    needed (:class:`_TrainingConv`). Returns how many were replaced (0 when NNPACK is not available)."""
     if not nnpack_available():
         return 0
     replaced = 0
@@ -132,6 +220,8 @@ def use_nnpack(model: nn.Module) -> int:
             if is_eligible(child):
                 setattr(parent, name, _as_nnpack(child))
                 replaced += 1
+            if isinstance(getattr(parent, name), NNPACKConv2d):
+                getattr(parent, name).training_path = training
     return replaced
 
 
