@@ -87,3 +87,18 @@ def test_refuses_other_dtypes():
     x, grad_out = _inputs(1, 2, 4, 4, 2)
     with pytest.raises(ValueError, match="float32"):
         conv3x3_weight_grad(x.double(), grad_out.double())
+
+
+def test_large_batches_in_groups(monkeypatch):
+    """A batch whose transformed tiles exceed ``TRANSFORM_BYTES`` is summed group by group."""
+    x, grad_out = _inputs(5, 8, 12, 10, 6)
+    one_group = conv3x3_weight_grad(x, grad_out)
+    calls = []
+    transform = winograd._transform
+    monkeypatch.setattr(winograd, "_transform", lambda k, t: calls.append(len(t)) or transform(k, t))
+    monkeypatch.setattr(winograd, "TRANSFORM_BYTES", 2 * 36 * (8 + 6) * 3 * 3 * 4)  # two images a group
+    grouped = conv3x3_weight_grad(x, grad_out)
+    assert calls == [2, 2, 2, 2, 1, 1]
+    expected = _reference(x, grad_out)
+    torch.testing.assert_close(grouped, expected, rtol=0, atol=5e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(grouped, one_group, rtol=0, atol=5e-5 * float(expected.abs().max()))

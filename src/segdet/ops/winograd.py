@@ -36,6 +36,9 @@ from torch import Tensor
 
 from segdet.ops.native import library
 
+# The most memory the transformed tiles of one group of images may take (see conv3x3_weight_grad).
+TRANSFORM_BYTES = 512 * 2**20
+
 # Lavin & Gray's F(4x4, 3x3): y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for a 4 x 4 output tile.
 _G = (
     (1 / 4, 0.0, 0.0),
@@ -87,8 +90,15 @@ def conv3x3_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
         raise ValueError("conv3x3_weight_grad: float32 CPU tensors only")
     # both held in variables: the kernels read them after the pointers were taken
     x, grad_out = x.contiguous(), grad_out.contiguous()
-    v = _transform(kernels.winograd_input_f32, x)  # [36, C_in, T]
-    u = _transform(kernels.winograd_grad_f32, grad_out)  # [36, C_out, T]
-    m = torch.bmm(u, v.transpose(1, 2))  # [36, C_out, C_in]
-    c_out, c_in = m.shape[1:]
+    n, c_in, h, w = x.shape
+    c_out = grad_out.shape[1]
+    # The transformed tiles take 36 / 16 = 2.25x the two maps; a large batch is cut into groups of images
+    # whose tiles fit in TRANSFORM_BYTES, their products added up.
+    per_image = 36 * (c_in + c_out) * ((h + 3) // 4) * ((w + 3) // 4) * 4
+    group = max(1, TRANSFORM_BYTES // per_image)
+    m = None  # [36, C_out, C_in]
+    for start in range(0, n, group):
+        v = _transform(kernels.winograd_input_f32, x[start : start + group])  # [36, C_in, T]
+        u = _transform(kernels.winograd_grad_f32, grad_out[start : start + group])  # [36, C_out, T]
+        m = torch.bmm(u, v.transpose(1, 2)) if m is None else m.baddbmm_(u, v.transpose(1, 2))
     return (_output_transform() @ m.view(36, -1)).view(3, 3, c_out, c_in).permute(2, 3, 0, 1).contiguous()
