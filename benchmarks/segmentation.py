@@ -7,7 +7,8 @@ machine hit both alike, the median of ``--repeats``:
 * inference: ``model(x)`` in eval mode under ``torch.inference_mode``, at each batch size of
   ``--infer-batches`` (``1``; e.g. ``1,8``);
 * a training step: forward, cross-entropy, backward and an SGD step in train mode, batch
-  ``--train-batch`` (4);
+  ``--train-batch`` (4); where ``segdet train`` trains on NNPACK and the Winograd weight gradient by
+  default (``train.nnpack``: float32 NCHW on AVX2 CPUs), also ours that way (row "nnpack");
 * with ``--bf16``, each also under bf16 autocast on both sides (loss in float32); with ``--fused``, ours
   also as ``segdet eval`` runs it (:func:`prepare_for_inference` for the device and precision);
 
@@ -35,9 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdet.engine.config import TrainConfig
 from segdet.engine.inference import prepare_for_inference
 from segdet.engine.perf import tune_malloc
+from segdet.engine.trainer import training_uses_nnpack
 from segdet.models import build
+from segdet.ops.nnpack_conv import use_nnpack
 
 
 def _sync(device: torch.device) -> None:
@@ -203,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             for low in precisions:
                 fns = [_train_fn(ours, x, y, low), _train_fn(theirs, x, y, low)]
                 _time_row(name, f"train b{b} {'bf16' if low else 'fp32'}", fns, args, device)
+            if not args.channels_last and training_uses_nnpack(TrainConfig(), device):
+                # as segdet train runs it here: the wide 3x3 convolutions on NNPACK and Winograd kernels
+                fast = copy.deepcopy(ours)
+                use_nnpack(fast, training=True)
+                fns = [_train_fn(fast, x, y), _train_fn(theirs, x, y)]
+                _time_row(name, f"train b{b} nnpack", fns, args, device)
+                del fast
         print(f"{'':28} {'params':>12} {n_ours / 1e6:8.2f}M {n_theirs / 1e6:8.2f}M {n_ours / n_theirs:9.3f}")
     print(
         "Remaining differences: smp's DeepLabV3Plus decoder has one 3x3 conv after the concatenation and"
