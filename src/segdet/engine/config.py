@@ -146,7 +146,7 @@ class TrainConfig:
     channels_last: bool = False
     # Wide 3x3 convolutions through NNPACK (forward, input gradient) and segdet's Winograd weight
     # gradient (segdet.ops.nnpack_conv, "Training"): float32 on the CPU, the same training up to float
-    # rounding, 10-30 % faster steps. None: on where that was measured faster (AVX2 CPUs without
+    # rounding, 8-28 % faster steps (README). None: on where that was measured faster (AVX2 CPUs without
     # AVX-512), for float32 NCHW training on the CPU.
     nnpack: bool | None = None
 
