@@ -40,7 +40,10 @@ def test_build_caches_by_content_and_loads(tmp_path):
     source.write_text(SOURCE.replace("2 * x", "3 * x"))
     rebuilt = native.build(source, native.find_compiler(), tmp_path / "cache")
     assert rebuilt != built and ctypes.CDLL(str(rebuilt)).segdet_answer(20) == 61
-    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".so", ".so"]  # no leftovers
+    (tmp_path / "shared.h").write_text("// a header the kernels may include\n")
+    with_header = native.build(source, native.find_compiler(), tmp_path / "cache")
+    assert with_header not in (built, rebuilt)  # an edited header rebuilds too
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".so"] * 3  # no leftovers
 
 
 @needs_compiler

@@ -60,11 +60,12 @@ def _cpu_features() -> str:
 
 def build(source: Path, compiler: str, directory: Path) -> Path:
     """Compile ``source`` into a shared library in ``directory`` (reused when already built: the name
-    hashes everything that changes the binary) and return its path. Raises ``OSError`` /
-    ``subprocess.CalledProcessError`` when the compiler is missing or fails."""
+    hashes everything that changes the binary, the headers beside ``source`` included) and return its
+    path. Raises ``OSError`` / ``subprocess.CalledProcessError`` when the compiler is missing or fails."""
     key = hashlib.sha256()
     flags = " ".join((*FLAGS, NATIVE_ARCH))
-    for part in (source.read_bytes(), compiler.encode(), flags.encode(), _cpu_features().encode()):
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]
+    for part in (source.read_bytes(), *headers, compiler.encode(), flags.encode(), _cpu_features().encode()):
         key.update(part)
         key.update(b"\0")
     target = directory / f"{source.stem}-{key.hexdigest()[:16]}.so"

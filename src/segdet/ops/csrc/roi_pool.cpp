@@ -28,10 +28,10 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
-#include <system_error>
-#include <thread>
 #include <type_traits>
 #include <vector>
+
+#include "parallel.h"
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -39,36 +39,14 @@
 
 namespace {
 
+using segdet::split;
+
 // Below this many outputs (about a millisecond of work) a call runs on the calling thread alone: a
 // thread of ours started right after a torch operation competes for the cores with torch's OpenMP
 // workers, which spin for a while before they sleep, and the call takes longer than on one thread.
 constexpr int64_t MIN_PARALLEL = 1 << 20;
 // The backward pass adds into a block of channel planes at a time, sized to stay in a core's L2.
 constexpr int64_t PLANES_BYTES = 1 << 18;
-
-// body(begin, end) on [0, n) cut into `threads` contiguous parts, taken one by one by up to `threads`
-// threads (the calling one included): if the system refuses a thread, the others do its parts.
-template <typename Body>
-void split(int64_t n, int64_t threads, const Body& body) {
-  threads = std::max<int64_t>(1, std::min(threads, n));
-  const int64_t part = (n + threads - 1) / threads;
-  std::atomic<int64_t> next{0};
-  const auto run = [&] {
-    for (int64_t begin = next.fetch_add(part); begin < n; begin = next.fetch_add(part)) {
-      body(begin, std::min(n, begin + part));
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    try {
-      pool.emplace_back(run);
-    } catch (const std::system_error&) {
-      break;
-    }
-  }
-  run();
-  for (auto& t : pool) t.join();
-}
 
 // SIMD through GCC / Clang vector extensions: V holds the 32 bytes of an AVX register of T (8 floats
 // or 4 doubles; the compiler splits it on narrower machines), I the integers of the same width, so

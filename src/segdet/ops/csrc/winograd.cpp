@@ -18,41 +18,18 @@
 // into 6 rows, vectorisable along x), then along each tile's 6 or 4 columns. Threads split the channels.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <system_error>
-#include <thread>
 #include <vector>
 
+#include "parallel.h"
+
 namespace {
+
+using segdet::split;
 
 // Below this many input values a call stays on the calling thread (see roi_pool.cpp: a thread started
 // right after a torch operation competes with torch's spinning OpenMP workers).
 constexpr int64_t MIN_PARALLEL = 1 << 18;
-
-// body(begin, end) on [0, n) cut into `threads` contiguous parts, taken one by one by up to `threads`
-// threads (the calling one included): if the system refuses a thread, the others do its parts.
-template <typename Body>
-void split(int64_t n, int64_t threads, const Body& body) {
-  threads = std::max<int64_t>(1, std::min(threads, n));
-  const int64_t part = (n + threads - 1) / threads;
-  std::atomic<int64_t> next{0};
-  const auto run = [&] {
-    for (int64_t begin = next.fetch_add(part); begin < n; begin = next.fetch_add(part)) {
-      body(begin, std::min(n, begin + part));
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    try {
-      pool.emplace_back(run);
-    } catch (const std::system_error&) {
-      break;
-    }
-  }
-  run();
-  for (auto& t : pool) t.join();
-}
 
 // out[k] = (Bᵀ v)[k] for Lavin's F(4x4, 3x3) input transform, v[j] = in[j * s].
 inline void input_transform(const float* in, int64_t s, float* out, int64_t os) {
