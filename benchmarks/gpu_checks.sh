@@ -21,7 +21,7 @@ THREADS=${THREADS:-16}  # torch threads of the benchmarks
 export PYTHONUNBUFFERED=1
 
 # --- set-up: pycocotools (and smp) wheels, the JPEG copies of the data where configs look for them
-if ls .offline/whl/*.whl >/dev/null 2>&1 && ! $PY -c "import pycocotools" 2>/dev/null; then
+if ls .offline/whl/*.whl >/dev/null 2>&1 && ! $PY -c "import pycocotools, segmentation_models_pytorch" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/site .offline/whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
@@ -51,9 +51,12 @@ else
   PF_SMALL=""; CV_SMALL=""
 fi
 
-# 1. The suite, CUDA tests included (-rs: the reasons of every skip).
-# 2 threads per xdist worker: 8 workers x 16 threads would oversubscribe the 16 cores.
-stage pytest 170 env OMP_NUM_THREADS=2 $PY -m pytest -n 8 -q -rs -p no:cacheprovider "${TESTS[@]}"
+# 1. The suite, CUDA tests included (-rs: the reasons of every skip; no -q, which with pyproject's -q
+# would drop the summary line). 2 threads per xdist worker: 8 workers x 16 threads would oversubscribe the
+# 16 cores. The selective-search tests skip there (tests/conftest.py): the image's OpenCV has no contrib
+# modules and the contrib wheel (69 MB) is over what travels.
+stage pytest 170 env OMP_NUM_THREADS=2 SEGDET_TESTS_OPENCV_CONTRIB=optional \
+  $PY -m pytest -n 8 -rs -p no:cacheprovider "${TESTS[@]}"
 
 # 2. Fused vs torchvision with TF32 on and off (the cause of the disagreement).
 stage agreement 40 $PY benchmarks/fused_agreement.py --device "$DEVICE" --size "$SIZE"

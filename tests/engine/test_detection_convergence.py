@@ -106,6 +106,7 @@ def overfit(
         return det.evaluate(net, loader, torch.device("cpu"))
 
 
+@pytest.mark.opencv_contrib
 @pytest.mark.slow
 def test_fast_rcnn_overfits_shapes(tmp_path):
     options = {**FAST_RCNN, "proposal_cache": str(tmp_path / "proposals")}

@@ -37,6 +37,7 @@ def pixels_of(record) -> np.ndarray:
     return load_image(record.path).permute(1, 2, 0).numpy()
 
 
+@pytest.mark.opencv_contrib
 def test_selective_search_boxes_are_deterministic_and_inside(shapes_set):
     """Float32 xyxy boxes of positive size inside the image, the same list on every call (the ranking's
     ``rand()`` is seeded); quality mode gives more boxes than fast mode."""
@@ -101,6 +102,7 @@ def test_cache_round_trip_no_pickle_and_bad_entries(tmp_path, caplog):
     assert json.loads((cache.folder / "settings.json").read_text())["mode"] == "fast"
 
 
+@pytest.mark.opencv_contrib
 def test_source_caches_and_mirrors(shapes_set, tmp_path, monkeypatch):
     """First call searches and writes the cache; a second source on the same folder reads it; the
     mirrored image's proposals are the mirrored cached boxes (no search); ``num_proposals`` and
@@ -131,6 +133,7 @@ def test_source_caches_and_mirrors(shapes_set, tmp_path, monkeypatch):
     assert len(test) <= len(entry.boxes) and (sides >= 4.0).all()
 
 
+@pytest.mark.opencv_contrib
 def test_shapes_recall(shapes_set):
     """Every object of the synthetic shapes is covered at IoU 0.5 by the top 100 fast-mode boxes."""
     source = SelectiveSearchProposals(SelectiveSearchSettings(), "")
@@ -140,6 +143,7 @@ def test_shapes_recall(shapes_set):
     assert table["images"] == 2 and table["computed"] == 2
 
 
+@pytest.mark.opencv_contrib
 def test_proposals_command(shapes_set, tmp_path, capsys):
     """``segdet proposals`` writes the cache, prints the recall table and the JSON report; the second run
     computes nothing; a cache inside the dataset is refused."""

@@ -105,6 +105,7 @@ TINY = {
 }
 
 
+@pytest.mark.opencv_contrib
 @pytest.mark.slow
 def test_rcnn_three_stages_converge_on_shapes(tmp_path):
     """The three stages on four shapes images, evaluated on them by our COCO evaluator (box AP50 >= 0.8,
@@ -168,6 +169,7 @@ def rcnn_run(tmp_path_factory):
     return out, printed.getvalue()
 
 
+@pytest.mark.opencv_contrib
 def test_rcnn_command(rcnn_run, tmp_path, capsys):
     """``segdet rcnn`` runs the stages in order, writes the model (safetensors, with the run's config),
     the stages' statistics and the validation metrics."""
@@ -189,6 +191,7 @@ def test_rcnn_command(rcnn_run, tmp_path, capsys):
 BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
+@pytest.mark.opencv_contrib
 def test_rcnn_eval_and_predict(rcnn_run, tmp_path, capsys):
     """``segdet eval rcnn.safetensors`` rebuilds R-CNN from the file alone and gives the COCO box metrics
     of ``segdet rcnn``'s own metrics.json on its held-out images: exactly (the same proposals from the
@@ -235,6 +238,7 @@ def test_rcnn_eval_and_predict(rcnn_run, tmp_path, capsys):
     assert ap == pytest.approx(expected["AP"], abs=1e-9)
 
 
+@pytest.mark.opencv_contrib
 def test_rcnn_checkpoint_errors(rcnn_run, tmp_path, capsys):
     """A wrong or incomplete R-CNN output is a one-line error naming the file and the problem: the
     folder instead of its rcnn.safetensors, a stage's tensors missing (the SVMs), no saved config, an

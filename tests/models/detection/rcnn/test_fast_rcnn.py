@@ -129,6 +129,7 @@ def test_in_the_table():
     assert model.transform.min_size == (600,) and model.transform.max_size == 1000
 
 
+@pytest.mark.opencv_contrib
 @pytest.mark.slow
 def test_train_eval_predict_commands(tmp_path, capsys):
     """``segdet train`` (one epoch of 4 tiny images, proposals cached in the run's cache folder),
