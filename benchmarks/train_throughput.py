@@ -23,6 +23,7 @@ Run (from the project root, with ``../shared/data``)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -57,6 +58,7 @@ def trainer_epochs(trainer: Trainer, epochs: int) -> list[tuple[int, float]]:
     out = []
     for epoch in range(epochs):
         before = trainer.state.step
+        trainer.state.position = 0  # a whole epoch each time (fit() resets it so after an epoch)
         _sync(trainer.device)
         start = time.perf_counter()
         trainer._train_epoch(epoch)
@@ -98,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [*args.overrides, f"output_dir={tmp}", "train.progress=false"])
         trainer = Trainer(cfg, build_task(cfg))
-        loader = iter(trainer.train_loader)
-        batches = [trainer.task.to_device(next(loader), trainer.device) for _ in range(args.preload)]
+        # at most --preload batches: a small dataset may have fewer in an epoch
+        loader = itertools.islice(trainer.train_loader, args.preload)
+        batches = [trainer.task.to_device(batch, trainer.device) for batch in loader]
         del loader
         a1 = model_bound(trainer, batches, args.steps, args.warmup)
         epochs = trainer_epochs(trainer, args.epochs)
