@@ -157,3 +157,34 @@ def test_predict_overlay_draws_only_confident_detections(tiny_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
     ids = {p["image_id"] for p in json.loads((out / "predictions.json").read_text())}
     assert ids <= {0}  # without --coco-gt, images are numbered in the order read
+
+
+def test_eval_batches_as_the_run_validated(tiny_run, tmp_path, monkeypatch):
+    """``segdet eval`` without ``--batch-size`` batches the images as the run's validation did
+    (``data.batch_size`` 2 here; a detector pads a batch to one size, which moves its detections), so it
+    prints the AP and mask AP that the run logged for its best epoch. Reference: metrics.jsonl; exact
+    (``--no-fuse --no-nnpack``: the training's arithmetic). ``--batch-size`` still overrides."""
+    import torch.utils.data
+
+    from segdet.cli.evaluate import eval_batch_size
+    from segdet.engine.config import DataConfig
+
+    real = torch.utils.data.DataLoader
+    sizes: list[int] = []
+    monkeypatch.setattr(
+        torch.utils.data, "DataLoader", lambda *a, **k: sizes.append(k["batch_size"]) or real(*a, **k)
+    )
+    out = tmp_path / "metrics.json"
+    assert (
+        main(["eval", str(tiny_run / "best.safetensors"), "--no-fuse", "--no-nnpack", "--out", str(out)]) == 0
+    )
+    assert main(["eval", str(tiny_run / "best.safetensors"), "--batch-size", "3"]) == 0
+    assert sizes == [2, 3]
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    best = max((r for r in records if r["split"] == "val"), key=lambda r: r["AP"])
+    evaluated = json.loads(out.read_text())
+    for key in ("AP", "AP50", "mask_AP"):
+        assert evaluated[key] == pytest.approx(best[key], abs=1e-12), key
+    assert eval_batch_size(None, DataConfig(batch_size=8, val_batch_size=1)) == 1
+    assert eval_batch_size(None, DataConfig(batch_size=8)) == 8
+    assert eval_batch_size(5, DataConfig(batch_size=8, val_batch_size=1)) == 5

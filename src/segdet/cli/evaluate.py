@@ -31,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=path_arg, help="image folder, overriding the layout's")
     parser.add_argument("--labels", type=path_arg, help="label folder, overriding the layout's")
     parser.add_argument("--split", help="split name")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per batch (default: the run's data.val_batch_size, else data.batch_size, as its "
+        "validation ran: a detector pads a batch's images to one size, which moves its detections a "
+        "little, so only the same batches give the metrics the training logged)",
+    )
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -41,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference_options.add_arguments(parser)
     parser.add_argument("--out", type=path_arg, help="write the metrics to this JSON file")
     add_overwrite(parser, "the --out file")
+
+
+def eval_batch_size(requested: int | None, data) -> int:
+    """``--batch-size`` if given, else the batch size of the run's validation (``data.val_batch_size``,
+    else ``data.batch_size``: :meth:`segdet.engine.trainer.Trainer._loader`). Padding a batch's images
+    to one size changes what a detector's convolutions see at the images' edges: on a Penn-Fudan Mask
+    R-CNN after 12 minutes of training, box AP 0.2712 at batch 1 against 0.2528 at batch 2 (the run's)."""
+    return requested or data.val_batch_size or data.batch_size
 
 
 SKIP_BAD_HINT = "metrics over a set that lost records or images would be wrong (--skip-bad leaves them out)"
@@ -55,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from segdet.engine.tasks import evaluation_task
     from segdet.errors import ConfigError, DataError
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out:
         output_file(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.data])
@@ -81,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ConfigError("no evaluation data: give --data PATH")
     dataset.strict = not args.skip_bad
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.val_collate)
+    batch_size = eval_batch_size(args.batch_size, cfg.data)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.val_collate)
     start = time.perf_counter()
     try:
         metrics = task.evaluate(trained.model, loader, device)
