@@ -166,7 +166,6 @@ def test_eval_batches_as_the_run_validated(tiny_run, tmp_path, monkeypatch):
     (``--no-fuse --no-nnpack``: the training's arithmetic). ``--batch-size`` still overrides."""
     import torch.utils.data
 
-    from segdet.cli.evaluate import eval_batch_size
     from segdet.engine.config import DataConfig
 
     real = torch.utils.data.DataLoader
@@ -185,6 +184,5 @@ def test_eval_batches_as_the_run_validated(tiny_run, tmp_path, monkeypatch):
     evaluated = json.loads(out.read_text())
     for key in ("AP", "AP50", "mask_AP"):
         assert evaluated[key] == pytest.approx(best[key], abs=1e-12), key
-    assert eval_batch_size(None, DataConfig(batch_size=8, val_batch_size=1)) == 1
-    assert eval_batch_size(None, DataConfig(batch_size=8)) == 8
-    assert eval_batch_size(5, DataConfig(batch_size=8, val_batch_size=1)) == 5
+    assert DataConfig(batch_size=8, val_batch_size=1).validation_batch_size == 1
+    assert DataConfig(batch_size=8).validation_batch_size == 8

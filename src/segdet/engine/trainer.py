@@ -167,7 +167,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- setup
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         cfg = self.cfg.data
-        batch = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
+        batch = cfg.batch_size if train else cfg.validation_batch_size
         if self.dist.enabled:
             if cfg.batch_size % self.dist.world_size:
                 raise SegdetError(
