@@ -83,6 +83,7 @@ def select_detections(
     num_labels: int,
     nms_thresh: float,
     detections_per_img: int,
+    extras: dict[str, Tensor] | None = None,
 ) -> list[dict[str, Tensor]]:
     """NMS per (image, class), then the ``detections_per_img`` best per image (module docstring).
 
@@ -93,16 +94,37 @@ def select_detections(
         num_labels: an upper bound of the labels (groups are ``image * num_labels + label``).
         nms_thresh: IoU above which the lower-scoring box of a group is suppressed.
         detections_per_img: the cap per image.
+        extras: per-candidate tensors (first dimension ``R``) carried along, see :func:`best_per_image`.
 
     Returns:
-        per image ``{"boxes", "scores", "labels"}`` by decreasing score.
+        per image ``{"boxes", "scores", "labels"}`` (and the ``extras``) by decreasing score.
     """
-    device = boxes.device
     # batched_nms separates groups by shifting each one by group * (max coordinate + 1); with groups
     # (image, class) these shifts reach ~1e6 px, where float32 would round boxes by ~0.06 px and change
     # IoUs near the threshold. In float64 the shift is exact to ~1e-10 px.
     groups = images * num_labels + labels
     keep = batched_nms(boxes.double(), scores.double(), groups, nms_thresh)  # by decreasing score
+    return best_per_image(keep, boxes, scores, labels, images, num_images, detections_per_img, extras)
+
+
+def best_per_image(
+    keep: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    images: Tensor,
+    num_images: int,
+    detections_per_img: int,
+    extras: dict[str, Tensor] | None = None,
+) -> list[dict[str, Tensor]]:
+    """The candidates ``keep`` (indices into the ``[R]`` candidates, by decreasing score: what an NMS
+    returns) grouped by image, the ``detections_per_img`` best of each.
+
+    Returns per image ``{"boxes", "scores", "labels"}`` and, for each ``extras`` entry (a tensor whose
+    first dimension is the ``R`` candidates, e.g. YOLACT's mask coefficients), its rows, all by
+    decreasing score.
+    """
+    device = boxes.device
     # Group by image keeping the score order (stable sort), then keep each image's best ones.
     keep = keep[torch.sort(images[keep], stable=True).indices]
     per_image = torch.bincount(images[keep], minlength=num_images)
@@ -111,12 +133,9 @@ def select_detections(
     keep = keep[rank < detections_per_img]
 
     counts = torch.bincount(images[keep], minlength=num_images).tolist()
-    return [
-        {"boxes": b, "scores": s, "labels": lab}
-        for b, s, lab in zip(
-            boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts), strict=True
-        )
-    ]
+    columns = {"boxes": boxes, "scores": scores, "labels": labels, **(extras or {})}
+    split = {name: values[keep].split(counts) for name, values in columns.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(num_images)]
 
 
 def topk_pairs(

@@ -17,7 +17,9 @@ with ``N`` the number of matched default boxes of the batch (``L = 0`` when ``N 
 * ``L_conf``: softmax cross-entropy over the ``K + 1`` classes, summed over the matched boxes and the
   **hard negatives**: of each image's unmatched boxes, the ``3 P_i`` with the highest cross-entropy
   (``P_i`` the image's matched boxes; none in an image without objects), so that the easy background
-  does not dominate (negatives : positives at most 3 : 1).
+  does not dominate (negatives : positives at most 3 : 1). Boxes a matcher left between its thresholds
+  (:data:`~segdet.models.detection.matcher.BETWEEN_THRESHOLDS`) are neither: YOLACT's IoU 0.4-0.5
+  "neutral" anchors (SSD's own matcher has one threshold and leaves none).
 
 Reported as ``bbox_regression`` (``L_loc / N``) and ``classification`` (``L_conf / N``); equal to
 torchvision's ``SSD.compute_loss`` (tested to 1e-5).
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from segdet.losses import cross_entropy_loss, smooth_l1_loss
-from segdet.models.detection.matcher import Matcher, matched_objects
+from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher, matched_objects
 from segdet.ops import BoxCoder
 
 
@@ -58,7 +60,7 @@ def ssd_loss(
     box_coder: BoxCoder,
     neg_to_pos_ratio: float = 3.0,
 ) -> dict[str, Tensor]:
-    """The losses of the module docstring.
+    """The losses of the module docstring (SSD's; YOLACT's class and box losses).
 
     Args:
         logits: ``[N, M, K + 1]`` class logits (0 = background).
@@ -81,9 +83,10 @@ def ssd_loss(
     ce = cross_entropy_loss(logits.reshape(-1, num_classes), class_targets.reshape(-1), reduction="none")
     ce = ce.view(matched.shape)
     # Hard negatives: rank each image's background boxes by their loss (matched boxes last).
-    negative_loss = ce.detach().masked_fill(foreground, float("-inf"))
+    negative_loss = ce.detach().masked_fill(foreground | (matched == BETWEEN_THRESHOLDS), float("-inf"))
     rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
     hard_negative = rank < neg_to_pos_ratio * foreground.sum(dim=1, keepdim=True)
+    hard_negative &= matched != BETWEEN_THRESHOLDS
     num = max(1, int(foreground.sum()))
     return {
         "bbox_regression": box_loss / num,
