@@ -41,6 +41,9 @@ MASK_THRESHOLD = 0.5
 BOX_METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
 #: ... and for masks (prefixed ``mask_``).
 MASK_METRICS = {"mask_AP": 0, "mask_AP50": 1, "mask_AP75": 2}
+# The mask loss of each instance segmentation model (Mask R-CNN's, YOLACT's): its presence tells a model
+# that predicts masks.
+MASK_LOSSES = {"loss_mask", "mask"}
 
 
 def detections_to_coco(
@@ -63,7 +66,9 @@ def detections_to_coco(
     rles: list = [None] * len(labels)
     if masks and labels:
         if "masks" not in output:
-            raise ConfigError("task: instance needs a model that predicts masks (e.g. maskrcnn_resnet50_fpn)")
+            raise ConfigError(
+                "task: instance needs a model that predicts masks: maskrcnn_resnet50_fpn, yolact_resnet50_fpn"
+            )
         bits = (output["masks"][keep][:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(bits.transpose(1, 2, 0)))
     results = []
@@ -217,15 +222,15 @@ class DetectionTask:
             return model([image.float().div(255.0).to(device)])[0]
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The sum of the model's losses (RPN objectness and box regression, RoI classification and
-        box regression, and the mask loss for Mask R-CNN), and each of them detached (left on the
-        device: the trainer reads them only when it logs)."""
+        """The sum of the model's losses (Mask R-CNN: RPN objectness and box regression, RoI
+        classification, box regression and mask; YOLACT: class, box, mask and semantic), and each of them
+        detached (left on the device: the trainer reads them only when it logs)."""
         images, targets = batch
         losses = model(images, targets)
-        if self.masks and "loss_mask" not in losses:
+        if self.masks and not MASK_LOSSES & losses.keys():
             raise ConfigError(
                 f"task: instance but model {self.cfg.model.name!r} predicts no masks; use a Mask R-CNN "
-                "(e.g. maskrcnn_resnet50_fpn) or task: detection"
+                "(e.g. maskrcnn_resnet50_fpn), a YOLACT (yolact_resnet50_fpn) or task: detection"
             )
         total = sum(losses.values())
         return total, {k: v.detach() for k, v in losses.items()}

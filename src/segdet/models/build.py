@@ -168,6 +168,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "yolov1_mobilenet_v3_small": detection.yolov1_mobilenet_v3_small,
     "centernet_resnet18": detection.centernet_resnet18,
     "centernet_resnet50": detection.centernet_resnet50,
+    # --- instance segmentation in one stage ---
+    "yolact_resnet50_fpn": detection.yolact_resnet50_fpn,
+    "yolact_resnet101_fpn": detection.yolact_resnet101_fpn,
     # --- end of detection ---
 }
 

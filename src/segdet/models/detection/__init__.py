@@ -4,7 +4,7 @@ Shared here: the :class:`~.detector.Detector` base (targets, transform in and ou
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
 settings and torchvision conversion. Each family is a sub-package composing them: ``region_cnn``
 (R-CNN, 2014), ``rcnn`` (Fast / Faster / Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512,
-SSDLite), ``yolo`` (YOLO v1), ``centernet``.
+SSDLite), ``yolo`` (YOLO v1), ``centernet``, ``yolact`` (YOLACT, one-stage instance segmentation).
 """
 
 from segdet.models.detection.centernet import (
@@ -46,6 +46,7 @@ from segdet.models.detection.ssd import (
     ssdlite320_mobilenet_v3_large,
 )
 from segdet.models.detection.transform import DetectionTransform
+from segdet.models.detection.yolact import YOLACT, YolactSettings, yolact_resnet50_fpn, yolact_resnet101_fpn
 from segdet.models.detection.yolo import (
     YOLOv1,
     YOLOv1Settings,
@@ -58,6 +59,7 @@ from segdet.models.detection.yolo import (
 __all__ = [
     "RCNN",
     "SSD",
+    "YOLACT",
     "CenterNet",
     "CenterNetSettings",
     "DetectionTransform",
@@ -70,6 +72,7 @@ __all__ = [
     "TransformSettings",
     "YOLOv1",
     "YOLOv1Settings",
+    "YolactSettings",
     "centernet_resnet18",
     "centernet_resnet50",
     "convert_torchvision_state_dict",
@@ -91,6 +94,8 @@ __all__ = [
     "ssd300_vgg16",
     "ssd512_vgg16",
     "ssdlite320_mobilenet_v3_large",
+    "yolact_resnet50_fpn",
+    "yolact_resnet101_fpn",
     "yolov1",
     "yolov1_mobilenet_v3_large",
     "yolov1_mobilenet_v3_small",
