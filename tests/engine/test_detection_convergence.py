@@ -1,6 +1,6 @@
-"""Fast R-CNN, Faster R-CNN, Mask R-CNN, RetinaNet, SSDLite, YOLO v1, CenterNet and YOLACT (ours, via
-``segdet.models.build``, random init) overfit four synthetic shapes images within a fixed number of
-steps, measured with our COCO evaluator on the same images through
+"""Fast R-CNN, Faster R-CNN, Mask R-CNN, RetinaNet (FPN and BiFPN), SSDLite, YOLO v1, CenterNet and
+YOLACT (ours, via ``segdet.models.build``, random init) overfit four synthetic shapes images within a
+fixed number of steps, measured with our COCO evaluator on the same images through
 :class:`segdet.engine.detection.DetectionTask` (the trainer's evaluation path).
 
 Reference: the ground truth itself (``segdet.metrics.coco_eval``, equal to pycocotools' COCOeval).
@@ -153,6 +153,18 @@ def test_mask_rcnn_overfits_shapes(trained_detector, tmp_path):
 @pytest.mark.slow
 def test_retinanet_overfits_shapes(tmp_path):
     metrics = overfit(tmp_path, "detection", "retinanet_resnet50_fpn_v2", RETINANET, steps=50, lr=0.003)
+    assert metrics["AP50"] >= 0.9, metrics
+
+
+@pytest.mark.slow
+def test_retinanet_on_a_bifpn_overfits_shapes(tmp_path):
+    """EfficientDet's BiFPN (3 layers, 32 channels, BatchNorm) in place of the FPN, 50 steps, BatchNorm
+    statistics re-estimated after training as for SSDLite (box AP50 0.98; 0.93-0.94 from the lagging
+    running statistics without)."""
+    options = {**RETINANET, "neck": "bifpn", "fpn_channels": 32}
+    metrics = overfit(
+        tmp_path, "detection", "retinanet_resnet50_fpn_v2", options, steps=50, lr=0.003, precise_bn=True
+    )
     assert metrics["AP50"] >= 0.9, metrics
 
 

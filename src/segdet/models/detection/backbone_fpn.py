@@ -43,6 +43,9 @@ class BackboneWithFPN(nn.Module):
         out_channels: the FPN width ``d`` (256).
         extra_blocks: coarser levels (default :class:`LastLevelMaxPool`).
         norm_layer: normalisation after each FPN convolution (``nn.BatchNorm2d`` in torchvision's v2).
+        neck: another pyramid with the FPN's interface (dict in, dict out, ``out_channels`` wide) used
+            instead of building one, e.g. :class:`~segdet.models.necks.BiFPN`; it is still stored as
+            ``fpn`` (the state-dict prefix torchvision's detectors use).
     """
 
     def __init__(
@@ -51,16 +54,19 @@ class BackboneWithFPN(nn.Module):
         out_channels: int = 256,
         extra_blocks: ExtraFPNBlock | None = None,
         norm_layer: type[nn.Module] | None = None,
+        neck: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.body = body
         in_channels = [body.out_channels[name] for name in body.out_features]
-        self.fpn = FeaturePyramidNetwork(
-            in_channels,
-            out_channels,
-            extra_blocks if extra_blocks is not None else LastLevelMaxPool(),
-            norm_layer,
-        )
+        if neck is None:
+            neck = FeaturePyramidNetwork(
+                in_channels,
+                out_channels,
+                extra_blocks if extra_blocks is not None else LastLevelMaxPool(),
+                norm_layer,
+            )
+        self.fpn = neck
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

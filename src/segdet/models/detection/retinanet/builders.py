@@ -7,6 +7,10 @@
 * ``retinanet_resnet50_fpn_v2`` (torchvision's v2, Li et al.'s recipe): ``P6`` from ``C5``, GroupNorm
   (32 groups) in the heads, GIoU box loss; plain BatchNorm in the backbone even when pretrained.
 
+Either takes ``neck="bifpn"``: EfficientDet's BiFPN (:class:`~segdet.models.necks.BiFPN`, ``bifpn_layers``
+layers, BatchNorm, ``P6`` / ``P7`` max-pooled from ``C5``) in place of the FPN, the rest unchanged:
+EfficientDet's detector is this RetinaNet head on a BiFPN (Tan et al. 2020, sec. 4.1).
+
 Every builder takes ``num_classes`` (object classes, no background), the options below and the
 :class:`~.model.RetinaNetSettings` fields (torchvision's keyword names: ``min_size``, ``score_thresh``,
 ``nms_thresh``, ``detections_per_img``, ``topk_candidates``, ``fg_iou_thresh``, ``bg_iou_thresh``, ...).
@@ -27,7 +31,7 @@ from segdet.models.detection.backbone_fpn import BackboneWithFPN, resnet_body
 from segdet.models.detection.retinanet.head import PRIOR_PROBABILITY, RetinaNetHead
 from segdet.models.detection.retinanet.model import RetinaNet, RetinaNetSettings
 from segdet.models.detection.settings import check_num_classes, pretrained_defaults, with_settings
-from segdet.models.necks import LastLevelP6P7
+from segdet.models.necks import BiFPN, LastLevelP6P7
 
 RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 # Per level P3..P7: base size 32 * 2^l and the scales 2^0, 2^(1/3), 2^(2/3), truncated to integers as
@@ -55,6 +59,8 @@ def _builder(name: str, v2: bool, doc: str):
         p6_from: Literal["p5", "c5"] = "c5" if v2 else "p5",
         head_norm: Literal["group"] | None = "group" if v2 else None,
         prior_probability: float = PRIOR_PROBABILITY,
+        neck: Literal["fpn", "bifpn"] = "fpn",
+        bifpn_layers: int = 3,
         settings: RetinaNetSettings,
     ) -> RetinaNet:
         check_num_classes(num_classes)
@@ -74,8 +80,15 @@ def _builder(name: str, v2: bool, doc: str):
             frozen_bn=frozen,
             weights=backbone_weights,
         )
-        p6_in = fpn_channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
-        net = BackboneWithFPN(body, fpn_channels, LastLevelP6P7(p6_in, fpn_channels, use_P5=p6_from == "p5"))
+        if neck == "bifpn":
+            in_channels = [body.out_channels[name] for name in body.out_features]
+            net = BackboneWithFPN(body, fpn_channels, neck=BiFPN(in_channels, fpn_channels, bifpn_layers))
+        elif neck == "fpn":
+            p6_in = fpn_channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
+            p6p7 = LastLevelP6P7(p6_in, fpn_channels, use_P5=p6_from == "p5")
+            net = BackboneWithFPN(body, fpn_channels, p6p7)
+        else:
+            raise ValueError(f"neck must be 'fpn' or 'bifpn', got {neck!r}")
         levels = len(returned_layers) + 2
         if anchor_sizes is None:
             if levels > len(RETINANET_SIZES):
@@ -100,8 +113,8 @@ def _builder(name: str, v2: bool, doc: str):
         "\n\n    Options: ``backbone`` (resnet18/34/50/101), ``backbone_weights``, ``trainable_layers``"
         " (0-5), ``frozen_bn``, ``returned_layers`` (ResNet stages feeding the FPN), ``anchor_sizes`` /"
         " ``aspect_ratios`` per level (default 3 scales x 3 ratios, 32..512 px), ``fpn_channels`` (256),"
-        " ``p6_from`` (``p5`` / ``c5``), ``head_norm`` (``group`` / None), ``prior_probability`` (0.01),"
-        " and the RetinaNetSettings fields."
+        " ``p6_from`` (``p5`` / ``c5``, FPN only), ``head_norm`` (``group`` / None), ``prior_probability``"
+        " (0.01), ``neck`` (``fpn`` / ``bifpn``), ``bifpn_layers`` (3), and the RetinaNetSettings fields."
     )
     return build
 
