@@ -109,3 +109,24 @@ def test_rcnn_2014_is_counted_per_proposal(capsys):
     assert one - counter.get_total_flops() == 2 * 3 * (16 + 4 * 256 * 2**2)  # ResNet-18 layer3: C = 256
     rows = _table(capsys, ["models", "rcnn_resnet_c4", "--size", "64"])
     assert rows["rcnn_resnet_c4"][1] == "2000/-" and rows["rcnn_resnet_c4"][0] > 0
+
+
+def test_tridentnet_is_counted_per_branch():
+    """TridentNet counts its conv4 stage, RPN head and box head once per branch: with the middle branch
+    alone (``test_branch=1``) exactly the C4 Faster R-CNN's count (a dilated 3x3 convolution costs what
+    an undilated one does), with all three that count plus twice everything after ``layer2`` (exact)."""
+    from segdet.models.flops import _counted
+
+    size = (128, 128)
+    options = {"backbone": "resnet18", "min_size": 128, "max_size": 128}
+    with torch.device("meta"):
+        c4 = build("fasterrcnn_resnet50_c4", num_classes=3, **options)
+        fast = build("tridentnet_resnet50_c4", num_classes=3, test_branch=1, **options)
+        full = build("tridentnet_resnet50_c4", num_classes=3, **options)
+    body = c4.backbone.body
+    x = torch.zeros(1, 3, *size, device="meta")
+    up_to_layer2 = _counted(
+        lambda: body.layer2(body.layer1(body.maxpool(body.relu(body.bn1(body.conv1(x))))))
+    )
+    assert rcnn_flops(fast.eval(), size) == rcnn_flops(c4, size)
+    assert rcnn_flops(full.eval(), size) == 3 * rcnn_flops(c4, size) - 2 * up_to_layer2

@@ -153,6 +153,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": detection.fasterrcnn_mobilenet_v3_large_fpn,
     "fasterrcnn_mobilenet_v3_large_320_fpn": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
     "fasterrcnn_resnet50_c4": detection.fasterrcnn_resnet50_c4,
+    "tridentnet_resnet50_c4": detection.tridentnet_resnet50_c4,
+    "tridentnet_resnet101_c4": detection.tridentnet_resnet101_c4,
     "maskrcnn_resnet50_fpn": detection.maskrcnn_resnet50_fpn,
     "maskrcnn_resnet101_fpn": detection.maskrcnn_resnet101_fpn,
     "maskrcnn_resnet50_fpn_v2": detection.maskrcnn_resnet50_fpn_v2,

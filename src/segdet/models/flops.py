@@ -55,7 +55,8 @@ def rcnn_flops(
 
     Counted: the transform (a resize is not an op of the count), the backbone (with FPN), the RPN head
     on every level, the box head and predictor on ``[proposals, C, m, m]`` pooled features, the mask
-    head and predictor on ``[detections, C, m', m']``. RoI pooling, box decoding and NMS are not counted
+    head and predictor on ``[detections, C, m', m']``, both per branch for a TridentNet (its backbone
+    gives one feature batch per branch). RoI pooling, box decoding and NMS are not counted
     (none is a convolution or matmul). Shape-only: works on the ``meta`` device.
     """
     heads = model.roi_heads
@@ -70,10 +71,12 @@ def rcnn_flops(
     def forward() -> None:
         batch, _ = model.transform(torch.zeros(1, 3, *input_size, device=device))
         features = model.backbone(batch.tensors)
+        # One image gives one feature batch, or one per branch (TridentNet): each has its own RoIs.
+        copies = next(iter(features.values())).shape[0]
         model.rpn.head(list(features.values()))
-        heads.box_predictor(heads.box_head(_pooled(heads.box_pooler, features, proposals)))
+        heads.box_predictor(heads.box_head(_pooled(heads.box_pooler, features, proposals * copies)))
         if heads.has_mask:
-            heads.mask_predictor(heads.mask_head(_pooled(heads.mask_pooler, features, detections)))
+            heads.mask_predictor(heads.mask_head(_pooled(heads.mask_pooler, features, detections * copies)))
 
     try:
         with torch.no_grad():

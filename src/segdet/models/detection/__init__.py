@@ -4,7 +4,8 @@ Shared here: the :class:`~.detector.Detector` base (targets, transform in and ou
 transform, anchors, matching, head-output flattening, post-processing (top-k, batched NMS, cap),
 settings and torchvision conversion. Each family is a sub-package composing them: ``region_cnn``
 (R-CNN, 2014), ``rcnn`` (Fast / Faster / Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512,
-SSDLite), ``yolo`` (YOLO v1), ``centernet``, ``yolact`` (YOLACT, one-stage instance segmentation).
+SSDLite), ``yolo`` (YOLO v1), ``centernet``, ``yolact`` (YOLACT, one-stage instance segmentation),
+``tridentnet`` (TridentNet: trident branches in the C4 Faster R-CNN).
 """
 
 from segdet.models.detection.centernet import (
@@ -46,6 +47,7 @@ from segdet.models.detection.ssd import (
     ssdlite320_mobilenet_v3_large,
 )
 from segdet.models.detection.transform import DetectionTransform
+from segdet.models.detection.tridentnet import TridentRCNN, tridentnet_resnet50_c4, tridentnet_resnet101_c4
 from segdet.models.detection.yolact import YOLACT, YolactSettings, yolact_resnet50_fpn, yolact_resnet101_fpn
 from segdet.models.detection.yolo import (
     YOLOv1,
@@ -70,6 +72,7 @@ __all__ = [
     "RetinaNetSettings",
     "SSDSettings",
     "TransformSettings",
+    "TridentRCNN",
     "YOLOv1",
     "YOLOv1Settings",
     "YolactSettings",
@@ -94,6 +97,8 @@ __all__ = [
     "ssd300_vgg16",
     "ssd512_vgg16",
     "ssdlite320_mobilenet_v3_large",
+    "tridentnet_resnet50_c4",
+    "tridentnet_resnet101_c4",
     "yolact_resnet50_fpn",
     "yolact_resnet101_fpn",
     "yolov1",

@@ -10,6 +10,9 @@ from torch import nn
 from segdet.models import build
 from segdet.models.necks import BiFPN
 
+# A narrow ResNet-18 RetinaNet v2 on a 32-channel BiFPN, images of about 100 px.
+SMALL = {"backbone": "resnet18", "fpn_channels": 32, "neck": "bifpn", "min_size": 96, "max_size": 128}
+
 
 def _randomise_batchnorm(module: nn.Module, seed: int) -> None:
     """Non-trivial BatchNorm statistics and affine parameters in ``module``."""
@@ -28,15 +31,7 @@ def test_retinanet_on_a_bifpn_trains_every_parameter():
     """``neck="bifpn"``: finite losses; every trainable parameter (fusion weights included) has a
     gradient after one step; an unknown neck is refused."""
     torch.manual_seed(0)
-    model = build(
-        "retinanet_resnet50_fpn_v2",
-        3,
-        backbone="resnet18",
-        fpn_channels=32,
-        neck="bifpn",
-        min_size=96,
-        max_size=128,
-    ).train()
+    model = build("retinanet_resnet50_fpn_v2", 3, **SMALL).train()
     assert isinstance(model.backbone.fpn, BiFPN) and len(model.backbone.fpn.layers) == 3
     # Two images: BatchNorm in training needs more than one value per channel on the 1 x 2 level P7.
     target = {"boxes": torch.tensor([[10.0, 10, 50, 60]]), "labels": torch.tensor([1])}
@@ -55,16 +50,7 @@ def test_folded_bifpn_keeps_detections(detector_helpers, paired_detections):
     non-trivial BatchNorm statistics."""
     structured_image, _ = detector_helpers
     torch.manual_seed(0)
-    model = build(
-        "retinanet_resnet50_fpn_v2",
-        3,
-        backbone="resnet18",
-        fpn_channels=32,
-        neck="bifpn",
-        min_size=96,
-        max_size=128,
-        score_thresh=0.0,
-    )
+    model = build("retinanet_resnet50_fpn_v2", 3, score_thresh=0.0, **SMALL)
     _randomise_batchnorm(model.backbone.fpn, 3)
     g = torch.Generator().manual_seed(1)
     images = [structured_image(96, 128, g).double(), structured_image(100, 90, g).double()]

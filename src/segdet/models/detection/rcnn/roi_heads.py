@@ -8,7 +8,8 @@ Training (Girshick, "Fast R-CNN", ICCV 2015, sec. 2.3; Ren et al., "Faster R-CNN
    box) if ``IoU >= fg_iou_thresh`` (0.5), background (label 0) if ``bg_iou_low <= IoU < bg_iou_thresh``
    (0.5), ignored otherwise (label -1: between the thresholds when they differ, and below ``bg_iou_low``,
    0 here; Fast R-CNN's 0.1 keeps background RoIs that overlap an object, "a heuristic for hard example
-   mining"); an image without objects is all background;
+   mining"), and ignored when matched to an object its target flags in ``ignore`` (optional bool
+   ``[G]``: TridentNet's scale-aware training); an image without objects is all background;
 3. ``batch_size_per_image`` (512) RoIs are sampled per image, at most ``positive_fraction`` (25%)
    foreground;
 4. their features are pooled and the box head gives class logits and class-specific deltas; the loss is
@@ -134,9 +135,10 @@ class RoIHeads(nn.Module):
         return targets
 
     def _label_proposals(
-        self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+        self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, ignore: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Matched ground-truth index (0 for unmatched) and label (0 background, -1 ignored) per proposal."""
+        """Matched ground-truth index (0 for unmatched) and label (0 background, -1 ignored) per proposal;
+        a proposal matched to an object flagged in ``ignore`` (bool ``[G]``) is ignored too."""
         if gt_boxes.shape[0] == 0:
             # Background image: every proposal is a negative, whatever bg_iou_low (a heuristic about
             # the background *near objects*; with none, keeping nothing would leave no sample at all).
@@ -148,6 +150,8 @@ class RoIHeads(nn.Module):
         labels = gt_labels[matched].to(torch.int64)
         labels[matches == BELOW_LOW_THRESHOLD] = 0
         labels[matches == BETWEEN_THRESHOLDS] = -1
+        if ignore is not None:
+            labels[(matches >= 0) & ignore[matched]] = -1
         if self.bg_iou_low > 0:
             labels[(labels == 0) & (iou.max(dim=0).values < self.bg_iou_low)] = -1
         return matched, labels
@@ -168,7 +172,7 @@ class RoIHeads(nn.Module):
         rois = [torch.cat((p, g)) for p, g in zip(proposals, gt_boxes, strict=True)]
         matched, labels = zip(
             *(
-                self._label_proposals(r, g, t["labels"])
+                self._label_proposals(r, g, t["labels"], t.get("ignore"))
                 for r, g, t in zip(rois, gt_boxes, targets, strict=True)
             ),
             strict=True,

@@ -16,7 +16,9 @@ Lin et al., CVPR 2017, sec. 4.1).
 
 **Training targets.** Each anchor is matched to the ground-truth box of highest IoU: label 1 if
 ``IoU >= fg_iou_thresh`` or if it is a ground-truth box's best anchor (ties included), 0 if
-``IoU < bg_iou_thresh``, ignored (-1) in between. Images without boxes give all-zero labels.
+``IoU < bg_iou_thresh``, ignored (-1) in between, and ignored too when matched to an object its target
+flags in ``ignore`` (bool ``[G]``, optional: TridentNet's scale-aware training). Images without boxes
+give all-zero labels.
 ``batch_size_per_image`` anchors per image are sampled, up to ``positive_fraction`` positive.
 
 **Loss** (paper eq. 1)::
@@ -182,6 +184,10 @@ class RegionProposalNetwork(nn.Module):
             matched = self.proposal_matcher(box_iou(gt_boxes, image_anchors))
             image_labels = (matched >= 0).to(torch.float32)
             image_labels[matched == BETWEEN_THRESHOLDS] = -1.0
+            if "ignore" in target:
+                # Anchors matched to an object the image ignores (TridentNet's out-of-range scales) are
+                # neither positive nor negative.
+                image_labels[(matched >= 0) & target["ignore"][matched.clamp(min=0)]] = -1.0
             labels.append(image_labels)
             # Negative / ignored anchors (index < 0) get box 0; only positives' boxes are used.
             matched_boxes.append(gt_boxes[matched.clamp(min=0)])
