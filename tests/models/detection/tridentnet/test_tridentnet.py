@@ -102,7 +102,8 @@ def test_ignored_objects_are_neither_positive_nor_negative():
 
 def test_branches_are_merged_per_image_and_class():
     """Two branches x two images: per image, the branches' boxes of one class overlapping above the
-    threshold keep the better one; another class or image is untouched; the cap applies per image."""
+    threshold keep the better one; another class or image is untouched; the cap applies per image; a
+    branch's boxes outside its valid range are dropped first."""
 
     def det(boxes, scores, labels):
         return {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.tensor(labels)}
@@ -121,6 +122,11 @@ def test_branches_are_merged_per_image_and_class():
     assert merged[1]["scores"].tolist() == pytest.approx([0.6, 0.5])
     capped = merge_branches(detections, num_images=2, num_labels=3, nms_thresh=0.5, detections_per_img=1)
     assert [len(d["boxes"]) for d in capped] == [1, 1]
+    # With valid ranges (scales sqrt(w h) 10, and 9.49 for the 9 x 10 boxes), branch 0 keeps up to 9.5: its
+    # boxes of scale 10 go, and branch 1's 0.8 box is no longer suppressed by the 0.9 one.
+    ranged = merge_branches(detections, 2, 3, 0.5, 10, scale_ranges=[(0.0, 9.5), (0.0, 100.0)])
+    assert ranged[0]["scores"].tolist() == pytest.approx([0.8, 0.7])
+    assert ranged[1]["scores"].tolist() == pytest.approx([0.6])
 
 
 SMALL = {

@@ -4,7 +4,9 @@
 trident blocks in conv4, dilations 1, 2, 3) and Detectron2's ``tridentnet_fast_R_50_C4``.
 
 Options: those of ``fasterrcnn_resnet50_c4`` (``backbone``, ``backbone_weights``, ``trainable_layers``,
-``frozen_bn``, ``pool``, ``anchor_sizes``, ``aspect_ratios`` and every RCNNSettings field) and
+``frozen_bn``, ``pool``, ``box_head`` (``res5``, or ``2fc``: two fully connected layers of
+``representation_size`` on 7x7 RoIs, far cheaper per RoI), ``anchor_sizes``, ``aspect_ratios`` and every
+RCNNSettings field) and
 ``dilations`` (one per branch), ``scale_ranges`` (one ``[low, high]`` of ``sqrt(w h)`` per branch,
 the paper's ``[0, 90], [30, 160], [90, inf]`` for 800 px images: scale them with the images),
 ``trident_blocks`` (the last blocks of conv4 that are trident; ``None``: all) and ``test_branch``
@@ -35,6 +37,8 @@ def _builder(name: str, default_backbone: str, doc: str):
         trainable_layers: int | None = None,
         frozen_bn: bool | None = None,
         pool: Literal["align", "pool"] = "align",
+        box_head: Literal["res5", "2fc"] = "res5",
+        representation_size: int = 1024,
         anchor_sizes: Sequence[Sequence[int]] = C4_SIZES,
         aspect_ratios: Sequence[Sequence[float]] = C4_ASPECT_RATIOS,
         dilations: Sequence[int] = DILATIONS,
@@ -50,6 +54,8 @@ def _builder(name: str, default_backbone: str, doc: str):
             trainable_layers=trainable_layers,
             frozen_bn=frozen_bn,
             pool=pool,
+            box_head=box_head,
+            representation_size=representation_size,
             anchor_sizes=anchor_sizes,
             aspect_ratios=aspect_ratios,
             **dataclasses.asdict(settings),
