@@ -129,8 +129,11 @@ def test_branches_are_merged_per_image_and_class():
     assert ranged[1]["scores"].tolist() == pytest.approx([0.6])
 
 
+# ResNet-18 C4 with the light "2fc" box head (the res5 head's path is the C4 Faster R-CNN's, tested there).
 SMALL = {
     "backbone": "resnet18",
+    "box_head": "2fc",
+    "representation_size": 64,
     "min_size": 64,
     "max_size": 96,
     "anchor_sizes": [[8, 16, 32]],
