@@ -1,7 +1,7 @@
-"""YOLACT: Fast NMS against its definition and against torchvision's NMS, the batched IoU against
-``torchvision.ops.box_iou``, the mask assembly, crop and resampling against ``F.interpolate``, the mask
-and semantic losses against hand-computed cases, the ignored anchors of the shared SSD loss, and the
-builders of the MODELS table (training, background-only images, inference, folding)."""
+"""YOLACT: Fast NMS against its definition and against torchvision's NMS, the mask assembly, crop and
+resampling against ``F.interpolate``, the mask and semantic losses against hand-computed cases, the ignored
+anchors of the shared SSD loss, and the builders of the MODELS table (training, background-only images,
+inference, folding)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torchvision
 from segdet.models import MODELS, build
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS
 from segdet.models.detection.ssd.loss import ssd_loss
-from segdet.models.detection.yolact.fast_nms import batched_box_iou, fast_nms
+from segdet.models.detection.yolact.fast_nms import fast_nms
 from segdet.models.detection.yolact.loss import masks_on_grid, semantic_segmentation_loss, yolact_mask_loss
 from segdet.models.detection.yolact.model import masks_in_image
 from segdet.models.detection.yolact.protonet import assemble_masks, box_region
@@ -26,16 +26,6 @@ def random_boxes(n: int, generator: torch.Generator, size: float = 100.0) -> tor
     xy = torch.rand(n, 2, generator=generator) * size
     wh = torch.rand(n, 2, generator=generator) * size / 3 + 1
     return torch.cat([xy, xy + wh], dim=1)
-
-
-def test_batched_box_iou_equals_torchvision():
-    """Reference: ``torchvision.ops.box_iou`` on each group; tolerance 1e-6 (float32)."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.stack([random_boxes(7, g) for _ in range(3)])
-    b = torch.stack([random_boxes(5, g) for _ in range(3)])
-    got = batched_box_iou(a, b)
-    for i in range(3):
-        torch.testing.assert_close(got[i], torchvision.ops.box_iou(a[i], b[i]), atol=1e-6, rtol=0)
 
 
 def test_fast_nms_hand_case():

@@ -34,6 +34,7 @@ from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.postprocess import select_detections
 from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
 from segdet.models.detection.tridentnet.trident import TridentStage
+from segdet.ops.boxes import box_area
 
 #: The paper's valid ranges of ``sqrt(w h)`` per branch, for COCO images resized to 800 px.
 SCALE_RANGES = ((0.0, 90.0), (30.0, 160.0), (90.0, math.inf))
@@ -54,7 +55,7 @@ def branch_targets(
 
 def box_scales(boxes: Tensor) -> Tensor:
     """``sqrt(w h)`` of xyxy ``boxes`` ``[G, 4]``: the scale the valid ranges bound."""
-    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    return box_area(boxes).clamp(min=0).sqrt()
 
 
 def merge_branches(

@@ -15,21 +15,9 @@ saved at a 0.1 mask mAP cost.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """``[B, n, m]`` IoUs of each batch's xyxy boxes ``boxes1`` ``[B, n, 4]`` with ``boxes2`` ``[B, m, 4]``
-    (``torchvision.ops.box_iou`` for a batch of box sets; 0 where the union is empty)."""
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    top_left = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+from segdet.ops.boxes import box_iou
 
 
 def fast_nms(boxes: Tensor, valid: Tensor, iou_thresh: float) -> Tensor:
@@ -44,6 +32,6 @@ def fast_nms(boxes: Tensor, valid: Tensor, iou_thresh: float) -> Tensor:
     Returns:
         ``[B, n]`` bool, the kept boxes (always False on padding).
     """
-    iou = batched_box_iou(boxes, boxes).triu_(diagonal=1)  # X_ij for i < j
+    iou = box_iou(boxes, boxes).triu_(diagonal=1)  # [B, n, n] (leading dims batch); X_ij for i < j
     overlap = iou.max(dim=1).values if boxes.shape[1] else iou.new_zeros(valid.shape)
     return valid & (overlap <= iou_thresh)
