@@ -1,4 +1,4 @@
-"""Fast R-CNN, Faster R-CNN, Mask R-CNN, RetinaNet (FPN and BiFPN), SSDLite, YOLO v1, CenterNet and
+"""Fast R-CNN, Faster R-CNN, Mask R-CNN, RetinaNet, EfficientDet (BiFPN), SSDLite, YOLO v1, CenterNet and
 YOLACT (ours, via ``segdet.models.build``, random init) overfit four synthetic shapes images within a
 fixed number of steps, measured with our COCO evaluator on the same images through
 :class:`segdet.engine.detection.DetectionTask` (the trainer's evaluation path).
@@ -35,6 +35,17 @@ RETINANET = {
     "min_size": 64,
     "max_size": 64,
     "anchor_sizes": [[8, 10, 12], [16, 20, 25], [32, 40, 50], [64, 80, 101], [128, 161, 203]],
+}
+# EfficientDet-D0 with a narrow BiFPN on the 64 px images (padded to 64, not 128), RetinaNet's anchors;
+# stochastic depth off: it only slows memorising.
+EFFICIENTDET = {
+    "width": 32,
+    "bifpn_layers": 2,
+    "stochastic_depth_prob": 0.0,
+    "min_size": 64,
+    "max_size": 64,
+    "size_divisible": 32,
+    "anchor_sizes": RETINANET["anchor_sizes"],
 }
 # SSDLite at 128 px (its maps 8², 4², 2², 1², 1², 1²; default boxes 0.2..0.95 of the image).
 SSDLITE = {"size": [128, 128]}
@@ -157,13 +168,14 @@ def test_retinanet_overfits_shapes(tmp_path):
 
 
 @pytest.mark.slow
-def test_retinanet_on_a_bifpn_overfits_shapes(tmp_path):
-    """EfficientDet's BiFPN (3 layers, 32 channels, BatchNorm) in place of the FPN, 40 steps, BatchNorm
-    statistics re-estimated after training as for SSDLite: box AP50 0.99 (50 steps at learning rate
-    0.003: 0.98, and 0.93-0.94 from the lagging running statistics without the re-estimation)."""
-    options = {**RETINANET, "neck": "bifpn", "fpn_channels": 32}
+def test_efficientdet_overfits_shapes(tmp_path):
+    """EfficientDet-D0 narrowed (EfficientNet-B0 from scratch, a 32-channel BiFPN of 2 layers, RetinaNet's
+    scaled-down anchors), 50 steps at learning rate 0.015, BatchNorm statistics re-estimated after
+    training as for SSDLite: box AP50 0.99 (0.94 at 0.012 and 0.02; 0.98 on one thread; 0.65 after 60
+    steps at 0.004, from scratch the EfficientNet needs the larger rate). It replaces the RetinaNet on a
+    BiFPN of the same width, which reached 0.99 in 40 steps: the same neck, learning here."""
     metrics = overfit(
-        tmp_path, "detection", "retinanet_resnet50_fpn_v2", options, steps=40, lr=0.004, precise_bn=True
+        tmp_path, "detection", "efficientdet_d0", EFFICIENTDET, steps=50, lr=0.015, precise_bn=True
     )
     assert metrics["AP50"] >= 0.9, metrics
 

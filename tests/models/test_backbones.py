@@ -17,8 +17,12 @@ from segdet.models.backbones import (
     convert_frozen_batchnorm,
 )
 
+# One EfficientNet stands for the eight (same code, scaled widths and depths); B1 ... B7 are checked by
+# test_efficientnet_stages_and_torchvision_weights.
+DECLARED = [n for n in BACKBONES if not n.startswith("efficientnet_") or n == "efficientnet_b0"]
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+
+@pytest.mark.parametrize("name", DECLARED)
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_features_match_declaration(name, output_stride):
     """Every feature has the declared channels and size ceil(input / stride), for even and odd inputs;
@@ -97,6 +101,47 @@ def test_mobilenet_v3_small_loads_torchvision_weights(tmp_path, output_stride, d
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x)["c5"], ref.features(x), rtol=0, atol=1e-6)
+
+
+# timm's features_only widths (its feature_info channels) for EfficientNet-B0 ... B7
+EFFICIENTNET_CHANNELS = {
+    "b0": (16, 24, 40, 112, 320),
+    "b1": (16, 24, 40, 112, 320),
+    "b2": (16, 24, 48, 120, 352),
+    "b3": (24, 32, 48, 136, 384),
+    "b4": (24, 32, 56, 160, 448),
+    "b5": (24, 40, 64, 176, 512),
+    "b6": (32, 40, 72, 200, 576),
+    "b7": (32, 48, 80, 224, 640),
+}
+
+
+@pytest.mark.parametrize("arch", ["b0", "b5"])
+def test_efficientnet_stages_and_torchvision_weights(tmp_path, arch):
+    """EfficientNet: the widths of c1..c5 are timm's features_only ones for all eight (no forward); for
+    B0 and B5 (BatchNorm eps 1e-3), torchvision's whole state dict (random init, saved as a file) loads
+    through ``weights=`` with strict names (head convolution and classifier dropped by
+    ignored_weight_prefixes), and c1..c5 equal torchvision's ``features[:2]``, ``[:3]``, ``[:4]``,
+    ``[:6]``, ``[:8]`` outputs to 1e-5 on an odd-sized input."""
+    if arch == "b0":
+        with torch.device("meta"):  # the widths only: no memory, no initialisation
+            for k, channels in EFFICIENTNET_CHANNELS.items():
+                widths = build_backbone(f"efficientnet_{k}").out_channels
+                assert tuple(widths.values()) == channels, k
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, f"efficientnet_{arch}")().eval()
+    torch.save(ref.state_dict(), tmp_path / "effnet.pth")
+    ours = build_backbone(f"efficientnet_{arch}", weights=tmp_path / "effnet.pth").eval()
+    assert ours.stage_layout["c5"] == ("features.6", "features.7")
+    head = len(ref.features) - 1
+    assert set(ours.state_dict()) == {
+        k for k in ref.state_dict() if k.startswith("features.") and not k.startswith(f"features.{head}.")
+    }
+    x = torch.randn(1, 3, 45, 53)
+    with torch.no_grad():
+        got = ours(x)
+        for name, end in zip(FEATURE_NAMES, (2, 3, 4, 6, 8), strict=True):
+            torch.testing.assert_close(got[name], ref.features[:end](x), rtol=0, atol=1e-5, msg=name)
 
 
 def test_frozen_batchnorm_equals_eval_batchnorm():

@@ -17,6 +17,7 @@ from segdet.models.backbones.base import (
     FrozenBatchNorm2d,
     convert_frozen_batchnorm,
 )
+from segdet.models.backbones.efficientnet import EfficientNetBackbone
 from segdet.models.backbones.mobilenet import MobileNetV3Backbone
 from segdet.models.backbones.resnet import ResNetBackbone
 from segdet.models.backbones.vgg import VGGBackbone
@@ -31,6 +32,14 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "vgg16_bn": partial(VGGBackbone, batch_norm=True),
     "mobilenet_v3_large": partial(MobileNetV3Backbone, "large"),
     "mobilenet_v3_small": partial(MobileNetV3Backbone, "small"),
+    "efficientnet_b0": partial(EfficientNetBackbone, "b0"),
+    "efficientnet_b1": partial(EfficientNetBackbone, "b1"),
+    "efficientnet_b2": partial(EfficientNetBackbone, "b2"),
+    "efficientnet_b3": partial(EfficientNetBackbone, "b3"),
+    "efficientnet_b4": partial(EfficientNetBackbone, "b4"),
+    "efficientnet_b5": partial(EfficientNetBackbone, "b5"),
+    "efficientnet_b6": partial(EfficientNetBackbone, "b6"),
+    "efficientnet_b7": partial(EfficientNetBackbone, "b7"),
 }
 
 
@@ -52,6 +61,7 @@ __all__ = [
     "BACKBONES",
     "FEATURE_NAMES",
     "Backbone",
+    "EfficientNetBackbone",
     "FrozenBatchNorm2d",
     "MobileNetV3Backbone",
     "ResNetBackbone",

@@ -90,6 +90,22 @@ def dilate_conv_(conv: nn.Conv2d, dilation: int) -> None:
         conv.padding = tuple(dilation * (k - 1) // 2 for k in conv.kernel_size)
 
 
+def dilate_stages_(backbone: Backbone, output_stride: int) -> None:
+    """Make a backbone's ``stage_layout`` (``c1`` ... ``c5``, nominal strides 2 ... 32) reach only
+    ``output_stride``: every convolution of a stage whose nominal stride ``s`` exceeds it gets stride 1
+    and, when wider than ``1x1``, the dilation ``s / output_stride`` (:func:`dilate_conv_`). For the
+    depthwise-separable blocks of MobileNets and EfficientNets, whose only spatial convolution is the
+    depthwise one (torchvision's ``dilated=True`` of MobileNetV3 is the output-stride-16 case)."""
+    for k, paths in enumerate(backbone.stage_layout.values()):
+        stride = 2 ** (k + 1)
+        if stride <= output_stride:
+            continue
+        for path in paths:
+            for m in backbone.get_submodule(path).modules():
+                if isinstance(m, nn.Conv2d):
+                    dilate_conv_(m, stride // output_stride)
+
+
 class Backbone(nn.Module):
     """Base class: a feature extractor returning ``{name: N x out_channels[name] x h x w}``.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-from segdet.models.backbones.base import Backbone, check_output_stride, dilate_conv_, nominal_strides
+from segdet.models.backbones.base import Backbone, check_output_stride, dilate_stages_, nominal_strides
 
 ARCHS: dict[str, Callable[..., torchvision.models.MobileNetV3]] = {
     "large": torchvision.models.mobilenet_v3_large,
@@ -69,12 +69,7 @@ class MobileNetV3Backbone(Backbone):
             name = f"c{k + 1}"
             self.stage_layout[name] = tuple(f"features.{i}" for i in range(start, end))
             self.out_channels[name] = self.features[end - 1].out_channels
-            stride = 2 ** (k + 1)
-            if stride > output_stride:
-                for i in range(start, end):
-                    for m in self.features[i].modules():
-                        if isinstance(m, nn.Conv2d):
-                            dilate_conv_(m, stride // output_stride)
+        dilate_stages_(self, output_stride)
         self.strides = nominal_strides(output_stride)
         if weights is not None:
             from segdet.models.weights import load_weights

@@ -5,7 +5,8 @@ transform, anchors, matching, head-output flattening, post-processing (top-k, ba
 settings and torchvision conversion. Each family is a sub-package composing them: ``region_cnn``
 (R-CNN, 2014), ``rcnn`` (Fast / Faster / Mask R-CNN), ``retinanet``, ``ssd`` (SSD300 / SSD512,
 SSDLite), ``yolo`` (YOLO v1), ``centernet``, ``yolact`` (YOLACT, one-stage instance segmentation),
-``tridentnet`` (TridentNet: trident branches in the C4 Faster R-CNN).
+``tridentnet`` (TridentNet: trident branches in the C4 Faster R-CNN), ``efficientdet`` (EfficientNet +
+BiFPN on RetinaNet's loss and post-processing).
 """
 
 from segdet.models.detection.centernet import (
@@ -16,6 +17,16 @@ from segdet.models.detection.centernet import (
 )
 from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
 from segdet.models.detection.detector import Detector
+from segdet.models.detection.efficientdet import (
+    efficientdet_d0,
+    efficientdet_d1,
+    efficientdet_d2,
+    efficientdet_d3,
+    efficientdet_d4,
+    efficientdet_d5,
+    efficientdet_d6,
+    efficientdet_d7,
+)
 from segdet.models.detection.rcnn import (
     GeneralizedRCNN,
     RCNNSettings,
@@ -79,6 +90,14 @@ __all__ = [
     "centernet_resnet18",
     "centernet_resnet50",
     "convert_torchvision_state_dict",
+    "efficientdet_d0",
+    "efficientdet_d1",
+    "efficientdet_d2",
+    "efficientdet_d3",
+    "efficientdet_d4",
+    "efficientdet_d5",
+    "efficientdet_d6",
+    "efficientdet_d7",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_c4",

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from segdet.models.backbones import Backbone, MobileNetV3Backbone, ResNetBackbone
+from segdet.models.backbones import Backbone, EfficientNetBackbone, MobileNetV3Backbone, ResNetBackbone
 from segdet.models.necks.fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
 RESNET_TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -153,4 +153,29 @@ def mobilenet_body(
     tap_block_outputs(body, [stages[k] for k in returned_layers])
     first_trainable = len(body.features) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
     freeze_parameters(body, [f"features.{i}." for i in range(first_trainable, len(body.features))])
+    return body
+
+
+def efficientnet_body(
+    arch: str,
+    *,
+    trainable_layers: int = 5,
+    frozen_bn: bool = False,
+    weights: object = None,
+    stochastic_depth_prob: float = 0.2,
+) -> EfficientNetBackbone:
+    """EfficientNet-B``k`` (``arch = "b0"`` ... ``"b7"``) returning ``c3, c4, c5`` (strides 8, 16, 32,
+    EfficientDet's ``P3 .. P5`` inputs); its last ``trainable_layers`` of the stages ``c1 .. c5`` train,
+    the others are frozen with their BatchNorms (:meth:`~segdet.models.backbones.Backbone.freeze_stages`,
+    Detectron2's ``FREEZE_AT``; ResNet's ``trainable_layers`` counts stages the same way)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5] for an EfficientNet, got {trainable_layers}")
+    body = EfficientNetBackbone(
+        arch,
+        weights=weights,
+        frozen_bn=frozen_bn,
+        frozen_stages=5 - trainable_layers,
+        stochastic_depth_prob=stochastic_depth_prob,
+    )
+    body.out_features = ("c3", "c4", "c5")
     return body

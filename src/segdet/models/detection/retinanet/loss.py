@@ -52,6 +52,7 @@ def retinanet_loss(
     gamma: float = 2.0,
     box_loss: str = "l1",
     smooth_l1_beta: float = 0.11,
+    box_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """The two losses of the module docstring.
 
@@ -64,6 +65,7 @@ def retinanet_loss(
         box_coder: the delta encoding.
         alpha, gamma: of the focal loss.
         box_loss: ``"l1"``, ``"smooth_l1"`` (with ``smooth_l1_beta``) or ``"giou"``.
+        box_weight: the factor of the box loss (EfficientDet's, :mod:`..efficientdet.builders`).
 
     Returns:
         ``{"classification", "bbox_regression"}``.
@@ -95,5 +97,5 @@ def retinanet_loss(
     )
     return {
         "classification": classification,
-        "bbox_regression": (per_image / num_foreground).sum() / num_images,
+        "bbox_regression": box_weight * (per_image / num_foreground).sum() / num_images,
     }

@@ -43,8 +43,8 @@ class RetinaNetSettings(TransformSettings):
     """Transform (the :class:`~segdet.models.detection.settings.TransformSettings` fields), inference
     (``score_thresh``, ``topk_candidates`` per level, ``nms_thresh``, ``detections_per_img``) and training
     (``fg_iou_thresh``, ``bg_iou_thresh``, the focal loss's ``focal_alpha``, ``focal_gamma``, and
-    ``box_loss`` ``"l1"`` / ``"smooth_l1"`` (``smooth_l1_beta``) / ``"giou"``) settings; torchvision's
-    names and defaults."""
+    ``box_loss`` ``"l1"`` / ``"smooth_l1"`` (``smooth_l1_beta``) / ``"giou"``, and ``box_loss_weight``,
+    the factor of ``bbox_regression``) settings; torchvision's names and defaults."""
 
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
@@ -56,6 +56,7 @@ class RetinaNetSettings(TransformSettings):
     focal_gamma: float = 2.0
     box_loss: str = "l1"
     smooth_l1_beta: float = 0.11
+    box_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.box_loss not in BOX_LOSSES:
@@ -69,7 +70,8 @@ class RetinaNet(Detector):
         transform: :class:`~segdet.models.detection.transform.DetectionTransform`.
         backbone: ResNet + FPN returning the levels ``P3 .. P7`` (any dict of equally wide maps).
         anchor_generator: anchors of every level, ``A`` per location on each.
-        head: :class:`~.head.RetinaNetHead` with ``K`` classes and ``A`` anchors.
+        head: :class:`~.head.RetinaNetHead` with ``K`` classes and ``A`` anchors, or another head with
+            its interface (per level class logits and box deltas, e.g. EfficientDet's).
         num_classes: ``K``.
         settings: :class:`RetinaNetSettings` (the transform is built from it by the builders).
     """
@@ -81,7 +83,7 @@ class RetinaNet(Detector):
         transform: DetectionTransform,
         backbone: nn.Module,
         anchor_generator: AnchorGenerator,
-        head: RetinaNetHead,
+        head: RetinaNetHead | nn.Module,
         num_classes: int,
         settings: RetinaNetSettings,
     ) -> None:
@@ -119,6 +121,7 @@ class RetinaNet(Detector):
                 gamma=s.focal_gamma,
                 box_loss=s.box_loss,
                 smooth_l1_beta=s.smooth_l1_beta,
+                box_weight=s.box_loss_weight,
             )
             return [], losses
         return self.postprocess(logits, deltas, anchors, level_sizes, batch.image_sizes), {}

@@ -1,0 +1,28 @@
+"""EfficientDet (Tan et al. 2020): EfficientNet + BiFPN + light class / box networks on RetinaNet's
+anchors, focal loss and post-processing."""
+
+from segdet.models.detection.efficientdet.builders import (
+    SCALES,
+    efficientdet_d0,
+    efficientdet_d1,
+    efficientdet_d2,
+    efficientdet_d3,
+    efficientdet_d4,
+    efficientdet_d5,
+    efficientdet_d6,
+    efficientdet_d7,
+)
+from segdet.models.detection.efficientdet.head import EfficientDetHead
+
+__all__ = [
+    "SCALES",
+    "EfficientDetHead",
+    "efficientdet_d0",
+    "efficientdet_d1",
+    "efficientdet_d2",
+    "efficientdet_d3",
+    "efficientdet_d4",
+    "efficientdet_d5",
+    "efficientdet_d6",
+    "efficientdet_d7",
+]
