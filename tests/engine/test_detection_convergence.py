@@ -36,16 +36,18 @@ RETINANET = {
     "max_size": 64,
     "anchor_sizes": [[8, 10, 12], [16, 20, 25], [32, 40, 50], [64, 80, 101], [128, 161, 203]],
 }
-# EfficientDet-D0 with a narrow BiFPN on the 64 px images (padded to 64, not 128), RetinaNet's anchors;
-# stochastic depth off: it only slows memorising.
+# EfficientDet-D0 (its 64-channel width) with 2 BiFPN layers on the 64 px images at 1.5x (padded to 96,
+# not 128: P3 ... P7 of 12² ... 1²), RetinaNet's anchors scaled as the images; stochastic depth off: it
+# only slows memorising. At 64 px the per-level BatchNorms of P5 ... P7 (2², 1², 1², batch 4) see too few
+# values: AP50 0.80-0.97 depending on the learning rate.
 EFFICIENTDET = {
-    "width": 32,
+    "width": 64,
     "bifpn_layers": 2,
     "stochastic_depth_prob": 0.0,
-    "min_size": 64,
-    "max_size": 64,
+    "min_size": 96,
+    "max_size": 96,
     "size_divisible": 32,
-    "anchor_sizes": RETINANET["anchor_sizes"],
+    "anchor_sizes": [[12, 15, 18], [24, 30, 38], [48, 60, 75], [96, 120, 152], [192, 242, 304]],
 }
 # SSDLite at 128 px (its maps 8², 4², 2², 1², 1², 1²; default boxes 0.2..0.95 of the image).
 SSDLITE = {"size": [128, 128]}
@@ -169,13 +171,12 @@ def test_retinanet_overfits_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_efficientdet_overfits_shapes(tmp_path):
-    """EfficientDet-D0 narrowed (EfficientNet-B0 from scratch, a 32-channel BiFPN of 2 layers, RetinaNet's
-    scaled-down anchors), 50 steps at learning rate 0.015, BatchNorm statistics re-estimated after
-    training as for SSDLite: box AP50 0.99 (0.94 at 0.012 and 0.02; 0.98 on one thread; 0.65 after 60
-    steps at 0.004, from scratch the EfficientNet needs the larger rate). It replaces the RetinaNet on a
-    BiFPN of the same width, which reached 0.99 in 40 steps: the same neck, learning here."""
+    """EfficientDet-D0 with 2 BiFPN layers (EfficientNet-B0 from scratch), 60 steps at learning rate 0.01,
+    BatchNorm statistics re-estimated after training as for SSDLite: box AP50 0.97 (0.99 on one thread;
+    0.99 and 0.98 at 0.008 and 0.012). It replaces the RetinaNet on a BiFPN, which reached 0.99 in 40
+    steps: the same neck, learning here."""
     metrics = overfit(
-        tmp_path, "detection", "efficientdet_d0", EFFICIENTDET, steps=50, lr=0.015, precise_bn=True
+        tmp_path, "detection", "efficientdet_d0", EFFICIENTDET, steps=60, lr=0.01, precise_bn=True
     )
     assert metrics["AP50"] >= 0.9, metrics
 

@@ -83,17 +83,23 @@ def test_a_layer_is_the_papers_equations():
 def test_neck_levels_names_and_inputs():
     """``C3 .. C5`` of a 100 x 130 input -> the five levels at strides 8 .. 128, named as the FPN's; a
     level already ``d`` wide enters unchanged (no 1x1 convolution), the others through one; the first
-    layer's inputs ``P6`` and ``P7`` are ``maxpool(L(C5))`` and ``maxpool(P6)`` (exact)."""
+    layer's inputs ``P6`` and ``P7`` are ``maxpool(L(C5))`` and ``maxpool(P6)`` (exact); its bottom-up node
+    of a level entering through a convolution (C5, not C4 already 16 wide) takes it through a second
+    one, ``L'``, the others take the same inputs."""
     neck = BiFPN([8, 16, 24], 16, num_layers=2)
     assert isinstance(neck.laterals[1], nn.Identity) and not isinstance(neck.laterals[0], nn.Identity)
     features = {str(i): torch.randn(1, c, *SIZES[i]) for i, c in enumerate([8, 16, 24])}
     seen = []
-    neck.layers[0].register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    neck.layers[0].register_forward_hook(lambda module, args, output: seen.extend(args))
     out = neck(features)
     assert list(out) == ["0", "1", "2", "p6", "p7"]
     p6 = F.max_pool2d(neck.extra_lateral(features["2"]), 3, stride=2, padding=1)
     assert torch.equal(seen[0][3], p6) and torch.equal(seen[0][4], F.max_pool2d(p6, 3, stride=2, padding=1))
     assert torch.equal(seen[0][1], features["1"])
+    assert list(neck.bottom_up_laterals) == ["2"]
+    assert torch.equal(seen[1][2], neck.bottom_up_laterals["2"](features["2"]))
+    assert all(torch.equal(seen[1][i], seen[0][i]) for i in (0, 1, 3, 4))
+    assert not BiFPN([8, 16, 24], 16, separate_bottom_up_inputs=False).bottom_up_laterals
     assert [tuple(v.shape) for v in out.values()] == [(1, 16, h, w) for h, w in SIZES]
     with pytest.raises(ValueError, match="3 inputs"):
         neck({"0": features["0"]})

@@ -4,8 +4,11 @@ Scalable and Efficient Object Detection", CVPR 2020, sec. 3).
 From backbone features ``C_3 .. C_5`` (strides 8 .. 32) it builds ``P_3 .. P_7``, ``d`` channels each.
 **Inputs** (the paper's code): ``P_k^in = L_k(C_k)`` (a ``1x1`` convolution + norm, only where the widths
 differ), ``P_6^in = maxpool(L_6(C_5))``, ``P_7^in = maxpool(P_6^in)``; ``maxpool`` is ``3x3``, stride
-2, padding 1 (``ceil(H / 2)``, TensorFlow's "same"). Then ``R`` **BiFPN layers** (3 for D0), each
-(paper eq. for level 6, fig. 2d)::
+2, padding 1 (``ceil(H / 2)``, TensorFlow's "same"). In the first layer a backbone level that feeds both
+a top-down and a bottom-up node (``C_4``, ``C_5``) enters the bottom-up one through a second ``1x1``
+convolution of its own, ``L'_k`` (the paper's code, google/automl, and rwightman's ``effdet``: one
+resampling per edge; ``separate_bottom_up_inputs=False`` shares ``L_k``). Then ``R`` **BiFPN layers**
+(3 for D0), each (paper eq. for level 6, fig. 2d)::
 
     P_6^td  = Conv( Fuse(P_6^in, Up(P_7^in)) )                      top-down, from P_7 to P_3
     P_3^out = Conv( Fuse(P_3^in, Up(P_4^td)) )
@@ -75,8 +78,9 @@ class BiFPNLayer(nn.Module):
         )
         self.bottom_up_convs = nn.ModuleList(conv() for _ in range(levels - 1))
 
-    def forward(self, inputs: list[Tensor]) -> list[Tensor]:
-        """``P_l^in`` per level (finest first) -> ``P_l^out`` per level."""
+    def forward(self, inputs: list[Tensor], bottom_up_inputs: list[Tensor] | None = None) -> list[Tensor]:
+        """``P_l^in`` per level (finest first) -> ``P_l^out`` per level; ``bottom_up_inputs`` (first layer
+        only, module docstring) replace ``inputs`` in the bottom-up nodes."""
         levels = len(inputs)
         top_down = [inputs[-1]]  # P_{L-1}^td = P_{L-1}^in
         for i, level in enumerate(range(levels - 2, -1, -1)):
@@ -85,10 +89,11 @@ class BiFPNLayer(nn.Module):
             top_down.append(self.top_down_convs[i](F.silu(fused)))
         top_down.reverse()  # finest first; top_down[0] is P_0^out
 
+        own = inputs if bottom_up_inputs is None else bottom_up_inputs
         outputs = [top_down[0]]
         for i, level in enumerate(range(1, levels)):
             finer = downsample(outputs[-1])
-            parts = [inputs[level], top_down[level], finer] if level < levels - 1 else [inputs[level], finer]
+            parts = [own[level], top_down[level], finer] if level < levels - 1 else [own[level], finer]
             fused = fast_normalized_fusion(parts, self.bottom_up_weights[i])
             outputs.append(self.bottom_up_convs[i](F.silu(fused)))
         return outputs
@@ -105,6 +110,7 @@ class BiFPN(nn.Module):
             (as :class:`~.fpn.LastLevelP6P7`'s).
         norm_layer: after every convolution (``nn.BatchNorm2d``, the paper's; ``None``: none, biases
             instead).
+        separate_bottom_up_inputs: the first layer's ``L'_k`` (module docstring).
 
     ``forward(features)`` takes a dict ordered by increasing stride and returns a dict with the same names
     then the extra levels', ordered the same way (:class:`~.fpn.FeaturePyramidNetwork`'s interface).
@@ -117,6 +123,7 @@ class BiFPN(nn.Module):
         num_layers: int = 3,
         extra_levels: int = 2,
         norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
+        separate_bottom_up_inputs: bool = True,
     ) -> None:
         super().__init__()
         if not in_channels_list or any(c <= 0 for c in in_channels_list):
@@ -133,6 +140,15 @@ class BiFPN(nn.Module):
         self.extra_lateral = lateral(in_channels_list[-1]) if extra_levels else None
         self.extra_levels = extra_levels
         levels = len(in_channels_list) + extra_levels
+        # Levels 1 .. L-2 have a three-input bottom-up node; those entering through a convolution get
+        # a second one there (keyed by level).
+        self.bottom_up_laterals = nn.ModuleDict(
+            {
+                str(level): lateral(c)
+                for level, c in enumerate(in_channels_list)
+                if separate_bottom_up_inputs and 0 < level < levels - 1 and c != out_channels
+            }
+        )
         self.layers = nn.ModuleList(BiFPNLayer(out_channels, levels, norm_layer) for _ in range(num_layers))
         self.out_channels = out_channels
 
@@ -147,6 +163,12 @@ class BiFPN(nn.Module):
                 inputs.append(extra)
                 names.append(f"p{6 + level}")  # the FPN's names (LastLevelP6P7)
                 extra = downsample(extra)
-        for layer in self.layers:
+        raw = list(features.values())
+        bottom_up = [
+            self.bottom_up_laterals[str(level)](raw[level]) if str(level) in self.bottom_up_laterals else x
+            for level, x in enumerate(inputs)
+        ]
+        inputs = self.layers[0](inputs, bottom_up if self.bottom_up_laterals else None)
+        for layer in self.layers[1:]:
             inputs = layer(inputs)
         return dict(zip(names, inputs, strict=True))

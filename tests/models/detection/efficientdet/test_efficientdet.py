@@ -26,10 +26,8 @@ PAPER_PARAMS = (3.9, 6.6, 8.1, 12.0, 20.7, 33.7, 51.9, 51.9)
 
 def test_d0_to_d7_have_the_papers_sizes():
     """Every scale is in MODELS with its table row (backbone, BiFPN width and depth, head depth, input
-    size); the parameter counts for 90 classes are within 2 % of the paper's (built on the meta device:
-    no memory, no initialisation). Ours are 0.2-1.3 % below for D0-D3 and 0.6-1.7 % for D4-D7: the
-    paper's first BiFPN layer has separate 1x1 input convolutions for the bottom-up path (ours feeds
-    one lateral to both), and its numbers are rounded."""
+    size); the parameter counts for 90 classes are within 1 % of the paper's (built on the meta device:
+    no memory, no initialisation). Measured: -0.6 % (D0: 3,877,763, effdet's count exactly) to +0.3 %."""
     for k, paper in enumerate(PAPER_PARAMS):
         name, scale = f"efficientdet_d{k}", SCALES[f"d{k}"]
         assert name in MODELS
@@ -42,7 +40,7 @@ def test_d0_to_d7_have_the_papers_sizes():
             model.transform.min_size == (scale.image_size,) and model.transform.max_size == scale.image_size
         )
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        assert abs(params - paper) <= 0.02 * paper, (name, params, paper)
+        assert abs(params - paper) <= 0.01 * paper, (name, params, paper)
 
 
 def test_head_equals_its_definition():

@@ -1,5 +1,5 @@
 """EfficientDet (Tan et al. 2020): EfficientNet + BiFPN + light class / box networks on RetinaNet's
-anchors, focal loss and post-processing."""
+anchors, focal loss and post-processing; rwightman's ``effdet`` checkpoints load (:mod:`.convert`)."""
 
 from segdet.models.detection.efficientdet.builders import (
     SCALES,
@@ -12,11 +12,13 @@ from segdet.models.detection.efficientdet.builders import (
     efficientdet_d6,
     efficientdet_d7,
 )
+from segdet.models.detection.efficientdet.convert import convert_effdet_state_dict, load_effdet_weights
 from segdet.models.detection.efficientdet.head import EfficientDetHead
 
 __all__ = [
     "SCALES",
     "EfficientDetHead",
+    "convert_effdet_state_dict",
     "efficientdet_d0",
     "efficientdet_d1",
     "efficientdet_d2",
@@ -25,4 +27,5 @@ __all__ = [
     "efficientdet_d5",
     "efficientdet_d6",
     "efficientdet_d7",
+    "load_effdet_weights",
 ]

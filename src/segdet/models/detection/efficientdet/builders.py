@@ -32,6 +32,10 @@ truncated to integers, < 1 px from the paper's).
 RetinaNet's smooth-L1 loss with ``β = 0.1`` summed over the coordinates and divided by ``F``:
 ``box_loss="smooth_l1"``, ``smooth_l1_beta=0.1``, ``box_loss_weight=1.25``.
 
+**BatchNorm** in the BiFPN and the head: ``eps = 0.001`` (the paper's code, TensorFlow's default;
+the EfficientNet keeps torchvision's); momentum PyTorch's 0.1 rather than the paper's 0.01 (TensorFlow's
+0.99), which suits its 300-epoch runs but leaves short runs' running statistics behind the weights.
+
 **Input**: the longer side resized to the input size, padded to a multiple of 128 (the P7 stride: every
 level is then exactly half the one before; the paper pads to the square). At most 100 detections an
 image (the paper's).
@@ -47,6 +51,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
 
 from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.backbone_fpn import BackboneWithFPN, efficientnet_body
@@ -80,6 +87,7 @@ SCALES: dict[str, EfficientDetScale] = {
     "d7": EfficientDetScale("efficientnet_b6", 384, 8, 5, 1536),
 }
 EFFICIENTNETS = tuple(f"efficientnet_b{k}" for k in range(8))
+NORM = partial(nn.BatchNorm2d, eps=1e-3)  # the BiFPN's and the head's (module docstring)
 
 
 def _builder(phi: str):
@@ -126,11 +134,10 @@ def _builder(phi: str):
             stochastic_depth_prob=stochastic_depth_prob,
         )
         in_channels = [body.out_channels[name] for name in body.out_features]
-        net = BackboneWithFPN(body, width, neck=BiFPN(in_channels, width, bifpn_layers))
+        net = BackboneWithFPN(body, width, neck=BiFPN(in_channels, width, bifpn_layers, norm_layer=NORM))
         anchors = AnchorGenerator(anchor_sizes, aspect_ratios)
-        head = EfficientDetHead(
-            width, anchors.num_anchors_per_location()[0], num_classes, head_depth, 5, prior_probability
-        )
+        num_anchors = anchors.num_anchors_per_location()[0]
+        head = EfficientDetHead(width, num_anchors, num_classes, head_depth, 5, prior_probability, NORM)
         return RetinaNet(settings.transform(), net, anchors, head, num_classes, settings)
 
     name = f"efficientdet_{phi}"

@@ -2,12 +2,12 @@
 Detection", CVPR 2020, sec. 4.1 and fig. 3).
 
 RetinaNet's two subnets (:mod:`..retinanet.head`) made light: each of the ``D_class`` layers is a
-depthwise-separable ``3x3`` convolution (depthwise ``3x3``, then pointwise ``1x1`` with bias), a
-BatchNorm and a swish (SiLU); the predictor is a separable convolution to ``K A`` class logits or ``4 A``
-box deltas. As in RetinaNet the convolutions are shared by the levels ``P3 .. P7``; unlike it, every
-level has **its own BatchNorms** (the paper's code, and rwightman's ``effdet``): the levels' statistics
-differ (coarse levels see larger, sparser objects), and one shared BatchNorm would normalise each level
-with a mixture of all of them.
+depthwise-separable ``3x3`` convolution (depthwise ``3x3``, then pointwise ``1x1``, no bias: the
+BatchNorm's shift replaces it), a BatchNorm and a swish (SiLU); the predictor is a separable convolution
+(pointwise with bias) to ``K A`` class logits or ``4 A`` box deltas. As in RetinaNet the convolutions are
+shared by the levels ``P3 .. P7``; unlike it, every level has **its own BatchNorms** (the paper's code,
+and rwightman's ``effdet``): the levels' statistics differ (coarse levels see larger, sparser objects),
+and one shared BatchNorm would normalise each level with a mixture of all of them.
 
 Initialisation: the hidden convolutions keep PyTorch's default (each is followed by a BatchNorm); the
 predictors' weights are ``N(0, 0.01²)`` with bias 0, except the classifier's bias ``-log((1 - π) / π)``,
@@ -21,6 +21,7 @@ background with probability 0.99.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +35,14 @@ def _separable(in_channels: int, out_channels: int) -> ConvNormAct:
     return ConvNormAct(in_channels, out_channels, 3, separable=True, norm_layer=None, activation=None)
 
 
+def _separable_without_bias(channels: int) -> nn.Sequential:
+    """Depthwise ``3x3`` then pointwise ``1x1``, neither with a bias (a BatchNorm follows)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 1, bias=False),
+    )
+
+
 class EfficientDetSubnet(nn.Module):
     """``depth`` x (separable conv, the level's BatchNorm, swish), then a separable predictor of
     ``outputs`` channels (module docstring).
@@ -41,13 +50,20 @@ class EfficientDetSubnet(nn.Module):
     Parameters: ``convs.{i}`` (shared by the levels), ``norms.{level}.{i}``, ``predictor``.
     """
 
-    def __init__(self, channels: int, outputs: int, depth: int, levels: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        outputs: int,
+        depth: int,
+        levels: int,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         if depth < 1 or levels < 1:
             raise ValueError(f"need depth >= 1 and levels >= 1, got {depth}, {levels}")
-        self.convs = nn.ModuleList(_separable(channels, channels) for _ in range(depth))
+        self.convs = nn.ModuleList(_separable_without_bias(channels) for _ in range(depth))
         self.norms = nn.ModuleList(
-            nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(depth)) for _ in range(levels)
+            nn.ModuleList(norm_layer(channels) for _ in range(depth)) for _ in range(levels)
         )
         self.predictor = _separable(channels, outputs)
         pointwise = self.predictor[1]
@@ -76,6 +92,8 @@ class EfficientDetHead(nn.Module):
         depth: ``D_class``, layers per network (3 for D0-D2, 4 for D3-D5, 5 for D6-D7).
         levels: pyramid levels (5: ``P3 .. P7``), each with its own BatchNorms.
         prior_probability: ``π`` of the classifier's bias.
+        norm_layer: the per-level normalisation (``nn.BatchNorm2d``; EfficientDet's builders give it the
+            paper's ``eps = 0.001``).
     """
 
     def __init__(
@@ -86,10 +104,11 @@ class EfficientDetHead(nn.Module):
         depth: int = 3,
         levels: int = 5,
         prior_probability: float = PRIOR_PROBABILITY,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.class_net = EfficientDetSubnet(channels, num_anchors * num_classes, depth, levels)
-        self.box_net = EfficientDetSubnet(channels, num_anchors * 4, depth, levels)
+        self.class_net = EfficientDetSubnet(channels, num_anchors * num_classes, depth, levels, norm_layer)
+        self.box_net = EfficientDetSubnet(channels, num_anchors * 4, depth, levels, norm_layer)
         prior = -math.log((1 - prior_probability) / prior_probability)
         nn.init.constant_(self.class_net.predictor[1].bias, prior)
         self.num_classes = num_classes
