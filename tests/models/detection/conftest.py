@@ -101,6 +101,27 @@ def randomize_batchnorm(model: nn.Module, images: list[torch.Tensor], seed: int)
     model.train(was_training)
 
 
+@torch.no_grad()
+def random_batchnorm(module: nn.Module, seed: int) -> None:
+    """Every ``nn.BatchNorm2d`` of ``module`` with random statistics and affine parameters (``gamma ~
+    U(0.75, 1.25)``, ``beta ~ N(0, 0.1²)``, ``mu ~ N(0, 0.1²)``, ``sigma² ~ U(0.75, 1.25)``): a parity or
+    folding test then fails if a BatchNorm is mapped or folded wrongly."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+
+
+@pytest.fixture
+def random_batchnorm_fn():
+    """:func:`random_batchnorm`."""
+    return random_batchnorm
+
+
 @pytest.fixture
 def detector_helpers():
     """``(structured_image, randomize_batchnorm)``."""

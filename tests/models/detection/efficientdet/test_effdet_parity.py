@@ -24,20 +24,10 @@ from segdet.models.detection.efficientdet.convert import convert_effdet_state_di
 
 with warnings.catch_warnings():  # effdet scripts a few functions with torch.jit, which warns
     warnings.simplefilter("ignore")
+    # installed by `.[dev]` (CI); a machine without it (the offline GPU one) skips with this reason
+    pytest.importorskip("effdet", reason="effdet (the reference, in segdet[dev]) is not installed")
     from effdet import create_model
     from effdet.anchors import Anchors
-
-
-@torch.no_grad()
-def _randomise_batchnorm(model: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
 
 
 def _slot_pairs(theirs: nn.Module, ours: nn.Module) -> list[int]:
@@ -52,11 +42,11 @@ def _slot_pairs(theirs: nn.Module, ours: nn.Module) -> list[int]:
     return pairs
 
 
-def test_effdet_d0_converts_to_the_same_network(tmp_path):
+def test_effdet_d0_converts_to_the_same_network(tmp_path, random_batchnorm_fn):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = create_model("efficientdet_d0", pretrained=False, pretrained_backbone=False, num_classes=90)
-    _randomise_batchnorm(theirs, 0)
+    random_batchnorm_fn(theirs, 0)
     theirs.eval()
     ours = build("efficientdet_d0", 90).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())

@@ -14,19 +14,6 @@ from segdet.models.necks import BiFPN
 SMALL = {"backbone": "resnet18", "fpn_channels": 32, "neck": "bifpn", "min_size": 96, "max_size": 128}
 
 
-def _randomise_batchnorm(module: nn.Module, seed: int) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters in ``module``."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-
-
 def test_retinanet_on_a_bifpn_trains_every_parameter():
     """``neck="bifpn"``: finite losses; every trainable parameter (fusion weights included) has a
     gradient after one step; an unknown neck is refused."""
@@ -43,7 +30,7 @@ def test_retinanet_on_a_bifpn_trains_every_parameter():
         build("retinanet_resnet50_fpn", 3, backbone="resnet18", neck="panet")
 
 
-def test_folded_bifpn_keeps_detections(detector_helpers, paired_detections):
+def test_folded_bifpn_keeps_detections(detector_helpers, paired_detections, random_batchnorm_fn):
     """BatchNorm folded into the separable convolutions (``fuse_for_inference``, without NNPACK) gives the
     same detections, paired: in float64 to 1e-8 (the folding is exact algebra; in float32 its rounding,
     through three BiFPN layers and the heads, moves boxes of ~100 px by ~1e-4 px). Random weights with
@@ -51,7 +38,7 @@ def test_folded_bifpn_keeps_detections(detector_helpers, paired_detections):
     structured_image, _ = detector_helpers
     torch.manual_seed(0)
     model = build("retinanet_resnet50_fpn_v2", 3, score_thresh=0.0, **SMALL)
-    _randomise_batchnorm(model.backbone.fpn, 3)
+    random_batchnorm_fn(model.backbone.fpn, 3)
     g = torch.Generator().manual_seed(1)
     images = [structured_image(96, 128, g).double(), structured_image(100, 90, g).double()]
     model.double().eval()
