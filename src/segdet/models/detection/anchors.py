@@ -81,6 +81,10 @@ class AnchorGenerator(nn.Module):
     Args:
         sizes: per level, the anchor sizes (square roots of the areas) in pixels.
         aspect_ratios: per level, the ratios ``h / w``.
+        cell_anchors: per level, the base anchors ``[A_l, 4]`` to use instead of :func:`base_anchors`
+            (another design's, e.g. EfficientDet's centred and unrounded ones,
+            :mod:`segdet.models.detection.efficientdet.anchors`); ``sizes`` and ``aspect_ratios`` then
+            only describe them.
 
     It has no parameters or state-dict entries; the grids are cached per (grid sizes, strides, device,
     dtype) in the instance. The returned tensors are shared with the cache: do not modify them in place.
@@ -90,6 +94,7 @@ class AnchorGenerator(nn.Module):
         self,
         sizes: Sequence[Sequence[float]] = FPN_SIZES,
         aspect_ratios: Sequence[Sequence[float]] = FPN_ASPECT_RATIOS,
+        cell_anchors: Sequence[Tensor] | None = None,
     ) -> None:
         super().__init__()
         if len(sizes) != len(aspect_ratios):
@@ -98,15 +103,19 @@ class AnchorGenerator(nn.Module):
             raise ValueError("every level needs at least one size and one aspect ratio")
         self.sizes = tuple(tuple(s) for s in sizes)
         self.aspect_ratios = tuple(tuple(r) for r in aspect_ratios)
-        self.cell_anchors = [base_anchors(s, r) for s, r in zip(self.sizes, self.aspect_ratios, strict=True)]
+        if cell_anchors is None:
+            cell_anchors = [base_anchors(s, r) for s, r in zip(self.sizes, self.aspect_ratios, strict=True)]
+        elif len(cell_anchors) != len(sizes):
+            raise ValueError(f"{len(cell_anchors)} levels of cell anchors for {len(sizes)} levels of sizes")
+        self.cell_anchors = list(cell_anchors)
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}"
 
     def num_anchors_per_location(self) -> list[int]:
-        """``A_l = |sizes_l| · |aspect_ratios_l|`` for each level."""
-        return [len(s) * len(r) for s, r in zip(self.sizes, self.aspect_ratios, strict=True)]
+        """``A_l`` for each level (``|sizes_l| · |aspect_ratios_l|`` for :func:`base_anchors`)."""
+        return [len(cell) for cell in self.cell_anchors]
 
     def grid_anchors(
         self,

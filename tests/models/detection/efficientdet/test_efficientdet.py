@@ -156,3 +156,25 @@ def test_folded_efficientdet_keeps_detections(detector_helpers, paired_detection
     left = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert left and all(n.startswith("head.") for n in left), sorted(left)[:3]
     paired_detections(fused, plain, atol=1e-8, label_shift=0)
+
+
+def test_anchors_by_hand():
+    """EfficientDet's cell anchors on P3 (stride 8, ``anchor_scale`` 4): centred on the cell (4, 4),
+    unrounded, scale-major; the first four by hand (1e-5): size 32 with (1, 1), (1.4, 0.7), (0.7, 1.4),
+    then size 32 x 2^(1/3) with (1, 1). Nine per location on each of the five levels."""
+    from segdet.models.detection.efficientdet.anchors import efficientdet_anchors, efficientdet_cell_anchors
+
+    cell = efficientdet_cell_anchors(8)
+    big = 32 * 2 ** (1 / 3) / 2
+    expected = torch.tensor(
+        [
+            [-12.0, -12, 20, 20],
+            [-18.4, -7.2, 26.4, 15.2],
+            [-7.2, -18.4, 15.2, 26.4],
+            [4 - big, 4 - big, 4 + big, 4 + big],
+        ]
+    )
+    torch.testing.assert_close(cell[:4], expected, rtol=0, atol=1e-5)
+    anchors = efficientdet_anchors()
+    assert anchors.num_anchors_per_location() == [9] * 5
+    torch.testing.assert_close(anchors.cell_anchors[4], efficientdet_cell_anchors(128))

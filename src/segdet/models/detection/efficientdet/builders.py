@@ -1,10 +1,11 @@
 """EfficientDet-D0 ... D7 (Tan, Pang, Le, "EfficientDet: Scalable and Efficient Object Detection", CVPR
 2020): an EfficientNet backbone, a BiFPN and the class / box networks, all scaled together.
 
-Composition (nothing of its own but the head): EfficientNet-B``k`` ``C3 .. C5``
+Composition (nothing of its own but the head and the anchors): EfficientNet-B``k`` ``C3 .. C5``
 (:class:`~segdet.models.backbones.EfficientNetBackbone`) -> :class:`~segdet.models.necks.BiFPN` (``P3 ..
 P7``, ``W`` channels, ``D_bifpn`` layers) -> :class:`~.head.EfficientDetHead` (``D_class`` separable
-layers) -> :class:`~segdet.models.detection.retinanet.RetinaNet`'s anchors, focal loss, decoding and NMS.
+layers) on its anchors (:mod:`.anchors`) -> :class:`~segdet.models.detection.retinanet.RetinaNet`'s focal
+loss, decoding and NMS.
 
 **Compound scaling** (paper sec. 4.2, table 1; ``φ`` = 0 ... 7): ``W = 64 · 1.35^φ`` (rounded as the
 paper's table), ``D_bifpn = 3 + φ``, ``D_class = 3 + ⌊φ / 3⌋``, input ``512 + 128 φ``:
@@ -22,9 +23,8 @@ D6    B6          384   8        5        1280
 D7    B6          384   8        5        1536
 ====  ==========  ====  =======  =======  =====
 
-**Anchors**: per level 3 scales ``2^0, 2^(1/3), 2^(2/3)`` of ``4 x stride`` (the paper's code's
-``anchor_scale = 4``: 32 px on P3 ... 512 on P7) and 3 aspect ratios; these are RetinaNet's (its sizes
-truncated to integers, < 1 px from the paper's).
+**Anchors**: the paper's code's (:mod:`.anchors`): per level 3 octave scales of ``4 x stride`` (32 px on
+P3 ... 512 on P7) x the aspect pairs ``(1, 1), (1.4, 0.7), (0.7, 1.4)``, centred on the cells.
 
 **Loss** (the paper's code): the focal loss with ``α = 0.25``, ``γ = 1.5`` (not 2); the Huber loss
 ``h_δ`` of the deltas, ``δ = 0.1``, weighted by 50 and averaged over the ``4 F`` coordinates of the
@@ -55,10 +55,9 @@ from functools import partial
 
 from torch import nn
 
-from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.backbone_fpn import BackboneWithFPN, efficientnet_body
+from segdet.models.detection.efficientdet.anchors import ASPECTS, efficientdet_anchors
 from segdet.models.detection.efficientdet.head import EfficientDetHead
-from segdet.models.detection.retinanet.builders import RATIOS, RETINANET_SIZES
 from segdet.models.detection.retinanet.head import PRIOR_PROBABILITY
 from segdet.models.detection.retinanet.model import RetinaNet, RetinaNetSettings
 from segdet.models.detection.settings import check_num_classes, pretrained_defaults, with_settings
@@ -115,16 +114,14 @@ def _builder(phi: str):
         width: int = scale.width,
         bifpn_layers: int = scale.bifpn_layers,
         head_depth: int = scale.head_depth,
-        anchor_sizes: Sequence[Sequence[int]] = RETINANET_SIZES,
-        aspect_ratios: Sequence[Sequence[float]] = (RATIOS,) * 5,
+        anchor_scale: float = 4.0,
+        aspects: Sequence[Sequence[float]] = ASPECTS,
         prior_probability: float = PRIOR_PROBABILITY,
         settings: RetinaNetSettings,
     ) -> RetinaNet:
         check_num_classes(num_classes)
         if backbone not in EFFICIENTNETS:
             raise ValueError(f"backbone must be one of {EFFICIENTNETS}, got {backbone!r}")
-        if len(anchor_sizes) != 5 or len(aspect_ratios) != 5:
-            raise ValueError("anchor_sizes and aspect_ratios need one entry per level P3..P7 (5)")
         trainable, frozen = pretrained_defaults(backbone_weights, trainable_layers, frozen_bn, 5)
         body = efficientnet_body(
             backbone.removeprefix("efficientnet_"),
@@ -135,7 +132,7 @@ def _builder(phi: str):
         )
         in_channels = [body.out_channels[name] for name in body.out_features]
         net = BackboneWithFPN(body, width, neck=BiFPN(in_channels, width, bifpn_layers, norm_layer=NORM))
-        anchors = AnchorGenerator(anchor_sizes, aspect_ratios)
+        anchors = efficientdet_anchors(anchor_scale, aspects=[(float(x), float(y)) for x, y in aspects])
         num_anchors = anchors.num_anchors_per_location()[0]
         head = EfficientDetHead(width, num_anchors, num_classes, head_depth, 5, prior_probability, NORM)
         return RetinaNet(settings.transform(), net, anchors, head, num_classes, settings)
@@ -147,9 +144,8 @@ def _builder(phi: str):
         f" depth {scale.head_depth}, {scale.image_size} px (module docstring; Tan et al. 2020).\n\n"
         "    Options: ``backbone`` (efficientnet_b0..b7), ``backbone_weights``, ``trainable_layers`` (0-5),"
         " ``frozen_bn``, ``stochastic_depth_prob`` (0.2), ``width``, ``bifpn_layers``, ``head_depth`` (the"
-        " scale's),"
-        " ``anchor_sizes`` / ``aspect_ratios`` per level, ``prior_probability`` (0.01), and the"
-        " RetinaNetSettings fields."
+        " scale's), ``anchor_scale`` (4) and ``aspects`` (``(w, h)`` pairs) of the anchors,"
+        " ``prior_probability`` (0.01), and the RetinaNetSettings fields."
     )
     return build
 

@@ -18,13 +18,9 @@ Renaming (``effdet`` -> ours):
 * head: ``conv_rep.{i}`` -> ``convs.{i}``, ``bn_rep.{i}.{level}.bn`` -> ``norms.{level}.{i}``,
   ``predict`` -> ``predictor``.
 
-Output channels of the predictors are reordered: ``effdet`` lays out its ``A = 9`` anchors of a location
-scale-major (``for octave: for aspect in (1, 1), (1.4, 0.7), (0.7, 1.4)``), ours ratio-major (ratios
-``h / w`` of 0.5, 1, 2, then the scales: torchvision's :class:`~..anchors.AnchorGenerator` order), and its
-box deltas are ``(t_y, t_x, t_h, t_w)`` where ours are ``(t_x, t_y, t_w, t_h)``. What stays different:
-its anchors ``4 x stride x 2^(i/3)`` wide with sides ``x (1.4, 0.7)``, ours torchvision's (integer sizes,
-sides ``x (√2, 1/√2)``, rounded to whole pixels): the networks agree exactly, decoded boxes of the same
-deltas by up to ~2 % of their size.
+The anchors are the same (:mod:`.anchors`: effdet's, in its scale-major order), so the class predictor
+is copied as it is; the box predictor's output channels are reordered, since effdet's deltas are
+``(t_y, t_x, t_h, t_w)`` and ours ``(t_x, t_y, t_w, t_h)``.
 """
 
 from __future__ import annotations
@@ -39,9 +35,6 @@ from segdet.models.detection.convert import check_and_load
 from segdet.models.detection.retinanet.model import RetinaNet
 from segdet.models.weights import load_state_dict
 
-# effdet's anchor slot (octave s, aspect a) = 3 s + a with aspects (1, 1), (1.4, 0.7) = h/w 0.5,
-# (0.7, 1.4) = h/w 2; ours: ratio r in (0.5, 1, 2) then scale s, slot 3 r + s.
-_EFFDET_ASPECT_OF_OUR_RATIO = (1, 0, 2)
 _DELTAS_YX_TO_XY = (1, 0, 3, 2)
 
 _STEM = {"conv_stem": "features.0.0", "bn1": "features.0.1"}
@@ -110,25 +103,20 @@ def _head_key(key: str) -> str | None:
     return f"head.{net}.predictor.{_SEPARABLE_CONV[module]}.{tensor}"
 
 
-def _reorder_outputs(value: Tensor, per_anchor: int, coordinates: tuple[int, ...] | None) -> Tensor:
-    """effdet's predictor output channels (``9 x per_anchor``, slot scale-major) in our order."""
-    slots = [3 * s + _EFFDET_ASPECT_OF_OUR_RATIO[r] for r in range(3) for s in range(3)]
-    grouped = value.reshape(9, per_anchor, *value.shape[1:])[slots]
-    if coordinates is not None:
-        grouped = grouped[:, list(coordinates)]
-    return grouped.reshape(value.shape)
+def _deltas_in_xy_order(value: Tensor) -> Tensor:
+    """effdet's box predictor output channels (anchor-major, ``(t_y, t_x, t_h, t_w)`` each) in ours."""
+    per_anchor = value.reshape(-1, 4, *value.shape[1:])
+    return per_anchor[:, list(_DELTAS_YX_TO_XY)].reshape(value.shape)
 
 
 def convert_effdet_state_dict(state: Mapping[str, Tensor], levels: int = 5) -> dict[str, Tensor]:
-    """An ``effdet`` EfficientDet state dict with our keys and predictor channel order (module
-    docstring). Keys it cannot place are kept as they are, for the strict load to report."""
+    """An ``effdet`` EfficientDet state dict with our keys and box-delta order (module docstring). Keys
+    it cannot place are kept as they are, for the strict load to report."""
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         ours = _backbone_key(key) or _fpn_key(key, levels) or _head_key(key) or key
-        if ours.startswith(("head.class_net.predictor.1.", "head.box_net.predictor.1.")):
-            per_anchor = value.shape[0] // 9
-            box = ours.startswith("head.box_net")
-            value = _reorder_outputs(value, per_anchor, _DELTAS_YX_TO_XY if box else None)
+        if ours.startswith("head.box_net.predictor.1."):
+            value = _deltas_in_xy_order(value)
         converted[ours] = value
     return converted
 
@@ -138,7 +126,7 @@ def load_effdet_weights(model: RetinaNet, source: object) -> None:
     :func:`~.builders.efficientdet_d0` ... built with the checkpoint's ``num_classes`` (90 for COCO).
     Strict: a mismatch raises a one-line :class:`~segdet.errors.DataError`."""
     if model.anchor_generator.num_anchors_per_location() != [9] * 5:
-        raise ValueError("effdet checkpoints need 3 scales x 3 aspect ratios on each of 5 levels")
+        raise ValueError("effdet checkpoints need 3 scales x 3 aspects on each of 5 levels (the default)")
     state = load_state_dict(source)
     with torch.no_grad():
         check_and_load(model, convert_effdet_state_dict(state), str(source))
