@@ -12,6 +12,11 @@ Unlike torchvision's :func:`~..anchors.base_anchors`: centred on the cell (not i
 rounded to whole pixels, ``(1.4, 0.7)`` pairs (area 0.98 size², where a ratio ``h / w = 0.5`` keeps
 size²), scale-major. They are given to :class:`~..anchors.AnchorGenerator` as its cell anchors, so the
 grid, the order of locations and the cache are the shared ones.
+
+The centre offset ``s / 2`` is the nominal stride's: exact when the padded input is a multiple of 128
+(the builders' ``size_divisible``). With a smaller multiple a coarse level's measured stride (input
+size // map size, e.g. 48 for a 2 x 2 P6 of a 96 px input) differs from ``2^l`` and its anchors sit off
+the cells' centres by up to half a stride.
 """
 
 from __future__ import annotations
