@@ -164,16 +164,12 @@ class DetectionTask:
         from segdet.models.build import build_from_config
 
         model = build_from_config(self.cfg.model.name, self.num_classes, self.cfg.model.kwargs)
-        if self.cfg.model.weights and self.cfg.model.name.startswith("efficientdet_"):
-            # torchvision has no EfficientDet: its released weights are effdet's (converted to our keys).
-            from segdet.models.detection.efficientdet.convert import load_effdet_weights
+        if self.cfg.model.weights:
+            # Whole-detector weights: torchvision's released files or names, effdet's for an EfficientDet
+            # (converted to our keys).
+            from segdet.models.detection.convert import load_detector_weights
 
-            load_effdet_weights(model, self.cfg.model.weights)
-        elif self.cfg.model.weights:
-            # Whole-detector weights: torchvision's released files or names (converted to our keys).
-            from segdet.models.detection.convert import load_torchvision_weights
-
-            load_torchvision_weights(model, self.cfg.model.weights)
+            load_detector_weights(model, self.cfg.model.weights)
         return model
 
     def train_dataset(self) -> Dataset:

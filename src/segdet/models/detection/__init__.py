@@ -15,7 +15,7 @@ from segdet.models.detection.centernet import (
     centernet_resnet18,
     centernet_resnet50,
 )
-from segdet.models.detection.convert import from_torchvision, load_torchvision_weights
+from segdet.models.detection.convert import from_torchvision, load_detector_weights, load_torchvision_weights
 from segdet.models.detection.detector import Detector
 from segdet.models.detection.efficientdet import (
     efficientdet_d0,
@@ -106,6 +106,7 @@ __all__ = [
     "fasterrcnn_resnet101_fpn",
     "fastrcnn_resnet50_c4",
     "from_torchvision",
+    "load_detector_weights",
     "load_torchvision_weights",
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",

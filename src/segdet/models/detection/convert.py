@@ -78,6 +78,19 @@ def load_torchvision_weights(model: nn.Module, source: object, *, bn_eps: float 
     raise SegdetError(f"no torchvision weights for a {type(model).__name__}")
 
 
+def load_detector_weights(model: nn.Module, source: object) -> None:
+    """Whole-detector weights in the released format of ``model``'s design: ``effdet``'s checkpoints for
+    an EfficientDet (torchvision has none; :func:`~.efficientdet.convert.load_effdet_weights`),
+    torchvision's otherwise (:func:`load_torchvision_weights`)."""
+    from segdet.models.detection.efficientdet.convert import load_effdet_weights
+    from segdet.models.detection.efficientdet.head import EfficientDetHead
+
+    if isinstance(getattr(model, "head", None), EfficientDetHead):
+        load_effdet_weights(model, source)
+    else:
+        load_torchvision_weights(model, source)
+
+
 def transform_options(transform: nn.Module) -> dict[str, object]:
     """The :class:`~.settings.TransformSettings` fields of torchvision's ``GeneralizedRCNNTransform``
     (one that resizes by ``min_size`` / ``max_size``)."""

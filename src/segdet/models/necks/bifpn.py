@@ -163,12 +163,13 @@ class BiFPN(nn.Module):
                 inputs.append(extra)
                 names.append(f"p{6 + level}")  # the FPN's names (LastLevelP6P7)
                 extra = downsample(extra)
-        raw = list(features.values())
-        bottom_up = [
-            self.bottom_up_laterals[str(level)](raw[level]) if str(level) in self.bottom_up_laterals else x
-            for level, x in enumerate(inputs)
-        ]
-        inputs = self.layers[0](inputs, bottom_up if self.bottom_up_laterals else None)
+        bottom_up = None
+        if self.bottom_up_laterals:
+            bottom_up = list(inputs)
+            raw = list(features.values())
+            for level, lateral in self.bottom_up_laterals.items():
+                bottom_up[int(level)] = lateral(raw[int(level)])
+        inputs = self.layers[0](inputs, bottom_up)
         for layer in self.layers[1:]:
             inputs = layer(inputs)
         return dict(zip(names, inputs, strict=True))

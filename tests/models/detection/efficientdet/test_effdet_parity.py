@@ -20,6 +20,7 @@ from torch import nn
 
 from segdet.errors import DataError
 from segdet.models import build
+from segdet.models.detection.convert import load_detector_weights
 from segdet.models.detection.efficientdet.convert import convert_effdet_state_dict, load_effdet_weights
 
 with warnings.catch_warnings():  # effdet scripts a few functions with torch.jit, which warns
@@ -79,14 +80,15 @@ def test_effdet_d0_converts_to_the_same_network(tmp_path, random_batchnorm_fn):
 
 
 def test_a_mismatched_checkpoint_is_one_clear_error(tmp_path):
-    """An effdet D1 checkpoint into our D0: one DataError line naming the file and the mismatch."""
+    """An effdet D1 checkpoint into our D0 through ``load_detector_weights`` (``model.weights``): one
+    DataError line naming the file and the mismatch, from the effdet conversion (every key placed)."""
     theirs = _effdet("efficientdet_d1")
     path = tmp_path / "effdet_d1.pth"
     torch.save(theirs.state_dict(), path)
     with torch.device("meta"):
         ours = build("efficientdet_d0", 90)
     with pytest.raises(DataError, match=r"effdet_d1\.pth") as error:
-        load_effdet_weights(ours, path)
+        load_detector_weights(ours, path)  # what model.weights calls: effdet's format for an EfficientDet
     assert "\n" not in str(error.value) and "keys" in str(error.value)
     assert not [
         k for k in convert_effdet_state_dict(theirs.state_dict()) if not k.startswith(("backbone.", "head."))

@@ -161,7 +161,8 @@ def test_folded_efficientdet_keeps_detections(detector_helpers, paired_detection
 def test_anchors_by_hand():
     """EfficientDet's cell anchors on P3 (stride 8, ``anchor_scale`` 4): centred on the cell (4, 4),
     unrounded, scale-major; the first four by hand (1e-5): size 32 with (1, 1), (1.4, 0.7), (0.7, 1.4),
-    then size 32 x 2^(1/3) with (1, 1). Nine per location on each of the five levels."""
+    then size 32 x 2^(1/3) with (1, 1); P7's first, size 512 around (64, 64). Nine per location on each of
+    the five levels."""
     from segdet.models.detection.efficientdet.anchors import efficientdet_anchors, efficientdet_cell_anchors
 
     cell = efficientdet_cell_anchors(8)
@@ -177,4 +178,5 @@ def test_anchors_by_hand():
     torch.testing.assert_close(cell[:4], expected, rtol=0, atol=1e-5)
     anchors = efficientdet_anchors()
     assert anchors.num_anchors_per_location() == [9] * 5
-    torch.testing.assert_close(anchors.cell_anchors[4], efficientdet_cell_anchors(128))
+    # P7 (stride 128): size 512 centred on (64, 64)
+    torch.testing.assert_close(anchors.cell_anchors[4][0], torch.tensor([-192.0, -192, 320, 320]))

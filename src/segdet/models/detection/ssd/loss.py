@@ -83,10 +83,11 @@ def ssd_loss(
     ce = cross_entropy_loss(logits.reshape(-1, num_classes), class_targets.reshape(-1), reduction="none")
     ce = ce.view(matched.shape)
     # Hard negatives: rank each image's background boxes by their loss (matched boxes last).
-    negative_loss = ce.detach().masked_fill(foreground | (matched == BETWEEN_THRESHOLDS), float("-inf"))
+    neutral = matched == BETWEEN_THRESHOLDS
+    negative_loss = ce.detach().masked_fill(foreground | neutral, float("-inf"))
     rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
-    hard_negative = rank < neg_to_pos_ratio * foreground.sum(dim=1, keepdim=True)
-    hard_negative &= matched != BETWEEN_THRESHOLDS
+    # Ranked last, a neutral box could still fall within 3 P_i in an image with few negatives.
+    hard_negative = (rank < neg_to_pos_ratio * foreground.sum(dim=1, keepdim=True)) & ~neutral
     num = max(1, int(foreground.sum()))
     return {
         "bbox_regression": box_loss / num,
