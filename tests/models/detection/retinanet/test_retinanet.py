@@ -180,3 +180,28 @@ def test_one_hot_focal_loss_equals_general_focal_loss(gamma):
     (grad_expected,) = torch.autograd.grad(expected, logits)
     (grad_got,) = torch.autograd.grad(got, logits)
     torch.testing.assert_close(grad_got, grad_expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("topk_per", ["level", "image"])
+def test_topk_candidates_per_level_or_per_image(topk_per):
+    """``RetinaNet.postprocess`` by hand: two levels of 3 and 2 anchors, 2 classes, ``topk_candidates=2``,
+    far-apart anchors (no NMS), threshold 0.05. Per level: level 0's two best pairs and level 1's two
+    above the threshold; per image (EfficientDet's): the two best of all, both on level 0."""
+    with torch.device("meta"):
+        model = build("retinanet_resnet50_fpn", 2, topk_candidates=2, topk_per=topk_per, score_thresh=0.05)
+    anchors = torch.tensor(
+        [[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10], [80, 0, 90, 10]]
+    )
+    probabilities = torch.tensor([[0.9, 0.01], [0.8, 0.7], [0.01, 0.02], [0.6, 0.01], [0.02, 0.5]])
+    logits = torch.logit(probabilities)[None]
+    got = model.postprocess(logits, torch.zeros(1, 5, 4), anchors, [3, 2], [(100, 100)])[0]
+    expected = [0.9, 0.8, 0.6, 0.5] if topk_per == "level" else [0.9, 0.8]
+    torch.testing.assert_close(got["scores"], torch.tensor(expected))
+    anchor_of = {0.9: 0, 0.8: 1, 0.6: 3, 0.5: 4}
+    torch.testing.assert_close(got["boxes"], anchors[[anchor_of[s] for s in expected]])
+    assert got["labels"].tolist() == [0, 0, 0, 1][: len(expected)]
+
+
+def test_topk_per_must_be_level_or_image():
+    with pytest.raises(ValueError, match="topk_per"):
+        build("retinanet_resnet50_fpn", 2, topk_per="class")

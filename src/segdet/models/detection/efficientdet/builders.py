@@ -37,8 +37,12 @@ the EfficientNet keeps torchvision's); momentum PyTorch's 0.1 rather than the pa
 0.99), which suits its 300-epoch runs but leaves short runs' running statistics behind the weights.
 
 **Input**: the longer side resized to the input size, padded to a multiple of 128 (the P7 stride: every
-level is then exactly half the one before; the paper pads to the square). At most 100 detections an
-image (the paper's).
+level is then exactly half the one before; the paper pads to the square).
+
+**Inference** (rwightman's ``effdet``, after the paper's code): the 5000 best (anchor, class) pairs of
+all levels together (``topk_per="image"``, ``topk_candidates=5000``) with no score threshold
+(``score_thresh=0``), decoded, clipped, hard NMS 0.5 per class, at most 100 detections an image (the
+paper's code defaults to Gaussian soft-NMS instead).
 
 Every builder takes ``num_classes`` (object classes, no background), the options below and the
 :class:`~segdet.models.detection.retinanet.RetinaNetSettings` fields. ``backbone_weights`` loads ImageNet
@@ -102,6 +106,9 @@ def _builder(phi: str):
         smooth_l1_beta=0.1,
         box_loss_weight=1.25,
         detections_per_img=100,
+        topk_per="image",
+        topk_candidates=5000,
+        score_thresh=0.0,
     )
     def build(
         num_classes: int,

@@ -12,7 +12,9 @@ level (``K A`` class logits and ``4 A`` deltas per location, ``A = 9`` anchors: 
 all levels' candidates merged and NMS at ``nms_thresh`` (0.5) per class; the ``detections_per_img``
 best remain (torchvision's 300; the paper's 100). Equal to torchvision's ``RetinaNet`` (same weights and
 settings: detections to 1e-4, losses to 1e-5), with every step batched over the images
-(:mod:`~segdet.models.detection.postprocess`).
+(:mod:`~segdet.models.detection.postprocess`). ``topk_per="image"`` takes the ``topk_candidates`` best
+pairs of all levels together instead (EfficientDet's code: 5000, no score threshold; equal to rwightman's
+``effdet``).
 
 Labels are the dataset's ``0 .. K-1`` throughout (``label_offset = 0``): the sigmoid classifier has no
 background class.
@@ -30,7 +32,12 @@ from segdet.models.detection.detector import Detector
 from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import Matcher, match_to_targets
-from segdet.models.detection.postprocess import image_bounds, select_detections, topk_per_level
+from segdet.models.detection.postprocess import (
+    image_bounds,
+    select_detections,
+    topk_above,
+    topk_per_level,
+)
 from segdet.models.detection.retinanet.head import RetinaNetHead
 from segdet.models.detection.retinanet.loss import BOX_LOSSES, retinanet_loss
 from segdet.models.detection.settings import TransformSettings
@@ -41,7 +48,8 @@ from segdet.ops import BoxCoder
 @dataclass(frozen=True)
 class RetinaNetSettings(TransformSettings):
     """Transform (the :class:`~segdet.models.detection.settings.TransformSettings` fields), inference
-    (``score_thresh``, ``topk_candidates`` per level, ``nms_thresh``, ``detections_per_img``) and training
+    (``score_thresh``, ``topk_candidates`` per level or per image (``topk_per`` ``"level"`` / ``"image"``),
+    ``nms_thresh``, ``detections_per_img``) and training
     (``fg_iou_thresh``, ``bg_iou_thresh``, the focal loss's ``focal_alpha``, ``focal_gamma``, and
     ``box_loss`` ``"l1"`` / ``"smooth_l1"`` (``smooth_l1_beta``) / ``"giou"``, and ``box_loss_weight``,
     the factor of ``bbox_regression``) settings; torchvision's names and defaults."""
@@ -50,6 +58,7 @@ class RetinaNetSettings(TransformSettings):
     nms_thresh: float = 0.5
     detections_per_img: int = 300
     topk_candidates: int = 1000
+    topk_per: str = "level"
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
     focal_alpha: float = 0.25
@@ -61,6 +70,8 @@ class RetinaNetSettings(TransformSettings):
     def __post_init__(self) -> None:
         if self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
+        if self.topk_per not in ("level", "image"):
+            raise ValueError(f"topk_per must be 'level' or 'image', got {self.topk_per!r}")
 
 
 class RetinaNet(Detector):
@@ -141,8 +152,11 @@ class RetinaNet(Detector):
         num_images, _, num_classes = logits.shape
         # Candidates are (anchor, class) pairs, index anchor * K + class, level by level.
         scores = torch.sigmoid(logits).reshape(num_images, -1)
-        level_pairs = [n * num_classes for n in level_sizes]
-        values, index, valid, _ = topk_per_level(scores, level_pairs, s.topk_candidates, s.score_thresh)
+        if s.topk_per == "level":
+            level_pairs = [n * num_classes for n in level_sizes]
+            values, index, valid, _ = topk_per_level(scores, level_pairs, s.topk_candidates, s.score_thresh)
+        else:
+            values, index, valid = topk_above(scores, s.topk_candidates, s.score_thresh)
         image = torch.arange(num_images, device=logits.device)[:, None].expand_as(index)[valid]
         values, index = values[valid], index[valid]
         anchor, label = index // num_classes, index % num_classes
