@@ -5,9 +5,8 @@
 # Here, first (from the project root, with the venv active):
 #   ../shared/tools/offline-bundle.sh pennfudan,camvid,coco128
 #   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .offline/whl \
-#       segmentation-models-pytorch==0.6.0
-# (effdet, the EfficientDet reference of segdet[dev], is left out: its omegaconf needs an sdist-only
-# antlr4 runtime; tests/models/detection/efficientdet/test_effdet_parity.py then skips with that reason)
+#       segmentation-models-pytorch==0.6.0 effdet==0.4.1 omegaconf==2.4.0
+# (smp and effdet are the references of segdet[dev]; timm is on the machine; omegaconf 2.4 needs no antlr4)
 # then, through the device tool: run `bash benchmarks/gpu_checks.sh` with carry [".offline"].
 # Outputs (at most 8 files) go to $OUT (default ./gpu-checks): pytest.log, agreement.log, pennfudan.log,
 # throughput.log, detection.log, segmentation.log, profile.log.

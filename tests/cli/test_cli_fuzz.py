@@ -204,6 +204,7 @@ COMMANDS = [
     ["metrics", "voc", "--gt", "{a}", "--dt", "{b}"],
     ["metrics", "seg", "--gt", "{a}", "--pred", "{b}", "--num-classes", "3"],
     ["proposals", "{a}", "--cache", "{b}", "--num", "1", "--no-progress"],
+    ["export", "{a}", "--out", "{b}"],
 ]
 
 
