@@ -1,15 +1,17 @@
-"""Speed of an exported segmentation model (``segdet export``) against the same model in PyTorch, in one
-run: ONNX Runtime (CPU) on the ``.onnx`` file and ``torch.export.load`` of the ``.pt2`` program, against
-PyTorch eager as ``segdet predict`` runs it (BatchNorm folded, :func:`prepare_for_inference`) and unfused.
+"""Speed of an exported model (``segdet export``) against the same model in PyTorch, in one run: ONNX
+Runtime (CPU) on the ``.onnx`` file and ``torch.export.load`` of the ``.pt2`` program, against PyTorch
+eager as ``segdet predict`` runs it (BatchNorm folded, :func:`prepare_for_inference`) and unfused.
 
-Each exported file is written by :func:`segdet.engine.export.export_segmenter` (so it passed its own check
-against PyTorch), for dynamic sizes. Timed interleaved (each variant in turn, ``--repeats`` rounds, the
-median) on a batch of ``--batch`` random ``H x W`` images (``--size H W``, default CamVid's 720 x 960), on
-``--threads`` threads for PyTorch and ONNX Runtime alike. The model: a checkpoint (``--checkpoint``) or a
-built model with random weights (``--model``, ``--backbone``, ``--num-classes``). Ratios are to eager
-folded (< 1: faster than what ``segdet predict`` runs). Run::
+Each exported file is written by :mod:`segdet.engine.export` (so it passed its own check against
+PyTorch): a segmentation model for dynamic sizes, a detector for ``--size``. Timed interleaved (each
+variant in turn, ``--repeats`` rounds, the median) on a batch of ``--batch`` random ``H x W`` images
+(``--size H W``, default CamVid's 720 x 960; a detector: one image), on ``--threads`` threads for PyTorch
+and ONNX Runtime alike. The model: a checkpoint (``--checkpoint``) or a built segmentation model with
+random weights (``--model``, ``--backbone``, ``--num-classes``). Ratios are to eager folded (< 1: faster
+than what ``segdet predict`` runs). Run::
 
     python benchmarks/export.py --model unet_backbone --backbone resnet34 --repeats 5
+    python benchmarks/export.py --checkpoint RUN/last.safetensors --size 512 512   # e.g. a detector
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from segdet.engine.export import SegmentationGraph, export_segmenter
+from segdet.engine.export import DetectionGraph, SegmentationGraph, export_detector, export_segmenter
 from segdet.engine.inference import load_trained, prepare_for_inference
 from segdet.engine.perf import tune_malloc
 from segdet.models import build
+from segdet.models.detection.detector import Detector
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
@@ -53,20 +56,25 @@ def main() -> None:
     import onnxruntime
 
     model = _model(args)
-    plain = SegmentationGraph(model).eval()
-    folded = SegmentationGraph(prepare_for_inference(copy.deepcopy(model), fuse=True, device_type="cpu"))
+    detector = isinstance(model, Detector)
+    graph = DetectionGraph if detector else SegmentationGraph
+    plain = graph(model).eval()
+    folded = graph(prepare_for_inference(copy.deepcopy(model), fuse=True, device_type="cpu")).eval()
+    size = tuple(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file, pt2_file = Path(tmp) / "model.onnx", Path(tmp) / "model.pt2"
         start = time.perf_counter()
-        export_segmenter(model, onnx_file)
-        onnx_seconds = time.perf_counter() - start
-        export_segmenter(model, pt2_file)
+        for path in (onnx_file, pt2_file):
+            export_detector(model, path, size) if detector else export_segmenter(model, path)
+            if path == onnx_file:
+                onnx_seconds = time.perf_counter() - start
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads
         session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         program = torch.export.load(pt2_file).module()
 
-    images = torch.rand(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0))
+    batch = 1 if detector else args.batch
+    images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     variants: dict[str, Callable[[], object]] = {
         "PyTorch eager, folded (segdet predict)": lambda: folded(images),
         "PyTorch eager, unfused": lambda: plain(images),
@@ -84,7 +92,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times[next(iter(variants))])
     print(
-        f"{args.checkpoint or args.model} ({args.backbone}), batch {args.batch} x {args.size[0]} x "
+        f"{args.checkpoint or f'{args.model} ({args.backbone})'}, batch {batch} x {args.size[0]} x "
         f"{args.size[1]}, {args.threads} threads, median of {args.repeats}; "
         f"ONNX export took {onnx_seconds:.1f} s"
     )

@@ -98,7 +98,9 @@ def overfit(
     steps: int = STEPS,
     lr: float = 0.001,
     precise_bn: bool = False,
+    trained: list | None = None,
 ) -> dict[str, float]:
+    """The metrics after training; ``trained`` (a list) receives ``(model, task)``."""
     torch.manual_seed(0)
     images = shapes.generate(tmp_path / "shapes", 4, seed=0, size=64)
     cfg = from_dict(
@@ -129,8 +131,26 @@ def overfit(
         precise_batchnorm(net, batch)
     net.eval()
     loader = DataLoader(det.val_dataset(), batch_size=4, collate_fn=det.val_collate)
+    if trained is not None:
+        trained.append((net, det))
     with torch.no_grad():
         return det.evaluate(net, loader, torch.device("cpu"))
+
+
+def assert_exports_as_trained(net, det: DetectionTask, path) -> None:
+    """``segdet export``'s graph of the trained ``net`` (to ``path``: .onnx or .pt2), traced on the first
+    image, detects on each of the four what ``net`` detects (paired: ``compare_detections``, boxes within
+    1e-2 px, scores 1e-4); the images have detections to compare."""
+    from segdet.engine.export import compare_detections, export_detector, load_exported
+
+    images = [det.val_dataset()[i][0].as_subclass(torch.Tensor) for i in range(4)]
+    export_detector(net, path, tuple(images[0].shape[-2:]), images[0])
+    run = load_exported(path)
+    with torch.no_grad():
+        for i, image in enumerate(images):
+            d = net([image])[0]
+            check = compare_detections((d["boxes"], d["scores"], d["labels"]), run(image[None]), f"image {i}")
+            assert check.ok and len(d["scores"]) > 0, check.summary
 
 
 @pytest.mark.opencv_contrib
@@ -165,8 +185,13 @@ def test_mask_rcnn_overfits_shapes(trained_detector, tmp_path):
 
 @pytest.mark.slow
 def test_retinanet_overfits_shapes(tmp_path):
-    metrics = overfit(tmp_path, "detection", "retinanet_resnet50_fpn_v2", RETINANET, steps=50, lr=0.003)
+    """Then exported to a torch.export program (segdet export), which detects as the trained model."""
+    trained = []
+    metrics = overfit(
+        tmp_path, "detection", "retinanet_resnet50_fpn_v2", RETINANET, steps=50, lr=0.003, trained=trained
+    )
     assert metrics["AP50"] >= 0.9, metrics
+    assert_exports_as_trained(*trained[0], tmp_path / "retinanet.pt2")
 
 
 @pytest.mark.slow
@@ -192,8 +217,11 @@ def test_ssdlite_overfits_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_yolov1_overfits_shapes(tmp_path):
-    metrics = overfit(tmp_path, "detection", "yolov1", YOLOV1, steps=150, lr=0.001)
+    """Then exported to ONNX (segdet export), which detects as the trained model on the four images."""
+    trained = []
+    metrics = overfit(tmp_path, "detection", "yolov1", YOLOV1, steps=150, lr=0.001, trained=trained)
     assert metrics["AP50"] >= 0.9, metrics
+    assert_exports_as_trained(*trained[0], tmp_path / "yolov1.onnx")
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_onnx_export_predicts_as_segdet_predict(trained_segmenter, tmp_path, cap
     out = tmp_path / "model.onnx"
     assert main(["export", str(trained_segmenter), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("checked on") == 2 and "multiples of 32" in printed
+    assert printed.count("checked against PyTorch on") == 2 and "multiples of 32" in printed
 
     trained = load_trained(trained_segmenter)
     images, targets = _held_out(trained)
@@ -85,11 +85,11 @@ def test_pt2_export_at_a_fixed_size(tiny_segmentation_run, tmp_path):
 
 
 def test_a_wrong_export_writes_nothing(tiny_segmentation_run, tmp_path, monkeypatch):
-    """A graph whose checks fail (logits off by more than the tolerance: simulated by a check that
-    reports 1.0) leaves no file, neither the output nor the partial one."""
-    monkeypatch.setattr(export, "_check", lambda graph, path, fmt, shape: export.ExportCheck(shape, 1.0, 1.0))
+    """A graph whose checks fail (simulated: every check reports a failure) leaves no file, neither the
+    output nor the partial one, and says which check failed."""
+    monkeypatch.setattr(export, "_check_segmentation", lambda *args: export.Check(False, "on 1x3x32x32: bad"))
     model = load_trained(tiny_segmentation_run / "last.safetensors").model
-    with pytest.raises(SegdetError, match="differ"):
+    with pytest.raises(SegdetError, match="differs from the model on 1x3x32x32: bad"):
         export.export_segmenter(model, tmp_path / "model.pt2", (32, 32))
     assert list(tmp_path.iterdir()) == []
 
@@ -112,10 +112,14 @@ def test_bad_requests_are_one_line_errors(tiny_segmentation_run, tmp_path, capsy
     assert (tmp_path / "exists.onnx").read_text() == "a user's file"
 
 
-def test_a_detector_is_refused_with_the_reason(trained_detector, tmp_path, capsys):
+def test_a_two_stage_detector_is_refused_with_the_reason(trained_detector, tmp_path, capsys):
     assert main(["export", str(trained_detector), "--out", str(tmp_path / "d.onnx")]) == 1
     error = capsys.readouterr().err
-    assert "segmentation checkpoints" in error and "'instance'" in error and "NMS" in error
+    assert (
+        "maskrcnn_resnet50_fpn is not exported yet" in error
+        and "RoI pooling" in error
+        and error.count("\n") == 1
+    )
     assert not (tmp_path / "d.onnx").exists()
 
 
@@ -126,3 +130,55 @@ def test_missing_onnx_packages_are_named(tiny_segmentation_run, tmp_path, capsys
         == 1
     )
     assert "needs onnxscript: pip install 'segdet[export]'" in capsys.readouterr().err
+
+
+def test_a_detector_through_the_command(tmp_path, capsys):
+    """``segdet export`` of a YOLO v1 checkpoint (1/8 width, random weights, no score threshold so that
+    it detects) to ``.pt2`` with ``--image``: its default size (the model's 64 x 64), both checks
+    printed, and the program gives the model's detections on that image exactly (``torch.export.load``
+    runs PyTorch's kernels). Trained detectors: the convergence tests of RetinaNet and YOLO v1."""
+    import numpy as np
+    from PIL import Image
+
+    from segdet.engine.checkpoint import save_checkpoint
+    from segdet.engine.config import from_dict, to_dict
+    from segdet.models import build
+
+    options = {"width": 0.125, "fc_channels": 64, "size": [64, 64], "score_thresh": 0.0}
+    cfg = from_dict(
+        {"task": "detection", "name": "r", "output_dir": str(tmp_path), "model": {"name": NAME, **options}}
+    )
+    torch.manual_seed(0)
+    model = build(NAME, 3, **options).eval()
+    checkpoint = tmp_path / "yolo.safetensors"
+    save_checkpoint(
+        checkpoint,
+        {
+            "model": model.state_dict(),
+            "config": to_dict(cfg),
+            "classes": ["a", "b", "c"],
+            "epoch": 1,
+            "task": "detection",
+        },
+    )
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    out = tmp_path / "yolo.pt2"
+    assert main(["export", str(checkpoint), "--out", str(out), "--image", str(tmp_path / "image.png")]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "float32 1 x 3 x 64 x 64" in printed
+        and "on the traced image" in printed
+        and "on a blank image" in printed
+    )
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(64, 64), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        expected = model(image)[0]
+        boxes, scores, labels = torch.export.load(out).module()(image)
+    assert len(scores) > 10
+    assert torch.equal(boxes, expected["boxes"]) and torch.equal(scores, expected["scores"])
+    assert torch.equal(labels, expected["labels"])
+
+
+NAME = "yolov1"

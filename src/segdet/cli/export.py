@@ -1,9 +1,7 @@
-"""``segdet export CHECKPOINT [--out FILE.onnx|FILE.pt2] [--size H W]``: a trained segmentation model as
+"""``segdet export CHECKPOINT [--out FILE.onnx|FILE.pt2] [--size H W] [--image PATH]``: a trained model as
 an ONNX file or a ``torch.export`` program that runs without segdet (:mod:`segdet.engine.export`: the
-graph's inputs and outputs, the sizes it takes, and the check of the written file against PyTorch).
-
-Detection checkpoints are refused with the reason: their post-processing (top-k above a threshold, NMS,
-a cap per image) yields data-dependent sizes that neither exporter traces yet.
+graphs' inputs and outputs, the sizes they take, which detectors, and the check of the written file
+against PyTorch).
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from segdet.cli.paths import add_overwrite, output_file, path_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=path_arg, help="a segmentation run's .safetensors checkpoint")
+    parser.add_argument("checkpoint", type=path_arg, help="a .safetensors checkpoint of segdet train")
     parser.add_argument(
         "--out",
         type=path_arg,
@@ -26,41 +24,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="a graph for exactly this image size (default: any batch and any H, W that are multiples of 32)",
+        help="the image size the graph takes (segmentation default: any batch and any H, W that are "
+        "multiples of 32; detectors take one image of one size, default: the model's own input size)",
+    )
+    parser.add_argument(
+        "--image",
+        type=path_arg,
+        help="detectors: an image to trace and check the export on (resized to the size; default: a "
+        "random smooth image, on which a trained detector may find nothing to compare)",
     )
     add_overwrite(parser, "the --out file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from segdet.engine.export import export_format, export_segmenter, require_onnx
+    from segdet.engine import export
     from segdet.engine.inference import load_trained
     from segdet.errors import SegdetError
 
     out = args.out or args.checkpoint.with_suffix(".onnx")
-    if export_format(out) == "onnx":
-        require_onnx()  # before the model is loaded
+    if export.export_format(out) == "onnx":
+        export.require_onnx()  # before the model is loaded
     if args.size is not None and min(args.size) < 1:
         raise SegdetError(f"--size must be positive, got {args.size[0]} {args.size[1]}")
-    output_file(out, overwrite=args.overwrite, sources=[args.checkpoint])
+    output_file(out, overwrite=args.overwrite, sources=[args.checkpoint, args.image])
     trained = load_trained(args.checkpoint, "cpu")  # the EMA weights where the run kept them, as eval
-    if trained.task != "segmentation":
-        raise SegdetError(
-            f"{args.checkpoint}: segdet export takes segmentation checkpoints; this one is {trained.task!r}, "
-            "whose post-processing (top-k, NMS, a cap per image) has data-dependent sizes the exporters "
-            "cannot trace yet"
-        )
-    exported = export_segmenter(trained.model, out, None if args.size is None else tuple(args.size))
-    shape = (
-        f"N x 3 x {exported.size[0]} x {exported.size[1]}"
-        if exported.size
-        else f"N x 3 x H x W, H and W multiples of {exported.divisor}"
-    )
+    size = None if args.size is None else (args.size[0], args.size[1])
+    if trained.task == "segmentation":
+        exported = export.export_segmenter(trained.model, out, size)
+        batch, outputs = "N", "logits float32 N x K x H x W, labels int64 N x H x W (argmax)"
+    else:
+        problem = export.detector_export_problem(trained.model, trained.config.model.name)
+        if problem:
+            raise SegdetError(f"{args.checkpoint}: {problem}")
+        image = None
+        if args.image is not None:
+            from segdet.data.io import load_image
+
+            image = load_image(args.image).float() / 255
+        size = size or export.default_detection_size(trained.model)
+        exported = export.export_detector(trained.model, out, size, image)
+        batch = "1"
+        outputs = "boxes float32 D x 4 (xyxy pixels), scores float32 D, labels int64 D (the classes' index)"
+    sides = f"{size[0]} x {size[1]}" if size else f"H x W, H and W multiples of {exported.divisor}"
     print(f"wrote {out} ({exported.format}): {len(trained.classes)} classes {trained.classes}")
-    print(f"  input  images: float32 {shape}, RGB in [0, 1] (normalised inside)")
-    print("  output logits: float32 N x K x H x W; labels: int64 N x H x W (argmax)")
+    print(f"  input  images: float32 {batch} x 3 x {sides}, RGB in [0, 1] (normalised inside)")
+    print(f"  output {outputs}")
     for check in exported.checks:
-        print(
-            f"  checked on {'x'.join(map(str, check.shape))}: largest logit difference "
-            f"{check.max_logit_difference:.2e} against PyTorch, {100 * check.equal_labels:.3f} % equal labels"
-        )
+        print(f"  checked against PyTorch {check.summary}")
     return 0

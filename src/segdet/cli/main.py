@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("segdet.cli.predict", "run a trained checkpoint on images: label PNGs and overlays"),
     "export": (
         "segdet.cli.export",
-        "a trained segmentation model as an ONNX file or a torch.export program (checked against PyTorch)",
+        "a trained model as an ONNX file or a torch.export program (checked against PyTorch)",
     ),
     "metrics": ("segdet.cli.metrics", "evaluate predictions: COCO / VOC detection AP, segmentation IoU"),
     "models": ("segdet.cli.models", "list the models with parameter counts and GFLOPs"),

@@ -46,6 +46,29 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return torchvision.ops.nms(boxes, scores, iou_threshold)
 
 
+@torch.library.custom_op("segdet::nms", mutates_args=())
+def exportable_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """:func:`nms` as the op ``segdet::nms``, which ``segdet export`` traces: torchvision's own
+    ``torchvision::nms`` declares to the tracer that it keeps at least 2 boxes (its fake kernel's
+    ``create_unbacked_symint``), so an exported graph would assert that at run time and fail on an image
+    with 0 or 1 detection. ONNX: ``NonMaxSuppression`` (:func:`onnx_translations`)."""
+    return torchvision.ops.nms(boxes, scores, iou_threshold)
+
+
+@exportable_nms.register_fake
+def _(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    kept = torch.library.get_ctx().new_dynamic_size()  # any count from 0
+    return boxes.new_empty(kept, dtype=torch.int64)
+
+
+def onnx_translations() -> dict:
+    """``torch.onnx.export``'s ``custom_translation_table`` for segdet's ops: ``segdet::nms`` as
+    onnxscript's translation of ``torchvision::nms`` (one ``NonMaxSuppression``)."""
+    from onnxscript.function_libs.torch_lib.ops.vision import torchvision_nms
+
+    return {torch.ops.segdet.nms.default: torchvision_nms}
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Class-wise hard NMS (``torchvision.ops.batched_nms``): boxes with different ``idxs`` never
     suppress each other.
@@ -58,7 +81,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Returns:
         int64 ``[K]`` indices of the kept boxes, by decreasing score.
+
+    While ``torch.export`` traces (``segdet export``), one ``nms`` call on boxes shifted apart per group
+    (torchvision's coordinate trick, without its branches on the number of boxes, which a traced graph
+    cannot take): the same selection, the exported graph's one NonMaxSuppression.
     """
+    if torch.compiler.is_exporting():
+        largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # 0 when there are no boxes
+        shifts = idxs.to(boxes.dtype) * (largest + 1)
+        return exportable_nms(boxes + shifts[:, None], scores, iou_threshold)
     return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
 
 

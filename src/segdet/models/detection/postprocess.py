@@ -102,8 +102,11 @@ def select_detections(
     # batched_nms separates groups by shifting each one by group * (max coordinate + 1); with groups
     # (image, class) these shifts reach ~1e6 px, where float32 would round boxes by ~0.06 px and change
     # IoUs near the threshold. In float64 the shift is exact to ~1e-10 px.
+    # (segdet export traces it in float32: ONNX's NonMaxSuppression takes nothing else; torchvision's own
+    # batched_nms shifts float32 boxes too.)
     groups = images * num_labels + labels
-    keep = batched_nms(boxes.double(), scores.double(), groups, nms_thresh)  # by decreasing score
+    exact = torch.float32 if torch.compiler.is_exporting() else torch.float64
+    keep = batched_nms(boxes.to(exact), scores.to(exact), groups, nms_thresh)  # by decreasing score
     return best_per_image(keep, boxes, scores, labels, images, num_images, detections_per_img, extras)
 
 
@@ -124,17 +127,27 @@ def best_per_image(
     first dimension is the ``R`` candidates, e.g. YOLACT's mask coefficients), its rows, all by
     decreasing score.
     """
-    device = boxes.device
-    # Group by image keeping the score order (stable sort), then keep each image's best ones.
-    keep = keep[torch.sort(images[keep], stable=True).indices]
-    per_image = torch.bincount(images[keep], minlength=num_images)
-    starts = torch.cumsum(per_image, 0) - per_image
-    rank = torch.arange(len(keep), device=device) - starts[images[keep]]
-    keep = keep[rank < detections_per_img]
-
-    counts = torch.bincount(images[keep], minlength=num_images).tolist()
     columns = {"boxes": boxes, "scores": scores, "labels": labels, **(extras or {})}
-    split = {name: values[keep].split(counts) for name, values in columns.items()}
+    if num_images == 1:  # already in score order
+        keep = keep[:detections_per_img]
+    else:
+        # Group by image keeping the score order (stable sort), then keep each image's best ones.
+        keep = keep[torch.sort(images[keep], stable=True).indices]
+        per_image = torch.bincount(images[keep], minlength=num_images)
+        starts = torch.cumsum(per_image, 0) - per_image
+        rank = torch.arange(len(keep), device=boxes.device) - starts[images[keep]]
+        keep = keep[rank < detections_per_img]
+    return split_by_image(images[keep], num_images, {name: values[keep] for name, values in columns.items()})
+
+
+def split_by_image(images: Tensor, num_images: int, columns: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """The rows of ``columns`` (grouped image by image; ``images`` ``[R]`` the image of each row) as one
+    dict per image. One image takes no split: nothing with a data-dependent size for ``segdet export``
+    to trace (which exports one image at a time)."""
+    if num_images == 1:
+        return [dict(columns)]
+    counts = torch.bincount(images, minlength=num_images).tolist()
+    split = {name: values.split(counts) for name, values in columns.items()}
     return [{name: parts[i] for name, parts in split.items()} for i in range(num_images)]
 
 

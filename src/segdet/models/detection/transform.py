@@ -236,15 +236,17 @@ class DetectionTransform(nn.Module):
         """
         if not detections:
             return detections
-        counts = [len(d["boxes"]) for d in detections]
-        boxes = torch.cat([d["boxes"] for d in detections])
-        device = boxes.device
+        device = detections[0]["boxes"].device
         ratios = axis_ratios(
             torch.as_tensor(list(image_sizes), device=device).reshape(-1, 2),
             torch.as_tensor(list(original_sizes), device=device).reshape(-1, 2),
         )
-        per_box = ratios.repeat_interleave(torch.as_tensor(counts, device=device), dim=0)
-        scaled = (boxes * per_box).split(counts)
+        if len(detections) == 1:  # no sizes to split by (and none that torch.export must trace)
+            scaled = [detections[0]["boxes"] * ratios]
+        else:
+            counts = [len(d["boxes"]) for d in detections]
+            per_box = ratios.repeat_interleave(torch.as_tensor(counts, device=device), dim=0)
+            scaled = torch.cat([d["boxes"] for d in detections]).mul(per_box).split(counts)
         results = []
         for det, image_boxes, size in zip(detections, scaled, original_sizes, strict=True):
             det = dict(det, boxes=image_boxes)

@@ -24,7 +24,7 @@ from segdet.models.detection.centernet.targets import RADIUS_RULES, center_targe
 from segdet.models.detection.detector import Detector
 from segdet.models.detection.head_outputs import in_float32
 from segdet.models.detection.image_list import ImageList
-from segdet.models.detection.postprocess import image_bounds
+from segdet.models.detection.postprocess import image_bounds, split_by_image
 from segdet.models.detection.settings import TransformSettings
 
 
@@ -121,10 +121,4 @@ class CenterNet(Detector):
             heatmap.sigmoid(), size, offset, self.stride, s.detections_per_img, s.score_thresh
         )
         boxes = torch.minimum(boxes.clamp(min=0), image_bounds(image_sizes, image, boxes.dtype))
-        counts = torch.bincount(image, minlength=heatmap.shape[0]).tolist()
-        return [
-            {"boxes": b, "scores": sc, "labels": lab}
-            for b, sc, lab in zip(
-                boxes.split(counts), scores.split(counts), labels.split(counts), strict=True
-            )
-        ]
+        return split_by_image(image, heatmap.shape[0], {"boxes": boxes, "scores": scores, "labels": labels})
