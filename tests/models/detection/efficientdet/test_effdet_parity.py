@@ -62,6 +62,7 @@ def test_anchors_and_decoded_boxes_are_effdets():
 
 
 def test_effdet_d0_converts_to_the_same_network(tmp_path, random_batchnorm_fn):
+    torch.manual_seed(0)  # effdet initialises from the global generator
     theirs = _effdet("efficientdet_d0")
     random_batchnorm_fn(theirs, 0)
     theirs.eval()
@@ -87,7 +88,9 @@ def test_effdet_d0_gives_the_same_detections(
     """``model(images)`` (our transform, head, top 5000 pairs of all levels, clipping, NMS, 100 a image)
     against ``DetBenchPredict`` on the same two 512 x 512 images, normalised for it by hand (it takes
     normalised input): every one of the 100 detections per image paired with one of the same class (its
-    labels 1 ... 90, ours 0 ... 89), box and score within 1e-3."""
+    labels 1 ... 90, ours 0 ... 89), box and score within 1e-3. Seeded: effdet initialises from torch's
+    global generator, whose state would otherwise depend on the tests run before (xdist's order)."""
+    torch.manual_seed(0)
     theirs = _effdet("efficientdet_d0")
     random_batchnorm_fn(theirs, 0)
     with torch.no_grad():  # spread the class logits: at its init all scores tie at ~0.016 (the prior)
@@ -106,7 +109,7 @@ def test_effdet_d0_gives_the_same_detections(
         got = ours(images)
         rows = bench(torch.stack([(image - mean) / std for image in images]), info)
     expected = [{"boxes": r[:, :4], "scores": r[:, 4], "labels": r[:, 5].long()} for r in rows]
-    assert all(len(d["boxes"]) == 100 and len(d["labels"].unique()) > 3 for d in got)
+    assert all(len(d["boxes"]) == 100 and len(d["scores"].unique()) > 90 for d in got)  # not tied
     paired_detections(got, expected, atol=1e-3, label_shift=1)
 
 
