@@ -137,6 +137,24 @@ def overfit(
         return det.evaluate(net, loader, torch.device("cpu"))
 
 
+def assert_default_inference_keeps_ap(net, det: DetectionTask, metrics: dict[str, float]) -> None:
+    """``segdet eval``'s default path on the trained ``net`` (a copy: BatchNorm folded, channels-last
+    for these depthwise models, :func:`segdet.engine.inference.prepare_for_inference`) scores the box
+    AP and AP50 of the model as trained within 0.002 (#10's bound)."""
+    import copy
+
+    from segdet.engine.inference import prepare_for_inference
+
+    fast = prepare_for_inference(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
+    assert next(fast.backbone.parameters()).is_contiguous(memory_format=torch.channels_last)
+    loader = DataLoader(det.val_dataset(), batch_size=4, collate_fn=det.val_collate)
+    with torch.no_grad():
+        default = det.evaluate(fast, loader, torch.device("cpu"))
+    for key in ("AP", "AP50"):
+        assert abs(default[key] - metrics[key]) <= 0.002, (key, default, metrics)
+
+
 def assert_exports_as_trained(net, det: DetectionTask, tmp_path, capsys) -> None:
     """The trained ``net`` saved as a checkpoint and put through ``segdet export --image`` (its first
     image) to a ``.pt2`` program, which detects on each of the four images exactly what ``net`` detects
@@ -210,19 +228,31 @@ def test_efficientdet_overfits_shapes(tmp_path):
     BatchNorm statistics re-estimated after training as for SSDLite: box AP50 1.0 (1.0 and 0.99 at 0.008
     and 0.012; with torchvision's rounded, cell-corner anchors instead of the paper's it needed 60 steps
     for 0.97). It replaces the RetinaNet on a BiFPN, which reached 0.99 in 40 steps: the same neck,
-    learning here."""
+    learning here. Its default inference (folded, channels-last) scores the same AP."""
+    trained = []
     metrics = overfit(
-        tmp_path, "detection", "efficientdet_d0", EFFICIENTDET, steps=40, lr=0.01, precise_bn=True
+        tmp_path,
+        "detection",
+        "efficientdet_d0",
+        EFFICIENTDET,
+        steps=40,
+        lr=0.01,
+        precise_bn=True,
+        trained=trained,
     )
     assert metrics["AP50"] >= 0.9, metrics
+    assert_default_inference_keeps_ap(*trained[0], metrics)
 
 
 @pytest.mark.slow
 def test_ssdlite_overfits_shapes(tmp_path):
+    """Its default inference (folded, channels-last) scores the same AP."""
+    trained = []
     metrics = overfit(
-        tmp_path, "detection", "ssdlite320_mobilenet_v3_large", SSDLITE, steps=60, lr=0.003, precise_bn=True
+        tmp_path, "detection", "ssdlite320_mobilenet_v3_large", SSDLITE, 60, 0.003, True, trained
     )
     assert metrics["AP50"] >= 0.9, metrics
+    assert_default_inference_keeps_ap(*trained[0], metrics)
 
 
 @pytest.mark.slow

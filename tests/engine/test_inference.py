@@ -60,9 +60,20 @@ def test_bf16_is_opt_in_and_close():
         prepare_for_inference(model, precision="int8")
 
 
-def test_channels_last_is_chosen_for_dense_convolutions_only():
+def test_channels_last_is_chosen_unless_depthwise_convolutions_are_dilated_5_or_more():
+    """The default layout (segdet.models.memory_format, measured on a 2-core AVX2 host): channels-last for
+    dense and depthwise convolutions, NCHW when a depthwise one is dilated 5 or more (DeepLabv3+'s
+    separable ASPP at rates 6, 12, 18); depthwise detectors run channels-last, not on NNPACK."""
+    from segdet.models.memory_format import channels_last_pays
+    from segdet.ops.nnpack_conv import NNPACKConv2d
+
+    def is_channels_last(conv: nn.Conv2d) -> bool:
+        return conv.weight.is_contiguous(memory_format=torch.channels_last)
+
     dense = prepare_for_inference(build("unet_backbone", num_classes=2, backbone="resnet18"))
-    assert dense.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+    assert is_channels_last(dense.classifier)
+    depthwise = prepare_for_inference(build("unet_backbone", num_classes=2, backbone="mobilenet_v3_small"))
+    assert is_channels_last(depthwise.classifier)
     separable = build(
         "deeplabv3plus",
         num_classes=2,
@@ -72,7 +83,15 @@ def test_channels_last_is_chosen_for_dense_convolutions_only():
         separable=True,
     )
     prepare_for_inference(separable)
-    assert not separable.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not is_channels_last(separable.backbone.conv1)
+    detector = prepare_for_inference(build("efficientdet_d0", num_classes=2, width=16, bifpn_layers=1))
+    convs = [m for m in detector.modules() if isinstance(m, nn.Conv2d)]
+    assert all(is_channels_last(m) for m in convs if m.weight.shape[-1] > 1)
+    assert not any(isinstance(m, NNPACKConv2d) for m in convs)
+    for dilation, pays in ((4, True), (5, False)):
+        net = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3, dilation=dilation, groups=8))
+        assert channels_last_pays(net) is pays
+    assert channels_last_pays(nn.Conv2d(8, 8, 3, dilation=9))  # dense: no slow kernel
 
 
 def test_nnpack_is_chosen_for_rcnn_detectors_only():

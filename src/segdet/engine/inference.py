@@ -137,13 +137,6 @@ class Autocast(nn.Module):
             return self.model(*args, **kwargs)
 
 
-def _prefers_channels_last(model: nn.Module) -> bool:
-    """Channels-last pays on CPUs for dense convolutions (U-Net ResNet-34 at 512 px: 0.81x the time)
-    but not for grouped / depthwise ones, whose channels-last CPU kernels are slower (DeepLabv3+ with
-    separable convolutions: 1.13x); measured on a 2-core AVX2 host."""
-    return not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-
-
 def prepare_for_inference(
     model: nn.Module,
     *,
@@ -160,11 +153,12 @@ def prepare_for_inference(
     same outputs up to float32 rounding, one pass less over every feature map. The model is changed in
     place and can no longer be trained. ``nnpack`` (with ``fuse``): the wide 3x3 convolutions run
     through NNPACK's Winograd / FFT kernels (:mod:`segdet.ops.nnpack_conv`: the same outputs up to
-    float32 rounding); ``None`` chooses it where it was measured faster: the R-CNN detectors on AVX2
-    CPUs (not the segmentation models, which run faster channels-last). ``channels_last``: weights
-    (and so activations) stored channels-last; ``None`` chooses it unless the model has grouped /
-    depthwise convolutions or runs on NNPACK, and never in float32 on CUDA (it made R-CNN evaluation
-    slower there; :meth:`~segdet.models.detection.detector.Detector.fuse_for_inference`).
+    float32 rounding); ``None`` chooses it where it was measured faster: the detectors without depthwise
+    convolutions on AVX2 CPUs (not the segmentation models, which run faster channels-last).
+    ``channels_last``: weights (and so activations) stored channels-last; ``None`` chooses it unless the
+    model has depthwise convolutions dilated 5 or more (:mod:`segdet.models.memory_format`) or runs on
+    NNPACK, and never in float32 on CUDA (it made R-CNN evaluation slower there;
+    :meth:`~segdet.models.detection.detector.Detector.fuse_for_inference`).
 
     On CUDA, PyTorch runs float32 convolutions on TF32 tensor cores by default
     (``torch.backends.cudnn.allow_tf32 = True``): inputs and weights are rounded to 10 mantissa bits
@@ -180,6 +174,7 @@ def prepare_for_inference(
     ``segdet eval --precision bf16``).
     """
     from segdet.models.fuse import fold_batchnorm
+    from segdet.models.memory_format import channels_last_pays
     from segdet.ops.nnpack_conv import use_nnpack
 
     if precision not in PRECISIONS:
@@ -189,7 +184,7 @@ def prepare_for_inference(
         if precision != "fp32":
             nnpack = False  # under autocast the convolutions are autocast's (NNPACK is float32 only)
             # bf16/fp16 dense convolutions run channels-last on CPUs and on tensor cores
-            channels_last = _prefers_channels_last(model) if channels_last is None else channels_last
+            channels_last = channels_last_pays(model) if channels_last is None else channels_last
         # None: fuse_for_inference chooses from the model's device (and NNPACK from the CPU)
         model.fuse_for_inference(channels_last=channels_last, nnpack=nnpack)
     elif fuse:
@@ -199,7 +194,7 @@ def prepare_for_inference(
         if channels_last is None:
             # float32 on CUDA stays NCHW (see Detector.fuse_for_inference)
             on_cpu_or_autocast = device_type == "cpu" or precision != "fp32"
-            channels_last = not nnpack and on_cpu_or_autocast and _prefers_channels_last(model)
+            channels_last = not nnpack and on_cpu_or_autocast and channels_last_pays(model)
         if channels_last:
             model.to(memory_format=torch.channels_last)
     dtype = PRECISIONS[precision]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.transform import DetectionTransform
 from segdet.models.fuse import fold_batchnorm
+from segdet.models.memory_format import channels_last_pays, has_grouped_convolutions
 from segdet.ops.nnpack_conv import nnpack_is_faster, use_nnpack
 
 
@@ -78,12 +79,6 @@ def prepare_targets(
             new["masks"] = masks if masks.dtype == torch.uint8 else masks.to(torch.uint8)
         prepared.append(new)
     return prepared
-
-
-def has_grouped_convolutions(model: nn.Module) -> bool:
-    """Whether ``model`` has grouped / depthwise convolutions (MobileNet, SSDLite), whose channels-last
-    CPU kernels are slower than NCHW ones (measured on a 2-core AVX2 host)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
 class Detector(nn.Module):
@@ -176,12 +171,13 @@ class Detector(nn.Module):
         * ``fold``: fold every BatchNorm (frozen, or eval-mode statistics) into the convolution before it
           (:func:`segdet.models.fuse.fold_batchnorm`); the model is for inference only afterwards.
         * ``nnpack``: run the wide 3x3 convolutions through NNPACK's Winograd / FFT kernels
-          (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster (a model on an
-          AVX2 CPU).
+          (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster (a model without
+          depthwise convolutions on an AVX2 CPU; :mod:`segdet.models.memory_format`).
         * ``channels_last``: store weights and batches channels-last; ``None``: on the CPU unless NNPACK
           is used (NNPACK works in NCHW, and layout copies around it cost more than channels-last gains:
           Faster R-CNN R50-FPN at 800², 2 AVX2 cores, 1.40 s NCHW against 1.46 s channels-last) or the
-          model has depthwise convolutions (:func:`has_grouped_convolutions`); never on CUDA, where
+          model has depthwise convolutions dilated 5 or more
+          (:func:`~segdet.models.memory_format.channels_last_pays`); never on CUDA, where
           float32 channels-last made ``segdet eval`` of a Penn-Fudan Mask R-CNN (images of many sizes)
           several times slower than the unfused NCHW model on an H200 (> 45 s against 12 s): folded and
           NCHW, the model runs the unfused model's convolution kernels minus the BatchNorm passes. Under
@@ -191,9 +187,10 @@ class Detector(nn.Module):
         self.eval()
         on_cpu = all(p.device.type == "cpu" for p in self.parameters())
         if nnpack is None:
-            nnpack = nnpack_is_faster() and on_cpu
+            # depthwise models run faster channels-last than on NNPACK (segdet.models.memory_format)
+            nnpack = nnpack_is_faster() and on_cpu and not has_grouped_convolutions(self)
         if channels_last is None:
-            channels_last = not nnpack and on_cpu and not has_grouped_convolutions(self)
+            channels_last = not nnpack and on_cpu and channels_last_pays(self)
         if fold:
             fold_batchnorm(self)
         if nnpack:

@@ -1,0 +1,39 @@
+"""Which memory format a model's convolutions run fastest in on the CPU, for inference.
+
+oneDNN's channels-last (NHWC) CPU kernels are faster than its NCHW ones for dense convolutions (U-Net
+ResNet-34 at 512 px: 0.81 of the time) and, by far, for depthwise ones: a 3 x 3 depthwise convolution
+of 2048 channels on a 32 x 32 map takes 1.9 ms channels-last against 14.7 ms NCHW at dilation 1, 3.5
+against 15.5 ms at dilation 4, but 91 against 13 ms at dilation 5 and 57 against 14 ms at dilation 18:
+from dilation 5 on, the depthwise kernel falls back to a slow channels-last path (256 channels on 64 x 64
+at dilation 6: 22 against 5.7 ms). Whole models, folded, batch 1, channels-last over NCHW time:
+EfficientDet-D0 at 512 px 0.73, D3 at 896 px 0.64, SSDLite320 0.86, YOLO v1 MobileNetV3-Large / -Small
+at 448 px 0.72 / 0.93, U-Net MobileNetV3-Large / EfficientNet-B0 at 512 px 0.78 / 0.79, DeepLabv3+
+MobileNetV3 0.85, but DeepLabv3+ ResNet-50 with separable ASPP convolutions (depthwise at dilations 6, 12,
+18) 1.14. The depthwise models are faster channels-last than on NNPACK's NCHW kernels too (0.64-0.90 of
+the time; :func:`segdet.ops.nnpack_conv.use_nnpack` finds few convolutions to take in them: their 3 x 3
+convolutions are depthwise). All measured on 2 cores of an AMD EPYC with AVX2 (torch 2.14.1), medians of
+5 interleaved runs; ``benchmarks/memory_format.py`` measures a host.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+#: The smallest dilation at which a depthwise / grouped convolution is slower channels-last (see above).
+SLOW_CHANNELS_LAST_DILATION = 5
+
+
+def _grouped(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+
+
+def has_grouped_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` has grouped / depthwise convolutions (MobileNet, EfficientNet, separable
+    convolutions): NNPACK does not run them, and channels-last does (module docstring)."""
+    return bool(_grouped(model))
+
+
+def channels_last_pays(model: nn.Module) -> bool:
+    """Whether ``model`` runs faster channels-last on the CPU: yes unless one of its grouped convolutions
+    is dilated by :data:`SLOW_CHANNELS_LAST_DILATION` or more (module docstring)."""
+    return all(max(m.dilation) < SLOW_CHANNELS_LAST_DILATION for m in _grouped(model))
