@@ -176,6 +176,7 @@ def test_outputs_of_a_run(tmp_path):
     ):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "channels_last: false" in (run / "config.yaml").read_text()  # resolved (dense) and saved
     ckpt = load_checkpoint(run / "last.safetensors")
     assert ckpt["ema"] is not None and ckpt["epoch"] == 2
     assert ckpt["classes"][0] == "background"

@@ -12,7 +12,7 @@ from segdet.data.collate import collate_segmentation
 from segdet.engine.config import TrainConfig, from_dict
 from segdet.engine.schedule import build_scheduler
 from segdet.engine.segmentation import SegmentationTask
-from segdet.engine.trainer import build_optimizer, training_uses_nnpack
+from segdet.engine.trainer import build_optimizer, training_uses_channels_last, training_uses_nnpack
 from segdet.metrics.confusion import ConfusionMatrix
 from segdet.ops import nnpack_conv, winograd
 from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available, nnpack_is_faster, use_nnpack
@@ -36,6 +36,27 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def test_when_the_trainer_uses_it(settings, device, expected):
     expected = {"auto": nnpack_is_faster(), "available": nnpack_available()}.get(expected, expected)
     assert training_uses_nnpack(TrainConfig(**settings), device) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "device", "expected"),
+    [
+        ("unet_backbone", {"backbone": "mobilenet_v3_small"}, CPU, True),  # depthwise
+        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, CPU, True),
+        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, CUDA, False),
+        ("unet_backbone", {"backbone": "resnet18"}, CPU, False),  # dense: NNPACK's
+        ("deeplabv3plus", {"backbone": "resnet18", "separable": True, "aspp_channels": 8}, CPU, False),
+    ],
+)
+def test_when_the_trainer_trains_channels_last(name, options, device, expected):
+    """``train.channels_last`` None: channels-last for depthwise models on the CPU, unless a depthwise
+    convolution is dilated 5 or more (DeepLabv3+'s separable ASPP); then NNPACK is not used."""
+    from segdet.models import build
+
+    model = build(name, 2, **options)
+    assert training_uses_channels_last(model, device) is expected
+    if expected:
+        assert not training_uses_nnpack(TrainConfig(channels_last=expected), device)
 
 
 def _segmenter_config(tmp_path):

@@ -151,7 +151,10 @@ class TrainConfig:
     checkpoint_every: int | None = None
     checkpoint_minutes: float | None = None
     progress: bool = True
-    channels_last: bool = False
+    # Weights and batches channels-last. None: resolved by the trainer (and saved so): on the CPU for
+    # models with depthwise convolutions, whose steps are 0.72-0.84 of the NCHW ones there
+    # (segdet.engine.trainer.training_uses_channels_last); NCHW otherwise.
+    channels_last: bool | None = None
     # Wide 3x3 convolutions through NNPACK (forward, input gradient) and segdet's Winograd weight
     # gradient (segdet.ops.nnpack_conv, "Training"): float32 on the CPU, the same training up to float
     # rounding, 8-28 % faster steps (README). None: on where that was measured faster (AVX2 CPUs without
