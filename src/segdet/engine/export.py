@@ -17,27 +17,36 @@ graph cannot keep such size-dependent steps general (``torch.export`` proves eac
 allows, and padding inside the graph leaves sizes it cannot prove to be multiples). With ``size=(H, W)``
 the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 
-**Detection graph** (:class:`DetectionGraph`; RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1,
-CenterNet)::
+**Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
+EfficientDet, SSD, SSDLite, YOLO v1, CenterNet)::
 
     images  float32 1 x 3 x H x W, RGB in [0, 1], exactly the exported H x W
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
+         (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
       -> scores  float32 D       by decreasing score
       -> labels  int64   D       the run's classes, 0 .. K-1
+      -> masks   float32 D x 1 x m x m   Mask R-CNN only: each detection's mask probabilities inside
+                                         its box (m = 28), not pasted into the image
 
-one image per call, ``D`` from 0 to ``detections_per_img``. The graph's NMS is one ONNX
-``NonMaxSuppression`` in float32 (classes kept apart by shifting their boxes, as torchvision's
-``batched_nms``; segdet's eager path shifts in float64), so a box pair whose IoU is within ~1e-6 of the
-threshold may be decided differently. The two-stage detectors (R-CNN family, TridentNet) and YOLACT are
-refused: their RoI pooling over a data-dependent number of proposals (and YOLACT's masks) do not trace yet.
+one image per call, ``D`` from 0 to ``detections_per_img``. Masks stay in their boxes as Detectron2's
+exported Mask R-CNN leaves them: pasting resizes each to its box's size, a different size per detection
+(:func:`segdet.ops.masks.paste_masks_in_image` does it; ``mask > 0.5`` after pasting is the instance).
+The graph's NMS is one ONNX ``NonMaxSuppression`` in float32 per NMS step (classes kept apart by
+shifting their boxes, as torchvision's ``batched_nms``; segdet's eager path shifts in float64), so a box
+pair whose IoU is within ~1e-6 of the threshold may be decided differently; RoIAlign and RoI pooling
+become ONNX ``RoiAlign`` / ``MaxRoiPool``. Refused, with the reason: R-CNN and Fast R-CNN (selective
+search runs outside the network, in OpenCV), TridentNet (its branches' detections are split by
+data-dependent counts) and YOLACT (its masks do not trace yet).
 
 **Checked on export.** The written file is loaded back and run (ONNX Runtime, or ``torch.export.load``)
 against the PyTorch model before it is put in place; beyond the tolerances nothing is written.
 Segmentation: random batches of other sizes than the traced one, the largest logit difference
 (:data:`LOGIT_TOLERANCE`) and the share of equal labels. Detection: the traced image and a blank one (few
-or no detections), the detections paired (:func:`compare_detections`). Networks are exported unfused:
-ONNX Runtime folds BatchNorm itself.
+or no detections), the detections paired (:func:`compare_detections`). Segmentation networks are exported
+unfused (ONNX Runtime folds BatchNorm itself); detectors with their BatchNorms folded into the
+convolutions (:func:`segdet.models.fuse.fold_batchnorm`, float rounding only), checked against the same
+folded model: the C4 R-CNNs run BatchNorm on the RoIs, whose number the tracer cannot prove non-zero.
 
 ONNX needs ``onnx``, ``onnxscript`` and ``onnxruntime`` (``pip install 'segdet[export]'``); ``.pt2`` needs
 nothing beyond torch.
@@ -46,8 +55,10 @@ nothing beyond torch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
+import logging
 import math
 import os
 import warnings
@@ -67,6 +78,8 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 LOGIT_TOLERANCE = 1e-3
 #: largest box (pixels) and score differences of paired detections (measured: 8e-4 px, 3e-6)
 BOX_TOLERANCE, SCORE_TOLERANCE = 1e-2, 1e-4
+#: largest mask probability difference of paired detections (Mask R-CNN's m x m masks)
+MASK_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -184,30 +197,45 @@ def _check_segmentation(expected: tuple[Tensor, Tensor], got: tuple[Tensor, Tens
 
 
 class DetectionGraph(nn.Module):
-    """The exported detection computation (module docstring): ``model([image])`` for one image."""
+    """The exported detection computation (module docstring): ``model([image])`` for one image; Mask
+    R-CNN's masks stay ``m x m`` in their boxes (not pasted into the image)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.masks = bool(getattr(getattr(model, "roi_heads", None), "has_mask", False))
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        detections = self.model(images)[0]
-        return detections["boxes"], detections["scores"], detections["labels"]
+    @property
+    def outputs(self) -> list[str]:
+        return ["boxes", "scores", "labels"] + (["masks"] if self.masks else [])
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        transform = self.model.transform
+        transform.paste_masks = False
+        try:
+            detections = self.model(images)[0]
+        finally:
+            transform.paste_masks = True
+        return tuple(detections[name] for name in self.outputs)
 
 
 def detector_export_problem(model: nn.Module, name: str | None = None) -> str | None:
     """Why ``model`` (called ``name``) cannot be exported, or ``None`` when it can (module docstring)."""
     from segdet.models.detection.centernet import CenterNet
+    from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
     from segdet.models.detection.retinanet import RetinaNet
     from segdet.models.detection.ssd import SSD
+    from segdet.models.detection.tridentnet import TridentRCNN
     from segdet.models.detection.yolo import YOLOv1
 
-    if isinstance(model, RetinaNet | SSD | YOLOv1 | CenterNet):
+    exported = RetinaNet | SSD | YOLOv1 | CenterNet | GeneralizedRCNN
+    if isinstance(model, exported) and not isinstance(model, TridentRCNN):
         return None
     return (
-        f"{name or type(model).__name__} is not exported yet: only the one-stage box detectors are "
-        "(RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet); RoI pooling over a data-dependent "
-        "number of proposals (and YOLACT's masks) do not trace"
+        f"{name or type(model).__name__} is not exported yet: the detectors that are: Faster and Mask R-CNN "
+        "(FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet; not R-CNN and Fast R-CNN "
+        "(selective search runs outside the network, in OpenCV), TridentNet (its branches' detections "
+        "are split by data-dependent counts) nor YOLACT (its masks do not trace yet)"
     )
 
 
@@ -223,9 +251,13 @@ def export_detector(
     """Write the detector ``model`` (eval mode, CPU) to ``path`` for one ``size`` image, traced and
     checked on ``image`` (``3 x H x W`` in [0, 1], resized to ``size``; default: a random smooth image)
     and on a blank image (module docstring). The file appears whole or not at all."""
+    from segdet.models.fuse import fold_batchnorm
+
     problem = detector_export_problem(model)
     if problem:
         raise SegdetError(problem)
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model)  # module docstring: BatchNorm over a data-dependent number of RoIs
     graph = DetectionGraph(model).eval()
     if image is None:
         coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -239,17 +271,18 @@ def export_detector(
     def check(run) -> list[Check]:
         return [compare_detections(graph(x), run(x), name) for name, x in inputs.items()]
 
-    checks = _write(program, path, ["boxes", "scores", "labels"], check)
+    checks = _write(program, path, graph.outputs, check)
     return Exported(path, export_format(path), size, 1, checks)
 
 
 def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], where: str) -> Check:
-    """Exported detections (``boxes, scores, labels``) against PyTorch's, robust to near-tied scores: the
-    same count; the scores equal as sorted lists (``SCORE_TOLERANCE``); and each detection whose score is
-    distinct (over ``SCORE_TOLERANCE`` from every other one) found among the exported ones with its label,
-    its score and its box (``BOX_TOLERANCE`` px). Tied detections may come in another order, or swap
-    boxes at an NMS or cap decision between equals: both are float rounding."""
-    (boxes, scores, labels), (got_boxes, got_scores, got_labels) = expected, got
+    """Exported detections (``boxes, scores, labels`` and maybe ``masks``) against PyTorch's, robust to
+    near-tied scores: the same count; the scores equal as sorted lists (``SCORE_TOLERANCE``); and each
+    detection whose score is distinct (over ``SCORE_TOLERANCE`` from every other one) found among the
+    exported ones with its label, its score and its box (``BOX_TOLERANCE`` px), and its mask
+    probabilities (``MASK_TOLERANCE``). Tied detections may come in another order, or swap boxes at an
+    NMS or cap decision between equals: both are float rounding."""
+    (boxes, scores, labels), (got_boxes, got_scores, got_labels) = expected[:3], got[:3]
     if len(scores) != len(got_scores):
         return Check(False, f"on {where}: {len(got_scores)} detections, PyTorch {len(scores)}")
     if len(scores) == 0:
@@ -261,13 +294,21 @@ def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], wh
         (scores[:, None] - got_scores[None, :]).abs() <= SCORE_TOLERANCE
     )
     box_distance = torch.cdist(boxes.double(), got_boxes.double(), p=math.inf).masked_fill(~same, math.inf)
-    box_difference = float(box_distance.min(dim=1).values[distinct].max()) if distinct.any() else 0.0
+    nearest, match = box_distance.min(dim=1)
+    box_difference = float(nearest[distinct].max()) if distinct.any() else 0.0
     ok = score_difference <= SCORE_TOLERANCE and box_difference <= BOX_TOLERANCE
-    return Check(
-        ok,
+    summary = (
         f"on {where}: {len(scores)} detections as PyTorch, scores within {score_difference:.1e}, the "
-        f"{int(distinct.sum())} of distinct score at their boxes within {box_difference:.1e} px",
+        f"{int(distinct.sum())} of distinct score at their boxes within {box_difference:.1e} px"
     )
+    if len(expected) > 3 and distinct.any() and box_difference <= BOX_TOLERANCE:
+        masks, got_masks = expected[3][distinct], got[3][match[distinct]]
+        mask_difference = (
+            float((masks - got_masks).abs().max()) if masks.shape == got_masks.shape else math.inf
+        )
+        ok = ok and mask_difference <= MASK_TOLERANCE
+        summary += f", their mask probabilities within {mask_difference:.1e}"
+    return Check(ok, summary)
 
 
 # -- both ---------------------------------------------------------------------------------------------
@@ -311,6 +352,11 @@ def _save_onnx(program: torch.export.ExportedProgram, path: Path, outputs: list[
     from segdet.ops.nms import onnx_translations
 
     buffer = io.StringIO()  # the exporter narrates its steps on stdout; shown only if it fails
+    # onnxscript's optimiser logs a warning for each constant it leaves unfolded (e.g. an RoI head's
+    # Split): harmless, and not the user's to act on.
+    optimiser_log = logging.getLogger("onnxscript")
+    level = optimiser_log.level
+    optimiser_log.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -324,6 +370,8 @@ def _save_onnx(program: torch.export.ExportedProgram, path: Path, outputs: list[
             onnx_program.save(str(path))
     except Exception as e:
         raise SegdetError(f"{path.name}: ONNX conversion failed: {e} ({buffer.getvalue()[-300:]!r})") from e
+    finally:
+        optimiser_log.setLevel(level)
 
 
 def load_exported(path: Path):

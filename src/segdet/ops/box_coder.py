@@ -154,6 +154,8 @@ class BoxCoder:
         num = anchors.shape[0]
         if rel_codes.dim() == 3:
             codes = rel_codes
+        elif torch.compiler.is_exporting():  # [N, 4K] rows; N may be symbolic (no test of it being 0)
+            codes = rel_codes.reshape(num, rel_codes.shape[-1] // 4, 4)
         elif num > 0:
             # Like torchvision, any layout with N * 4K elements is read as N rows of K (t_x, t_y, t_w, t_h).
             codes = rel_codes.reshape(num, -1, 4)

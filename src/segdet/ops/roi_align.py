@@ -112,7 +112,8 @@ def roi_align(
 ) -> Tensor:
     """``torchvision.ops.roi_align`` (He et al., "Mask R-CNN", 2017) on every CPU thread; see the module
     docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``."""
-    chunks = _num_chunks(input, rois)
+    # Exported graphs (segdet export) hold torchvision's op itself: the threads are this process's
+    chunks = 1 if torch.compiler.is_exporting() else _num_chunks(input, rois)
     if chunks == 1:
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlign.apply(input, rois, spatial_scale, _pair(output_size), sampling_ratio, aligned, chunks)

@@ -69,9 +69,8 @@ def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
         if b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(f"boxes[{i}] must be [R, 4] (x1, y1, x2, y2), got {tuple(b.shape)}")
     concat = torch.cat(boxes, dim=0)
-    image_index = torch.cat(
-        [torch.full((len(b), 1), i, dtype=concat.dtype, device=concat.device) for i, b in enumerate(boxes)]
-    )
+    # full_like, not full((len(b), 1)): a traced (exported) graph keeps data-dependent box counts symbolic
+    image_index = torch.cat([torch.full_like(b[:, :1], i, dtype=concat.dtype) for i, b in enumerate(boxes)])
     return torch.cat((image_index, concat), dim=1)
 
 
@@ -328,7 +327,7 @@ def roi_pool(
     if input.dim() != 4:
         raise ValueError(f"input must be [N, C, H, W], got {tuple(input.shape)}")
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(map(int, output_size))
-    if input.device.type != "cpu":
+    if input.device.type != "cpu" or torch.compiler.is_exporting():  # exported: torchvision's op itself
         return tv_roi_pool(input, rois, size, spatial_scale)
     N, C, H, W = input.shape
     rois = rois.to(_pooling_dtype(input).dtype)

@@ -113,6 +113,8 @@ class DetectionTransform(nn.Module):
         self.fixed_size = None if fixed_size is None else (int(fixed_size[0]), int(fixed_size[1]))
         # channels_last batches for a model converted to channels_last (see GeneralizedRCNN).
         self.memory_format = torch.contiguous_format
+        # False: masks stay m x m in their boxes (segdet export's graphs; pasting is per-size work)
+        self.paste_masks = True
 
     def extra_repr(self) -> str:
         size = (
@@ -250,7 +252,7 @@ class DetectionTransform(nn.Module):
         results = []
         for det, image_boxes, size in zip(detections, scaled, original_sizes, strict=True):
             det = dict(det, boxes=image_boxes)
-            if "masks" in det:
+            if "masks" in det and self.paste_masks:
                 det["masks"] = paste_masks_in_image(det["masks"], image_boxes, size)
             results.append(det)
         return results

@@ -154,4 +154,6 @@ def maskrcnn_inference(mask_logits: Tensor, labels: list[Tensor]) -> list[Tensor
     all_labels = torch.cat(labels)
     index = torch.arange(all_labels.shape[0], device=all_labels.device)
     probs = mask_logits[index, all_labels][:, None].sigmoid()
+    if len(labels) == 1:  # no split: nothing data-dependent for segdet export to trace
+        return [probs]
     return list(probs.split([len(lab) for lab in labels], dim=0))

@@ -203,10 +203,10 @@ class RoIHeads(nn.Module):
         """
         device = class_logits.device
         num_classes = class_logits.shape[-1]
-        counts = [p.shape[0] for p in proposals]
         num_images = len(proposals)
-        image_of_roi = torch.repeat_interleave(
-            torch.arange(num_images, device=device), torch.as_tensor(counts, device=device)
+        # full_like per image: the counts stay symbolic in an exported graph (segdet export)
+        image_of_roi = torch.cat(
+            [torch.full_like(p[:, 0], i, dtype=torch.long) for i, p in enumerate(proposals)]
         )
 
         boxes = self.box_coder.decode(box_regression, proposals)  # [R, K, 4]
@@ -217,9 +217,10 @@ class RoIHeads(nn.Module):
 
         # Every (RoI, foreground class) pair is a candidate.
         boxes = boxes[:, 1:].reshape(-1, 4)
-        scores = scores[:, 1:].reshape(-1)
-        labels = torch.arange(1, num_classes, device=device).repeat(len(image_of_roi))
-        images = image_of_roi.repeat_interleave(num_classes - 1)
+        foreground = scores[:, 1:]  # [R, K - 1]
+        scores = foreground.reshape(-1)
+        labels = torch.arange(1, num_classes, device=device).expand_as(foreground).reshape(-1)
+        images = image_of_roi[:, None].expand_as(foreground).reshape(-1)
 
         keep = torch.nonzero(scores > self.score_thresh).flatten()
         keep = keep[remove_small_boxes(boxes[keep], 1e-2)]
