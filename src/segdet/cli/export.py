@@ -65,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         exported = export.export_detector(trained.model, out, size, image)
         batch = "1"
         outputs = "boxes float32 D x 4 (xyxy pixels), scores float32 D, labels int64 D (the classes' index)"
-        if export.DetectionGraph(trained.model).masks:
+        masks = export.DetectionGraph(trained.model).masks
+        if masks == "box":
             outputs += ", masks float32 D x 1 x m x m (probabilities inside each box, not pasted)"
+        elif masks == "image":
+            outputs += f", masks float32 D x 1 x {size[0]} x {size[1]} (probabilities in the image)"
     sides = f"{size[0]} x {size[1]}" if size else f"H x W, H and W multiples of {exported.divisor}"
     print(f"wrote {out} ({exported.format}): {len(trained.classes)} classes {trained.classes}")
     print(f"  input  images: float32 {batch} x 3 x {sides}, RGB in [0, 1] (normalised inside)")

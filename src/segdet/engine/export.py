@@ -18,7 +18,7 @@ allows, and padding inside the graph leaves sizes it cannot prove to be multiple
 the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
-EfficientDet, SSD, SSDLite, YOLO v1, CenterNet)::
+EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT)::
 
     images  float32 1 x 3 x H x W, RGB in [0, 1], exactly the exported H x W
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
@@ -26,8 +26,9 @@ EfficientDet, SSD, SSDLite, YOLO v1, CenterNet)::
       -> boxes   float32 D x 4   xyxy pixels of the input image
       -> scores  float32 D       by decreasing score
       -> labels  int64   D       the run's classes, 0 .. K-1
-      -> masks   float32 D x 1 x m x m   Mask R-CNN only: each detection's mask probabilities inside
-                                         its box (m = 28), not pasted into the image
+      -> masks   float32 D x 1 x m x m   Mask R-CNN: each detection's mask probabilities inside its
+                                         box (m = 28), not pasted into the image
+                 float32 D x 1 x H x W   YOLACT: the probabilities in the image, zero outside the box
 
 one image per call, ``D`` from 0 to ``detections_per_img``. Masks stay in their boxes as Detectron2's
 exported Mask R-CNN leaves them: pasting resizes each to its box's size, a different size per detection
@@ -35,9 +36,10 @@ exported Mask R-CNN leaves them: pasting resizes each to its box's size, a diffe
 The graph's NMS is one ONNX ``NonMaxSuppression`` in float32 per NMS step (classes kept apart by
 shifting their boxes, as torchvision's ``batched_nms``; segdet's eager path shifts in float64), so a box
 pair whose IoU is within ~1e-6 of the threshold may be decided differently; RoIAlign and RoI pooling
-become ONNX ``RoiAlign`` / ``MaxRoiPool``. Refused, with the reason: R-CNN and Fast R-CNN (selective
-search runs outside the network, in OpenCV), TridentNet (its branches' detections are split by
-data-dependent counts) and YOLACT (its masks do not trace yet).
+become ONNX ``RoiAlign`` / ``MaxRoiPool``. YOLACT's Fast NMS runs on every (class, candidate) slot
+(eager skips the empty ones: the same result). Refused, with the reason: R-CNN and Fast R-CNN (selective
+search runs outside the network, in OpenCV) and TridentNet (its branches' detections are split by
+data-dependent counts).
 
 **Checked on export.** The written file is loaded back and run (ONNX Runtime, or ``torch.export.load``)
 against the PyTorch model before it is put in place; beyond the tolerances nothing is written.
@@ -197,13 +199,20 @@ def _check_segmentation(expected: tuple[Tensor, Tensor], got: tuple[Tensor, Tens
 
 
 class DetectionGraph(nn.Module):
-    """The exported detection computation (module docstring): ``model([image])`` for one image; Mask
-    R-CNN's masks stay ``m x m`` in their boxes (not pasted into the image)."""
+    """The exported detection computation (module docstring): ``model([image])`` for one image. Masks:
+    :attr:`masks` is ``"box"`` for Mask R-CNN (``m x m`` in each box, not pasted into the image),
+    ``"image"`` for YOLACT (in the image, as the model gives them), ``None`` for a box detector."""
 
     def __init__(self, model: nn.Module) -> None:
+        from segdet.models.detection.yolact import YOLACT
+
         super().__init__()
         self.model = model
-        self.masks = bool(getattr(getattr(model, "roi_heads", None), "has_mask", False))
+        self.masks = None
+        if bool(getattr(getattr(model, "roi_heads", None), "has_mask", False)):
+            self.masks = "box"
+        elif isinstance(model, YOLACT):
+            self.masks = "image"
 
     @property
     def outputs(self) -> list[str]:
@@ -226,16 +235,17 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
     from segdet.models.detection.retinanet import RetinaNet
     from segdet.models.detection.ssd import SSD
     from segdet.models.detection.tridentnet import TridentRCNN
+    from segdet.models.detection.yolact import YOLACT
     from segdet.models.detection.yolo import YOLOv1
 
-    exported = RetinaNet | SSD | YOLOv1 | CenterNet | GeneralizedRCNN
+    exported = RetinaNet | SSD | YOLOv1 | CenterNet | GeneralizedRCNN | YOLACT
     if isinstance(model, exported) and not isinstance(model, TridentRCNN):
         return None
     return (
         f"{name or type(model).__name__} is not exported yet: the detectors that are: Faster and Mask R-CNN "
-        "(FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet; not R-CNN and Fast R-CNN "
-        "(selective search runs outside the network, in OpenCV), TridentNet (its branches' detections "
-        "are split by data-dependent counts) nor YOLACT (its masks do not trace yet)"
+        "(FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT; not R-CNN and "
+        "Fast R-CNN (selective search runs outside the network, in OpenCV) nor TridentNet (its branches' "
+        "detections are split by data-dependent counts)"
     )
 
 

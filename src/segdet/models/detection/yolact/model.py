@@ -205,7 +205,12 @@ class YOLACT(Detector):
         images, anchor = image.reshape(-1), index.reshape(-1)
         if s.nms == "fast":
             keep = self.fast_nms_candidates(boxes, valid)
-            keep = keep[flat["scores"][keep].argsort(descending=True, stable=True)]
+            kept_scores = flat["scores"][keep]
+            if torch.compiler.is_exporting():  # ONNX has no stable sort; its TopK puts equal values by index
+                order = kept_scores.topk(kept_scores.shape[0]).indices
+            else:
+                order = kept_scores.argsort(descending=True, stable=True)
+            keep = keep[order]
             detections = best_per_image(
                 keep, *flat.values(), images, num_images, s.detections_per_img, {"anchor": anchor}
             )
@@ -232,6 +237,9 @@ class YOLACT(Detector):
         most classes have none above the threshold, and the ``k x k`` IoU matrices are the cost."""
         groups, candidates = valid.shape[0] * valid.shape[1], valid.shape[2]
         boxes, valid = boxes.reshape(groups, candidates, 4), valid.reshape(groups, candidates)
+        if torch.compiler.is_exporting():  # the cut below is data-dependent; without it, the same result
+            group, slot = torch.nonzero(fast_nms(boxes, valid, self.settings.nms_thresh), as_tuple=True)
+            return group * candidates + slot
         counts = valid.sum(dim=1)
         used = torch.nonzero(counts).squeeze(1)
         longest = int(counts.max()) if groups else 0
@@ -277,7 +285,7 @@ def masks_in_image(
     (``aligned=True``) maps it to ``H_0 x W_0`` in a single resampling, as ``F.interpolate(...,
     align_corners=False)`` would the cropped region."""
     height, width = original_size
-    if masks.shape[0] == 0:
+    if not torch.compiler.is_exporting() and masks.shape[0] == 0:  # an exported graph takes 0 as it comes
         return masks.new_zeros((0, 1, height, width))
     stride = padded_size[0] / masks.shape[-2]
     region = torch.tensor(
