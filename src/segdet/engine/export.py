@@ -18,7 +18,7 @@ allows, and padding inside the graph leaves sizes it cannot prove to be multiple
 the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
-EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT)::
+EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
     images  float32 1 x 3 x H x W, RGB in [0, 1], exactly the exported H x W
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
@@ -38,8 +38,7 @@ shifting their boxes, as torchvision's ``batched_nms``; segdet's eager path shif
 pair whose IoU is within ~1e-6 of the threshold may be decided differently; RoIAlign and RoI pooling
 become ONNX ``RoiAlign`` / ``MaxRoiPool``. YOLACT's Fast NMS runs on every (class, candidate) slot
 (eager skips the empty ones: the same result). Refused, with the reason: R-CNN and Fast R-CNN (selective
-search runs outside the network, in OpenCV) and TridentNet (its branches' detections are split by
-data-dependent counts).
+search runs outside the network, in OpenCV).
 
 **Checked on export.** The written file is loaded back and run (ONNX Runtime, or ``torch.export.load``)
 against the PyTorch model before it is put in place; beyond the tolerances nothing is written.
@@ -234,18 +233,15 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
     from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
     from segdet.models.detection.retinanet import RetinaNet
     from segdet.models.detection.ssd import SSD
-    from segdet.models.detection.tridentnet import TridentRCNN
     from segdet.models.detection.yolact import YOLACT
     from segdet.models.detection.yolo import YOLOv1
 
-    exported = RetinaNet | SSD | YOLOv1 | CenterNet | GeneralizedRCNN | YOLACT
-    if isinstance(model, exported) and not isinstance(model, TridentRCNN):
+    if isinstance(model, RetinaNet | SSD | YOLOv1 | CenterNet | GeneralizedRCNN | YOLACT):
         return None
     return (
-        f"{name or type(model).__name__} is not exported yet: the detectors that are: Faster and Mask R-CNN "
-        "(FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT; not R-CNN and "
-        "Fast R-CNN (selective search runs outside the network, in OpenCV) nor TridentNet (its branches' "
-        "detections are split by data-dependent counts)"
+        f"{name or type(model).__name__} is not exported: its proposals come from selective search, which "
+        "runs outside the network (in OpenCV); the detectors that are exported: Faster and Mask R-CNN (FPN "
+        "and C4), TridentNet, RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT"
     )
 
 

@@ -132,10 +132,14 @@ def best_per_image(
         keep = keep[:detections_per_img]
     else:
         # Group by image keeping the score order (stable sort), then keep each image's best ones.
-        keep = keep[torch.sort(images[keep], stable=True).indices]
+        if torch.compiler.is_exporting():  # ONNX has no stable sort: unique keys make any sort stable
+            position = torch.arange(keep.shape[0], device=keep.device)
+            keep = keep[(images[keep] * keep.shape[0] + position).argsort()]
+        else:
+            keep = keep[torch.sort(images[keep], stable=True).indices]
         per_image = torch.bincount(images[keep], minlength=num_images)
         starts = torch.cumsum(per_image, 0) - per_image
-        rank = torch.arange(len(keep), device=boxes.device) - starts[images[keep]]
+        rank = torch.arange(keep.shape[0], device=boxes.device) - starts[images[keep]]
         keep = keep[rank < detections_per_img]
     return split_by_image(images[keep], num_images, {name: values[keep] for name, values in columns.items()})
 
@@ -146,7 +150,11 @@ def split_by_image(images: Tensor, num_images: int, columns: dict[str, Tensor]) 
     to trace (which exports one image at a time)."""
     if num_images == 1:
         return [dict(columns)]
-    counts = torch.bincount(images, minlength=num_images).tolist()
+    if torch.compiler.is_exporting():  # counts of a known length, their sum the rows (TridentNet's branches)
+        counts = (images[None] == torch.arange(num_images, device=images.device)[:, None]).sum(1).tolist()
+        torch._check(sum(counts) == images.shape[0])
+    else:
+        counts = torch.bincount(images, minlength=num_images).tolist()
     split = {name: values.split(counts) for name, values in columns.items()}
     return [{name: parts[i] for name, parts in split.items()} for i in range(num_images)]
 

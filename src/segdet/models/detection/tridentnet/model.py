@@ -72,8 +72,8 @@ def merge_branches(
     boxes = torch.cat([d["boxes"] for d in detections])
     scores = torch.cat([d["scores"] for d in detections])
     labels = torch.cat([d["labels"] for d in detections])
-    counts = torch.tensor([len(d["boxes"]) for d in detections], device=boxes.device)
-    source = torch.arange(len(detections), device=boxes.device).repeat_interleave(counts)
+    # the branch-image each detection came from (full_like: counts stay symbolic in an exported graph)
+    source = torch.cat([torch.full_like(d["labels"], i) for i, d in enumerate(detections)])
     images = source % num_images
     if scale_ranges is not None:
         bounds = torch.tensor(scale_ranges, dtype=boxes.dtype, device=boxes.device)[source // num_images]
