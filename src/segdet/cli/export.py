@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         elif masks == "image":
             outputs += f", masks float32 D x 1 x {size[0]} x {size[1]} (probabilities in the image)"
     sides = f"{size[0]} x {size[1]}" if size else f"H x W, H and W multiples of {exported.divisor}"
-    print(f"wrote {out} ({exported.format}): {len(trained.classes)} classes {trained.classes}")
+    classes = f"{len(trained.classes)} class{'' if len(trained.classes) == 1 else 'es'}"
+    print(f"wrote {out} ({exported.format}): {classes} {trained.classes}")
     print(f"  input  images: float32 {batch} x 3 x {sides}, RGB in [0, 1] (normalised inside)")
     print(f"  output {outputs}")
     for check in exported.checks:

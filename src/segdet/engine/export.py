@@ -281,6 +281,10 @@ def export_detector(
     return Exported(path, export_format(path), size, 1, checks)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], where: str) -> Check:
     """Exported detections (``boxes, scores, labels`` and maybe ``masks``) against PyTorch's, robust to
     near-tied scores: the same count; the scores equal as sorted lists (``SCORE_TOLERANCE``); and each
@@ -290,7 +294,7 @@ def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], wh
     NMS or cap decision between equals: both are float rounding."""
     (boxes, scores, labels), (got_boxes, got_scores, got_labels) = expected[:3], got[:3]
     if len(scores) != len(got_scores):
-        return Check(False, f"on {where}: {len(got_scores)} detections, PyTorch {len(scores)}")
+        return Check(False, f"on {where}: {_count(len(got_scores), 'detection')}, PyTorch {len(scores)}")
     if len(scores) == 0:
         return Check(True, f"on {where}: no detections, as PyTorch")
     score_difference = float((scores.sort().values - got_scores.sort().values).abs().max())
@@ -304,8 +308,9 @@ def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], wh
     box_difference = float(nearest[distinct].max()) if distinct.any() else 0.0
     ok = score_difference <= SCORE_TOLERANCE and box_difference <= BOX_TOLERANCE
     summary = (
-        f"on {where}: {len(scores)} detections as PyTorch, scores within {score_difference:.1e}, the "
-        f"{int(distinct.sum())} of distinct score at their boxes within {box_difference:.1e} px"
+        f"on {where}: {_count(len(scores), 'detection')} as PyTorch, scores within "
+        f"{score_difference:.1e}, the {int(distinct.sum())} of distinct score at their boxes within "
+        f"{box_difference:.1e} px"
     )
     if len(expected) > 3 and distinct.any() and box_difference <= BOX_TOLERANCE:
         masks, got_masks = expected[3][distinct], got[3][match[distinct]]
