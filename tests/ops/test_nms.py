@@ -75,6 +75,44 @@ def test_nms_and_batched_nms_equal_torchvision(iou_threshold):
         assert len(ours) > len(tvo.nms(boxes, scores, iou_threshold))  # classes do not suppress each other
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_nms_first_keeps_what_batched_nms_keeps_first(seed):
+    """Reference: torchvision's batched_nms over all boxes. batched_nms_first's first ``count`` kept
+    indices are exactly its first ``count`` (distinct scores): with clustered boxes the prefix of
+    ``16 count`` boxes often keeps fewer, so the prefix grows (or falls back to all boxes); also for
+    ``count`` above what NMS keeps at all (then every kept box, as batched_nms)."""
+    from segdet.ops.nms import PREFIX_FACTOR, batched_nms_first
+
+    boxes, scores = clustered_boxes(1500, seed)
+    groups = torch.randint(0, 3, (1500,), generator=torch.Generator().manual_seed(seed))
+    expected = tvo.batched_nms(boxes, scores, groups, 0.5)
+    for count in (1, 5, 20, 60, len(expected), len(expected) + 10):
+        got = batched_nms_first(boxes, scores, groups, 0.5, count)
+        n = min(count, len(expected))
+        assert torch.equal(got[:n], expected[:n]), count
+        assert len(got) >= n
+        if PREFIX_FACTOR * count >= 1500:
+            assert torch.equal(got, expected)
+
+
+def test_batched_nms_first_with_tied_scores():
+    """Boxes of equal score (a tie across the prefix's cut): the first ``count`` kept are the same
+    boxes as batched_nms keeps first, up to the order of equal scores."""
+    from segdet.ops.nms import batched_nms_first
+
+    boxes, scores = clustered_boxes(800, 7)
+    scores = (scores * 20).floor() / 20  # 20 score levels: many ties
+    groups = torch.zeros(800, dtype=torch.int64)
+    expected = tvo.batched_nms(boxes, scores, groups, 0.5)
+    for count in (3, 10, 30):
+        got = batched_nms_first(boxes, scores, groups, 0.5, count)
+        n = min(count, len(expected))
+        cut = scores[expected[n - 1]]  # every box scoring above the n-th kept one is kept the same
+        above = set(expected[scores[expected] > cut].tolist())
+        assert above == set(got[scores[got] > cut].tolist())
+        assert torch.equal(scores[got[:n]], scores[expected[:n]])
+
+
 @pytest.mark.parametrize("method", ["linear", "gaussian"])
 @pytest.mark.parametrize("classwise", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from segdet.ops.nms import batched_nms
+from segdet.ops.nms import batched_nms, batched_nms_first
 
 
 def image_bounds(image_sizes: Sequence[tuple[int, int]], images: Tensor, dtype: torch.dtype) -> Tensor:
@@ -105,9 +105,33 @@ def select_detections(
     # (segdet export traces it in float32: ONNX's NonMaxSuppression takes nothing else; torchvision's own
     # batched_nms shifts float32 boxes too.)
     groups = images * num_labels + labels
-    exact = torch.float32 if torch.compiler.is_exporting() else torch.float64
-    keep = batched_nms(boxes.to(exact), scores.to(exact), groups, nms_thresh)  # by decreasing score
+    if torch.compiler.is_exporting():  # the exported graph's one NonMaxSuppression
+        keep = batched_nms(boxes.float(), scores.float(), groups, nms_thresh)  # by decreasing score
+    else:
+        keep = _first_kept(
+            boxes.double(), scores.double(), groups, images, num_images, nms_thresh, detections_per_img
+        )
     return best_per_image(keep, boxes, scores, labels, images, num_images, detections_per_img, extras)
+
+
+def _first_kept(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    images: Tensor,
+    num_images: int,
+    nms_thresh: float,
+    cap: int,
+) -> Tensor:
+    """The indices NMS keeps, at least the first ``cap`` of each image, each image's by decreasing
+    score (:func:`~segdet.ops.nms.batched_nms_first` per image: images never suppress each other)."""
+    if num_images == 1:
+        return batched_nms_first(boxes, scores, groups, nms_thresh, cap)
+    kept = []
+    for n in range(num_images):
+        mine = torch.nonzero(images == n).flatten()
+        kept.append(mine[batched_nms_first(boxes[mine], scores[mine], groups[mine], nms_thresh, cap)])
+    return torch.cat(kept)
 
 
 def best_per_image(
