@@ -155,12 +155,10 @@ def best_per_image(
     if num_images == 1:  # already in score order
         keep = keep[:detections_per_img]
     else:
-        # Group by image keeping the score order (stable sort), then keep each image's best ones.
-        if torch.compiler.is_exporting():  # ONNX has no stable sort: unique keys make any sort stable
-            position = torch.arange(keep.shape[0], device=keep.device)
-            keep = keep[(images[keep] * keep.shape[0] + position).argsort()]
-        else:
-            keep = keep[torch.sort(images[keep], stable=True).indices]
+        # Group by image keeping the score order, then keep each image's best ones. The keys (image,
+        # position) are unique, so any sort is stable (ONNX, for segdet export, has no stable sort).
+        position = torch.arange(keep.shape[0], device=keep.device)
+        keep = keep[(images[keep] * keep.shape[0] + position).argsort()]
         per_image = torch.bincount(images[keep], minlength=num_images)
         starts = torch.cumsum(per_image, 0) - per_image
         rank = torch.arange(keep.shape[0], device=boxes.device) - starts[images[keep]]

@@ -285,8 +285,6 @@ def masks_in_image(
     (``aligned=True``) maps it to ``H_0 x W_0`` in a single resampling, as ``F.interpolate(...,
     align_corners=False)`` would the cropped region."""
     height, width = original_size
-    if not torch.compiler.is_exporting() and masks.shape[0] == 0:  # an exported graph takes 0 as it comes
-        return masks.new_zeros((0, 1, height, width))
     stride = padded_size[0] / masks.shape[-2]
     region = torch.tensor(
         [[0.0, 0.0, 0.0, image_size[1] / stride, image_size[0] / stride]],
