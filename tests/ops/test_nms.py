@@ -3,6 +3,7 @@ paper's pseudo-code (Bodla et al., ICCV 2017, Algorithm 1) and hand-computed cas
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -76,23 +77,36 @@ def test_nms_and_batched_nms_equal_torchvision(iou_threshold):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_batched_nms_first_keeps_what_batched_nms_keeps_first(seed):
+def test_batched_nms_first_keeps_what_batched_nms_keeps_first(seed, monkeypatch):
     """Reference: torchvision's batched_nms over all boxes. batched_nms_first's first ``count`` kept
     indices are exactly its first ``count`` (distinct scores): with clustered boxes the prefix of
     ``16 count`` boxes often keeps fewer, so the prefix grows (or falls back to all boxes); also for
-    ``count`` above what NMS keeps at all (then every kept box, as batched_nms)."""
+    ``count`` above what NMS keeps at all (then every kept box, as batched_nms). The calls' sizes show
+    the prefix at work: 16 boxes for the best one, all 1500 when the prefix would hold them all."""
     from segdet.ops.nms import PREFIX_FACTOR, batched_nms_first
 
+    nms_module = importlib.import_module("segdet.ops.nms")  # segdet.ops.nms is also the function nms
     boxes, scores = clustered_boxes(1500, seed)
     groups = torch.randint(0, 3, (1500,), generator=torch.Generator().manual_seed(seed))
     expected = tvo.batched_nms(boxes, scores, groups, 0.5)
+    sizes = []  # the number of boxes of each NMS call: the prefix is really used
+    calls = nms_module.batched_nms
+
+    def counted(b, *args):
+        sizes.append(len(b))
+        return calls(b, *args)
+
+    monkeypatch.setattr(nms_module, "batched_nms", counted)
     for count in (1, 5, 20, 60, len(expected), len(expected) + 10):
+        sizes.clear()
         got = batched_nms_first(boxes, scores, groups, 0.5, count)
         n = min(count, len(expected))
         assert torch.equal(got[:n], expected[:n]), count
         assert len(got) >= n
         if PREFIX_FACTOR * count >= 1500:
-            assert torch.equal(got, expected)
+            assert torch.equal(got, expected) and sizes == [1500]
+        if count == 1:
+            assert sizes == [PREFIX_FACTOR]  # one prefix of 16 boxes decides the best box
 
 
 def test_batched_nms_first_with_tied_scores():
