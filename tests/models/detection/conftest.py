@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import box_iou
 
 
 def structured_image(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -19,27 +20,66 @@ def structured_image(height: int, width: int, generator: torch.Generator) -> tor
 
 
 def assert_paired_detections(
-    got: list[dict], expected: list[dict], atol: float = 1e-4, label_shift: int = 1, min_count: int = 10
+    got: list[dict],
+    expected: list[dict],
+    atol: float = 1e-4,
+    label_shift: int = 1,
+    min_count: int = 10,
+    nms_swaps: int = 0,
+    nms_thresh: float = 0.5,
 ) -> None:
     """Per image the same number of detections (more than ``min_count``), each of ours paired one to one
     with an unused one of ``expected`` of the same label (ours + ``label_shift``) whose box coordinates
     and score are closest; every pair within ``atol``. Pairing (not list order) makes the check immune to
-    near-tied scores sorted differently, and distances (not IoU) cover boxes clipped to zero area."""
+    near-tied scores sorted differently, and distances (not IoU) cover boxes clipped to zero area.
+
+    ``nms_swaps``: at most this many of an image's detections may instead be one box of an overlapping
+    near-tied pair that NMS decided the other way. Left unpaired by the first pass, such a detection is
+    paired with an unused one of the same label and score (within ``atol``) whose box overlaps it at IoU
+    over ``nms_thresh``: of two such boxes NMS keeps one, and which is float rounding when their scores
+    tie (a periodic image ties the scores of anchors one stride apart; a swap can chain to the next)."""
     assert len(got) == len(expected)
     for ours, theirs in zip(got, expected, strict=True):
         assert len(ours["boxes"]) == len(theirs["boxes"]) > min_count
         assert set(ours) == set(theirs)
+        score_gap = (ours["scores"].double()[:, None] - theirs["scores"].double()[None, :]).abs()
         distance = torch.maximum(
-            torch.cdist(ours["boxes"].double(), theirs["boxes"].double(), p=float("inf")),
-            (ours["scores"].double()[:, None] - theirs["scores"].double()[None, :]).abs(),
+            torch.cdist(ours["boxes"].double(), theirs["boxes"].double(), p=float("inf")), score_gap
         )
-        distance[(ours["labels"] + label_shift)[:, None] != theirs["labels"][None, :]] = float("inf")
+        other_label = (ours["labels"] + label_shift)[:, None] != theirs["labels"][None, :]
+        distance[other_label] = float("inf")
         used = torch.zeros(len(theirs["boxes"]), dtype=torch.bool)
+        unpaired = []
         for i in torch.argsort(ours["scores"], descending=True).tolist():
             row = distance[i].masked_fill(used, float("inf"))
             j = int(row.argmin())
-            assert float(row[j]) <= atol, (i, ours["boxes"][i].tolist(), float(row[j]))
+            if float(row[j]) > atol:
+                assert len(unpaired) < nms_swaps, (i, ours["boxes"][i].tolist(), float(row[j]))
+                unpaired.append(i)
+                continue
             used[j] = True
+        overlap = box_iou(ours["boxes"].double(), theirs["boxes"].double()) > nms_thresh
+        swappable = (score_gap <= atol) & ~other_label & overlap & ~used[None, :]
+        options = {i: torch.nonzero(swappable[i]).flatten().tolist() for i in unpaired}
+        assert _match_all(options), ("no near-tied overlapping boxes for", ours["boxes"][unpaired].tolist())
+
+
+def _match_all(options: dict[int, list[int]]) -> bool:
+    """Whether every key can take one of its ``options``, no option taken twice (a bipartite matching
+    that covers the keys, by augmenting paths: a swap chain pairs each box with its neighbour, which a
+    greedy choice can take from the box next in the chain)."""
+    owner: dict[int, int] = {}
+
+    def take(i: int, seen: set[int]) -> bool:
+        for j in options[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or take(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(take(i, set()) for i in options)
 
 
 def train_and_detect(model: nn.Module, num_classes: int, min_detections: int = 0) -> dict[str, torch.Tensor]:

@@ -88,7 +88,9 @@ def test_effdet_d0_gives_the_same_detections(
     """``model(images)`` (our transform, head, top 5000 pairs of all levels, clipping, NMS, 100 a image)
     against ``DetBenchPredict`` on the same two 512 x 512 images, normalised for it by hand (it takes
     normalised input): every one of the 100 detections per image paired with one of the same class (its
-    labels 1 ... 90, ours 0 ... 89), box and score within 1e-3. Seeded: effdet initialises from torch's
+    labels 1 ... 90, ours 0 ... 89), box and score within 1e-3, except at most 10 per image that NMS kept
+    from another overlapping box of the same class and score (the images' 16 px bilinear cells tie the
+    scores of anchors one stride apart: an AVX-512 host swapped 4 at 0.2405, scores 8e-8 apart). Seeded: effdet initialises from torch's
     global generator, whose state would otherwise depend on the tests run before (xdist's order)."""
     torch.manual_seed(0)
     theirs = _effdet("efficientdet_d0")
@@ -110,7 +112,7 @@ def test_effdet_d0_gives_the_same_detections(
         rows = bench(torch.stack([(image - mean) / std for image in images]), info)
     expected = [{"boxes": r[:, :4], "scores": r[:, 4], "labels": r[:, 5].long()} for r in rows]
     assert all(len(d["boxes"]) == 100 and len(d["scores"].unique()) > 90 for d in got)  # not tied
-    paired_detections(got, expected, atol=1e-3, label_shift=1)
+    paired_detections(got, expected, atol=1e-3, label_shift=1, nms_swaps=10)
 
 
 def test_a_mismatched_checkpoint_is_one_clear_error(tmp_path):
