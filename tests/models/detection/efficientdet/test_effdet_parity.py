@@ -90,8 +90,9 @@ def test_effdet_d0_gives_the_same_detections(
     normalised input): every one of the 100 detections per image paired with one of the same class (its
     labels 1 ... 90, ours 0 ... 89), box and score within 1e-3, except at most 10 per image that NMS kept
     from another overlapping box of the same class and score (the images' 16 px bilinear cells tie the
-    scores of anchors one stride apart: an AVX-512 host swapped 4 at 0.2405, scores 8e-8 apart). Seeded: effdet initialises from torch's
-    global generator, whose state would otherwise depend on the tests run before (xdist's order)."""
+    scores of anchors one stride apart: an AVX-512 host swapped 4 at 0.2405, scores 8e-8 apart).
+    Seeded: effdet initialises from torch's global generator, whose state would otherwise depend on the
+    tests run before (xdist's order)."""
     torch.manual_seed(0)
     theirs = _effdet("efficientdet_d0")
     random_batchnorm_fn(theirs, 0)
