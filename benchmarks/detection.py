@@ -73,9 +73,9 @@ from torch import Tensor, nn
 
 from segdet.data.shapes import render
 from segdet.engine.config import TrainConfig
+from segdet.engine.devices import training_uses_nnpack
 from segdet.engine.inference import Autocast
 from segdet.engine.perf import tune_malloc
-from segdet.engine.trainer import training_uses_nnpack
 from segdet.models.detection.convert import from_torchvision
 from segdet.ops.nnpack_conv import NNPACKConv2d, use_nnpack
 
@@ -315,8 +315,8 @@ def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: in
     from segdet.data.collate import collate_detection
     from segdet.engine.config import from_dict
     from segdet.engine.detection import DetectionTask
+    from segdet.engine.optimizer import build_optimizer
     from segdet.engine.schedule import build_scheduler
-    from segdet.engine.trainer import build_optimizer
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:

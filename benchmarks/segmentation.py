@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdet.engine.config import TrainConfig
+from segdet.engine.devices import training_uses_nnpack
 from segdet.engine.inference import prepare_for_inference
 from segdet.engine.perf import tune_malloc
-from segdet.engine.trainer import training_uses_nnpack
 from segdet.models import build
 from segdet.ops.nnpack_conv import use_nnpack
 

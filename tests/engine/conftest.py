@@ -13,8 +13,8 @@ from segdet.data.collate import collate_detection, collate_segmentation
 from segdet.data.dataset import SegDetDataset
 from segdet.engine.checkpoint import save_checkpoint
 from segdet.engine.config import from_dict, to_dict
+from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
-from segdet.engine.trainer import build_optimizer
 
 # The convergence tests' small Mask R-CNN (small_detector.py).
 DETECTOR = {"name": "maskrcnn_resnet50_fpn", **SMALL}

@@ -21,8 +21,9 @@ from segdet.data import shapes
 from segdet.data.collate import collate_detection
 from segdet.engine.config import from_dict
 from segdet.engine.detection import DetectionTask
+from segdet.engine.devices import training_uses_channels_last
+from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
-from segdet.engine.trainer import build_optimizer, training_uses_channels_last
 
 STEPS = 50
 
@@ -115,7 +116,7 @@ def overfit(
     )
     det = DetectionTask(cfg, splits=(images, images))  # evaluated on the images it trains on
     net = det.build_model()
-    if training_uses_channels_last(net, torch.device("cpu")):  # as the trainer does (depthwise models)
+    if training_uses_channels_last(net, torch.device("cpu"), cfg.train):  # as the trainer does
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(net, cfg)
     scheduler = build_scheduler(optimizer, steps, cfg.schedule)

@@ -61,10 +61,11 @@ def test_bf16_is_opt_in_and_close():
 
 
 def test_channels_last_is_chosen_unless_depthwise_convolutions_are_dilated_5_or_more():
-    """The default layout (segdet.models.memory_format, measured on a 2-core AVX2 host): channels-last for
-    dense and depthwise convolutions, NCHW when a depthwise one is dilated 5 or more (DeepLabv3+'s
-    separable ASPP at rates 6, 12, 18); depthwise detectors run channels-last, not on NNPACK."""
-    from segdet.models.memory_format import channels_last_pays
+    """The default layout (segdet.models.memory_format, measured on 2-core AVX2 and AVX-512 hosts):
+    channels-last for dense and depthwise convolutions; on CPUs with oneDNN's slow dilated depthwise
+    path (all but AVX-512), NCHW when a depthwise one is dilated 5 or more (DeepLabv3+'s separable ASPP at
+    rates 6, 12, 18); depthwise detectors run channels-last, not on NNPACK."""
+    from segdet.models.memory_format import slow_dilated_depthwise
     from segdet.ops.nnpack_conv import NNPACKConv2d
 
     def is_channels_last(conv: nn.Conv2d) -> bool:
@@ -83,15 +84,24 @@ def test_channels_last_is_chosen_unless_depthwise_convolutions_are_dilated_5_or_
         separable=True,
     )
     prepare_for_inference(separable)
-    assert not is_channels_last(separable.backbone.conv1)
+    assert is_channels_last(separable.backbone.conv1) is not slow_dilated_depthwise()
     detector = prepare_for_inference(build("efficientdet_d0", num_classes=2, width=16, bifpn_layers=1))
     convs = [m for m in detector.modules() if isinstance(m, nn.Conv2d)]
     assert all(is_channels_last(m) for m in convs if m.weight.shape[-1] > 1)
     assert not any(isinstance(m, NNPACKConv2d) for m in convs)
-    for dilation, pays in ((4, True), (5, False)):
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
+def test_the_dilation_rule_holds_where_the_slow_kernel_is(monkeypatch, capability):
+    """channels_last_pays on each kind of CPU: a depthwise convolution dilated 5 or more says no except on
+    AVX-512 (measured there: no slow path); dense ones never do."""
+    from segdet.models import memory_format
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    for dilation, pays in ((4, True), (5, capability == "AVX512")):
         net = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3, dilation=dilation, groups=8))
-        assert channels_last_pays(net) is pays
-    assert channels_last_pays(nn.Conv2d(8, 8, 3, dilation=9))  # dense: no slow kernel
+        assert memory_format.channels_last_pays(net) is pays
+    assert memory_format.channels_last_pays(nn.Conv2d(8, 8, 3, dilation=9))  # dense: no slow kernel
 
 
 def test_nnpack_is_chosen_for_rcnn_detectors_only():

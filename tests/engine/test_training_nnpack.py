@@ -10,9 +10,10 @@ import torch
 
 from segdet.data.collate import collate_segmentation
 from segdet.engine.config import TrainConfig, from_dict
+from segdet.engine.devices import training_uses_channels_last, training_uses_nnpack
+from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
 from segdet.engine.segmentation import SegmentationTask
-from segdet.engine.trainer import build_optimizer, training_uses_channels_last, training_uses_nnpack
 from segdet.metrics.confusion import ConfusionMatrix
 from segdet.ops import nnpack_conv, winograd
 from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available, nnpack_is_faster, use_nnpack
@@ -39,22 +40,30 @@ def test_when_the_trainer_uses_it(settings, device, expected):
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "device", "expected"),
+    ("name", "options", "settings", "device", "expected"),
     [
-        ("unet_backbone", {"backbone": "mobilenet_v3_small"}, CPU, True),  # depthwise
-        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, CPU, True),
-        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, CUDA, False),
-        ("unet_backbone", {"backbone": "resnet18"}, CPU, False),  # dense: NNPACK's
-        ("deeplabv3plus", {"backbone": "resnet18", "separable": True, "aspp_channels": 8}, CPU, False),
+        ("unet_backbone", {"backbone": "mobilenet_v3_small"}, {}, CPU, True),  # depthwise
+        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, {}, CPU, True),
+        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, {}, CUDA, False),
+        ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, {"nnpack": True}, CPU, False),
+        ("unet_backbone", {"backbone": "resnet18"}, {}, CPU, "no nnpack"),  # dense: NNPACK's on AVX2
+        ("unet_backbone", {"backbone": "resnet18"}, {"nnpack": True}, CPU, False),
+        ("deeplabv3plus", {"backbone": "resnet18", "separable": True, "aspp_channels": 8}, {}, CPU, "fast"),
     ],
 )
-def test_when_the_trainer_trains_channels_last(name, options, device, expected):
+def test_when_the_trainer_trains_channels_last(name, options, settings, device, expected):
     """``train.channels_last`` None: channels-last for depthwise models on the CPU, unless a depthwise
-    convolution is dilated 5 or more (DeepLabv3+'s separable ASPP); then NNPACK is not used."""
+    convolution is dilated 5 or more on a CPU with oneDNN's slow path for it (DeepLabv3+'s separable
+    ASPP on AVX2); for dense models where NNPACK does not train them (not AVX2); never with
+    ``train.nnpack`` true. Channels-last, NNPACK is not used."""
     from segdet.models import build
+    from segdet.models.memory_format import slow_dilated_depthwise
 
+    expected = {"no nnpack": not nnpack_is_faster(), "fast": not slow_dilated_depthwise()}.get(
+        expected, expected
+    )
     model = build(name, 2, **options)
-    assert training_uses_channels_last(model, device) is expected
+    assert training_uses_channels_last(model, device, TrainConfig(**settings)) is expected
     if expected:
         assert not training_uses_nnpack(TrainConfig(channels_last=expected), device)
 

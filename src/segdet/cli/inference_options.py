@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace):
     """The checkpoint ``args.checkpoint`` on ``args.device``, prepared for inference as the options say."""
+    from segdet.engine.devices import select_device
     from segdet.engine.inference import load_trained, prepare_for_inference
-    from segdet.engine.trainer import select_device
 
     device = select_device(args.device)
     trained = load_trained(args.checkpoint, device)

@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from segdet.engine import distributed
     from segdet.engine.config import load_config
+    from segdet.engine.devices import select_device
     from segdet.engine.run_folder import claim_run_dir
     from segdet.engine.tasks import build_task
-    from segdet.engine.trainer import Trainer, select_device
+    from segdet.engine.trainer import Trainer
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # only overrides were given

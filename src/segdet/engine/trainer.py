@@ -20,27 +20,31 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from segdet.engine import distributed as dist_utils
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from segdet.engine.config import DEVICE, Config, TrainConfig, save_config, to_dict
+from segdet.engine.config import Config, save_config, to_dict
+from segdet.engine.devices import (
+    seed_everything,
+    select_device,
+    training_uses_channels_last,
+    training_uses_nnpack,
+)
 from segdet.engine.ema import ModelEMA
 from segdet.engine.finite import FiniteGuard, StepInfo
 from segdet.engine.loader import EpochSampler, EpochTagged, build_loader
 from segdet.engine.logs import MetricLog, Progress, plot_curves
+from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
-from segdet.models.memory_format import channels_last_pays, has_grouped_convolutions
-from segdet.ops.nnpack_conv import nnpack_available, nnpack_is_faster, use_nnpack
+from segdet.ops.nnpack_conv import use_nnpack
 
 
 class Task(Protocol):
@@ -72,49 +76,6 @@ class TrainState:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not DEVICE.fullmatch(name):
-        raise SegdetError(f"device {name!r} is not one of auto, cpu, mps, cuda, cuda:N")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegdetError(f"train.device={name!r} but CUDA is not available on this machine")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SegdetError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SegdetError(f"device {name!r}: MPS is not available on this machine")
-    return device
-
-
-def training_uses_nnpack(train: TrainConfig, device: torch.device) -> bool:
-    """Whether the wide 3x3 convolutions train on NNPACK and segdet's Winograd weight gradient
-    (:mod:`segdet.ops.nnpack_conv`): float32 (no autocast) on the CPU, NCHW; ``train.nnpack`` None:
-    where they were measured faster (:func:`~segdet.ops.nnpack_conv.nnpack_is_faster`). Under autocast
-    the convolutions stay autocast's whatever this says, and a channels-last model pays two layout copies
-    per convolution, so ``None`` leaves both alone."""
-    if device.type != "cpu" or train.nnpack is False:
-        return False
-    if train.nnpack:
-        return nnpack_available()
-    return train.amp == "none" and not train.channels_last and nnpack_is_faster()
-
-
-def training_uses_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """``train.channels_last`` None: channels-last on the CPU for a model with depthwise convolutions
-    (none dilated 5 or more: :mod:`segdet.models.memory_format`), NCHW otherwise (dense models train
-    on NNPACK, :func:`training_uses_nnpack`). Training steps channels-last over NCHW, 2 AVX2 cores, batch
-    2: EfficientDet-D0 at 384 px 0.82, SSDLite320 0.78, YOLO v1 MobileNetV3-Small / -Large at 448 px
-    0.72 / 0.84, U-Net MobileNetV3-Large at 256 px 0.97 (NNPACK: 0.97-1.06 of NCHW for these)."""
-    return device.type == "cpu" and has_grouped_convolutions(model) and channels_last_pays(model)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 -- user code may draw from the global RNG
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Trains ``task`` as ``config`` says. ``resume``: continue from the run's ``last.safetensors``."""
 
@@ -141,7 +102,7 @@ class Trainer:
 
         self.model = task.build_model().to(self.device)
         if config.train.channels_last is None:  # resolved here so the saved config says it
-            config.train.channels_last = training_uses_channels_last(self.model, self.device)
+            config.train.channels_last = training_uses_channels_last(self.model, self.device, config.train)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if training_uses_nnpack(config.train, self.device):
@@ -448,18 +409,3 @@ class Trainer:
     def _print(self, message: str) -> None:
         if self.dist.is_main:
             print(message, flush=True)
-
-
-def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW. Weight decay is not applied to biases and
-    normalisation parameters (1-D tensors), as in timm and most detection recipes: decaying them
-    only fights the normalisation."""
-    cfg = config.optim
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
