@@ -158,13 +158,18 @@ def assert_default_inference_keeps_ap(net, det: DetectionTask, metrics: dict[str
         assert abs(default[key] - metrics[key]) <= 0.002, (key, default, metrics)
 
 
-def assert_exports_as_trained(net, det: DetectionTask, tmp_path, capsys, exact: bool = True) -> None:
+def assert_exports_as_trained(
+    net, det: DetectionTask, tmp_path, capsys, exact: bool = True, any_size: bool = True
+) -> None:
     """The trained ``net`` saved as a checkpoint and put through ``segdet export --image`` (its first
-    image) ``--size 64 64`` to a ``.pt2`` program, which detects on each of the four images what ``net``
-    detects (``torch.export.load`` runs PyTorch's kernels): ``exact``, equal (a network without
+    image) to a ``.pt2`` program that takes any image size, which detects on each of the four images what
+    ``net`` detects (``torch.export.load`` runs PyTorch's kernels): ``exact``, equal (a network without
     BatchNorm); else paired by :func:`segdet.engine.export.compare_detections` (the program's BatchNorm
-    is folded: float rounding), masks too. The images have detections to compare. The command prints
-    both of its checks."""
+    is folded: float rounding), masks too; and, paired, on each image resized to 80 x 80 and 72 x 90
+    (the transform's resize, the anchors and the decoding follow the input's size). The images have
+    detections to compare. The command prints its four checks (two at other sizes). Not ``any_size``:
+    ``--size 64 64`` (a program of one size; a dynamic YOLACT takes ~30 s to export and as long to load,
+    too slow for the suite)."""
     from segdet.cli.main import main
     from segdet.data.io import load_image
     from segdet.engine.checkpoint import save_checkpoint
@@ -175,12 +180,17 @@ def assert_exports_as_trained(net, det: DetectionTask, tmp_path, capsys, exact: 
     state = {"model": net.state_dict(), "config": to_dict(det.cfg), "classes": list(det.classes)}
     save_checkpoint(checkpoint, {**state, "epoch": 1, "task": det.cfg.task})
     first = sorted((tmp_path / "shapes").rglob("*.png"))[0]
-    argv = ["export", str(checkpoint), "--out", str(out), "--image", str(first), "--size", "64", "64"]
-    assert main(argv) == 0
+    argv = ["export", str(checkpoint), "--out", str(out), "--image", str(first)]
+    assert main(argv if any_size else [*argv, "--size", "64", "64"]) == 0
     printed = capsys.readouterr().out
-    assert (
-        "float32 1 x 3 x 64 x 64" in printed and "on the traced image" in printed and "on a blank" in printed
-    )
+    if any_size:
+        assert "float32 1 x 3 x H x W, any H and W from 32 to 8192" in printed
+        checks = ("the traced image", "it at 5/4 x 5/4, 80 x 80", "it at 1 x 5/4, 64 x 80", "a blank image")
+    else:
+        assert "float32 1 x 3 x 64 x 64," in printed
+        checks = ("the traced image", "a blank image")
+    for check in checks:
+        assert f"on {check}: " in printed, printed
     assert torch.equal(det.val_dataset()[0][0], load_image(first).float() / 255)  # the traced image
     # the program was traced from the checkpoint, NCHW: equality needs the trained net's kernels in NCHW
     # too (it may have trained channels-last: overfit)
@@ -196,6 +206,12 @@ def assert_exports_as_trained(net, det: DetectionTask, tmp_path, capsys, exact: 
             else:
                 check = compare_detections(expected, got, f"image {i}")
                 assert check.ok and (graph.masks is None or "mask" in check.summary), check.summary
+            # other sizes and aspect ratios (mild: YOLACT at 96 px would have 1 px levels at 64 x 96)
+            for size in ((80, 80), (72, 90)) if any_size else ():
+                other = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
+                expected = graph(other)
+                check = compare_detections(expected, run(other), f"image {i} at {size}")
+                assert check.ok and len(expected[1]) > 0, check.summary
 
 
 @pytest.mark.opencv_contrib
@@ -295,4 +311,4 @@ def test_yolact_overfits_shapes(tmp_path, capsys):
     )
     assert metrics["AP50"] >= 0.9, metrics
     assert metrics["mask_AP50"] >= 0.9, metrics
-    assert_exports_as_trained(*trained[0], tmp_path, capsys, exact=False)
+    assert_exports_as_trained(*trained[0], tmp_path, capsys, exact=False, any_size=False)

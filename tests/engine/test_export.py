@@ -178,9 +178,11 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
     within 0.01 px, scores 1e-4, mask probabilities 1e-3; the program holds the folded network), and
     its ``m x m`` masks pasted with ``segdet.ops.masks.paste_masks_in_image`` are the model's masks on
     99.9 % of the pixels at 0.5. RPN, RoIAlign, both heads, NMS and the mask selection are in the graph.
-    An empty result runs too: with every foreground logit of the box classifier pushed down by 1e4 (in the
-    program's weights and the model's alike) both detect nothing, whatever the host's float rounding made
-    of the training (whether the blank image of the command's second check gets detections does)."""
+    An R-CNN's program takes its own input size (64 x 64 here: ``export.takes_any_size``). An empty
+    result runs too: with
+    every foreground logit of the box classifier pushed down by 1e4 (in the program's weights and the
+    model's alike) both detect nothing, whatever the host's float rounding made of the training (whether
+    the blank image of the command's second check gets detections does)."""
     from segdet.ops.masks import paste_masks_in_image
 
     trained = load_trained(trained_detector)
@@ -191,6 +193,7 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
     assert main(["export", str(trained_detector), "--out", str(out), "--image", str(first)]) == 0
     printed = capsys.readouterr().out
     assert "masks float32 D x 1 x m x m" in printed and "mask probabilities within" in printed
+    assert "float32 1 x 3 x 64 x 64," in printed
     blank = r"on a blank image: (no detections, as PyTorch|\d+ detections? as PyTorch)"
     assert re.search(blank, printed), printed
 
@@ -215,6 +218,31 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
             net.get_parameter(name)[1:] -= 1e4
         expected, got = trained.model([images[0]])[0], program(images[0][None])
         assert len(expected["scores"]) == 0 and all(len(t) == 0 for t in got), [t.shape for t in got]
+
+
+def test_which_detectors_take_any_size(monkeypatch, tmp_path):
+    """By default a one-stage detector goes to ``.pt2`` with dynamic sides, 32 to 8192 (traced at its own
+    input size); to ``.onnx`` (its graph at other sizes is not yet checked to be PyTorch's), and an
+    R-CNN to either, with its own input size fixed."""
+    from segdet.models import build
+
+    traced = []
+
+    def stop(graph, example, dynamic_shapes):
+        traced.append((tuple(example.shape), dynamic_shapes))
+        raise SegdetError("traced")
+
+    monkeypatch.setattr(export, "_export", stop)
+    yolo = build("yolov1", 2).eval()
+    rcnn = build("fasterrcnn_resnet50_fpn", 2, backbone="resnet18", min_size=96, max_size=128).eval()
+    for model, suffix in ((yolo, ".pt2"), (yolo, ".onnx"), (rcnn, ".pt2")):
+        with pytest.raises(SegdetError, match="traced"):
+            export.export_detector(model, tmp_path / f"y{suffix}")
+    (any_shape, sides), (onnx_shape, onnx_sides), (rcnn_shape, rcnn_sides) = traced
+    assert any_shape == onnx_shape == (1, 3, 448, 448) and rcnn_shape == (1, 3, 96, 96)
+    h, w = sides[0][2], sides[0][3]
+    assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
+    assert onnx_sides is None and rcnn_sides is None
 
 
 def test_detectors_that_are_refused_say_why():

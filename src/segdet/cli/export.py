@@ -24,14 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="the image size the graph takes (segmentation default: any batch and any H, W that are "
-        "multiples of 32; detectors take one image of one size, default: the model's own input size)",
+        help="the image size the graph takes (default: segmentation any batch and any H, W that are "
+        "multiples of 32; detectors one image, to .pt2 of any H, W from 32 to 8192 except the R-CNNs, "
+        "else of the model's own input size)",
     )
     parser.add_argument(
         "--image",
         type=path_arg,
-        help="detectors: an image to trace and check the export on (resized to the size; default: a "
-        "random smooth image, on which a trained detector may find nothing to compare)",
+        help="detectors: an image to trace and check the export on (resized to --size if given; default: "
+        "a random smooth image, on which a trained detector may find nothing to compare)",
     )
     add_overwrite(parser, "the --out file")
 
@@ -61,16 +62,23 @@ def run(args: argparse.Namespace) -> int:
             from segdet.data.io import load_image
 
             image = load_image(args.image).float() / 255
-        size = size or export.default_detection_size(trained.model)
         exported = export.export_detector(trained.model, out, size, image)
+        size = exported.size  # by default any, or the model's own input size (export_detector)
         batch = "1"
         outputs = "boxes float32 D x 4 (xyxy pixels), scores float32 D, labels int64 D (the classes' index)"
         masks = export.DetectionGraph(trained.model).masks
         if masks == "box":
             outputs += ", masks float32 D x 1 x m x m (probabilities inside each box, not pasted)"
         elif masks == "image":
-            outputs += f", masks float32 D x 1 x {size[0]} x {size[1]} (probabilities in the image)"
-    sides = f"{size[0]} x {size[1]}" if size else f"H x W, H and W multiples of {exported.divisor}"
+            image_size = f"{size[0]} x {size[1]}" if size else "H x W"
+            outputs += f", masks float32 D x 1 x {image_size} (probabilities in the image)"
+    if size:
+        sides = f"{size[0]} x {size[1]}"
+    elif trained.task == "segmentation":
+        sides = f"H x W, H and W multiples of {exported.divisor}"
+    else:
+        low, high = export.DETECTION_SIDES
+        sides = f"H x W, any H and W from {low} to {high}"
     classes = f"{len(trained.classes)} class{'' if len(trained.classes) == 1 else 'es'}"
     print(f"wrote {out} ({exported.format}): {classes} {trained.classes}")
     print(f"  input  images: float32 {batch} x 3 x {sides}, RGB in [0, 1] (normalised inside)")

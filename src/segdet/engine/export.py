@@ -20,7 +20,8 @@ the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
 EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1], exactly the exported H x W
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: to .pt2 any H, W from 32 to 8192 (not the
+            R-CNNs); else exactly the exported H x W (default: the model's own input size)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -30,7 +31,18 @@ EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
                                          box (m = 28), not pasted into the image
                  float32 D x 1 x H x W   YOLACT: the probabilities in the image, zero outside the box
 
-one image per call, ``D`` from 0 to ``detections_per_img``. Masks stay in their boxes as Detectron2's
+one image per call, ``D`` from 0 to ``detections_per_img``. With any size the graph resizes, builds
+anchors and decodes for the input's size as the model does (sizes stay symbolic: ``as_size`` and
+``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
+size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
+size. Not for the R-CNNs (:func:`takes_any_size`: their RoI level scale rule) nor yet to ONNX (a Faster
+R-CNN's ONNX graph at sizes other than the traced one scored differently from PyTorch: not found yet).
+Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.export.load`` of such a
+program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
+CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0 and 31 / 28 s for YOLACT; running it
+costs what the fixed-size program does. ``--size`` gives the one-size program, which loads in ~1 s.
+
+Masks stay in their boxes as Detectron2's
 exported Mask R-CNN leaves them: pasting resizes each to its box's size, a different size per detection
 (:func:`segdet.ops.masks.paste_masks_in_image` does it; ``mask > 0.5`` after pasting is the instance).
 The graph's NMS is one ONNX ``NonMaxSuppression`` in float32 per NMS step (classes kept apart by
@@ -67,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -81,6 +94,8 @@ LOGIT_TOLERANCE = 1e-3
 BOX_TOLERANCE, SCORE_TOLERANCE = 1e-2, 1e-4
 #: largest mask probability difference of paired detections (Mask R-CNN's m x m masks)
 MASK_TOLERANCE = 1e-3
+#: the sides (pixels) an exported detector takes when exported for any size
+DETECTION_SIDES = (32, 8192)
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,17 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
     )
 
 
+def takes_any_size(model: nn.Module) -> bool:
+    """Whether ``model``'s exported program can take any image size: every detector but the R-CNNs, whose
+    RoI poolers infer each level's scale from the unpadded image height, ``2 ** round(log2(feature
+    height / image height))`` as torchvision does: a value the graph would fix at the traced image's
+    (for images whose padding is over ~41 % of their height, e.g. 43 px padded to 64, the rule picks
+    twice the level's scale, and the eager model follows it)."""
+    from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+
+    return not isinstance(model, GeneralizedRCNN)
+
+
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
     """The detector's own input: its fixed size, else a square of its (test) ``min_size``."""
     transform = model.transform
@@ -252,33 +278,63 @@ def default_detection_size(model: nn.Module) -> tuple[int, int]:
 
 
 def export_detector(
-    model: nn.Module, path: Path, size: tuple[int, int], image: Tensor | None = None
+    model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
-    """Write the detector ``model`` (eval mode, CPU) to ``path`` for one ``size`` image, traced and
-    checked on ``image`` (``3 x H x W`` in [0, 1], resized to ``size``; default: a random smooth image)
-    and on a blank image (module docstring). The file appears whole or not at all."""
+    """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
+    sides :data:`DETECTION_SIDES`; to ``.pt2``, and not the R-CNNs (:func:`takes_any_size`): otherwise
+    the model's own input size, module docstring) or of exactly ``size``; traced and checked on
+    ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
+    the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
+    sizes. The file appears whole or not at all."""
+    from torch.export import Dim
+
     from segdet.models.fuse import fold_batchnorm
 
     problem = detector_export_problem(model)
     if problem:
         raise SegdetError(problem)
+    if size is None and (export_format(path) == "onnx" or not takes_any_size(model)):
+        size = default_detection_size(model)
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model)  # module docstring: BatchNorm over a data-dependent number of RoIs
     graph = DetectionGraph(model).eval()
     if image is None:
         coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-        example = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+        example = F.interpolate(
+            coarse, size=size or default_detection_size(model), mode="bilinear", align_corners=False
+        )
+    elif size is not None:
+        example = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)
     else:
-        example = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True)
+        example = image[None]
     example = example.clamp(0, 1)
-    program = _export(graph, example, None)
-    inputs = {"the traced image": example, "a blank image": torch.full_like(example, 0.5)}
+    sides = None
+    if size is None:
+        low, high = DETECTION_SIDES
+        sides = ({2: Dim("h", min=low, max=high), 3: Dim("w", min=low, max=high)},)
+    program = _export(graph, example, sides)
+    h, w = example.shape[-2:]
+    inputs = {"the traced image": example}
+    if size is None:  # other sizes than the traced one, and another aspect ratio
+        # mild changes of size and aspect: a program refuses sizes whose coarsest level is 1 px (module
+        # docstring), which a small model meets at once
+        others = {"it at 5/4 x 5/4": (5 * h // 4, 5 * w // 4), "it at 1 x 5/4": (h, 5 * w // 4)}
+        for name, other in others.items():
+            resized = F.interpolate(example, size=_within(other), mode="bilinear", antialias=True)
+            inputs[f"{name}, {resized.shape[-2]} x {resized.shape[-1]}"] = resized
+    blank_size = (h, w) if size is not None else _within((w, h))
+    inputs["a blank image"] = torch.full((1, 3, *blank_size), 0.5)
 
     def check(run) -> list[Check]:
         return [compare_detections(graph(x), run(x), name) for name, x in inputs.items()]
 
     checks = _write(program, path, graph.outputs, check)
     return Exported(path, export_format(path), size, 1, checks)
+
+
+def _within(size: tuple[int, int]) -> tuple[int, int]:
+    low, high = DETECTION_SIDES
+    return (min(max(size[0], low), high), min(max(size[1], low), high))
 
 
 def _count(n: int, noun: str) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.image_list import ImageList, as_size
 
 FPN_SIZES = ((32,), (64,), (128,), (256,), (512,))
 FPN_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
@@ -124,21 +124,34 @@ class AnchorGenerator(nn.Module):
         device: torch.device,
         dtype: torch.dtype,
     ) -> Tensor:
-        """All levels' anchors concatenated, ``[Σ_l H_l W_l A_l, 4]`` (cached)."""
+        """All levels' anchors concatenated, ``[Σ_l H_l W_l A_l, 4]`` (cached, except in a graph that
+        ``torch.export`` traces: there the sizes may be symbolic, and the graph computes them)."""
+        if torch.compiler.is_exporting():
+            return self._compute(grid_sizes, strides, device, dtype)
         key = (tuple(grid_sizes), tuple(strides), device, dtype)
         anchors = self._cache.get(key)
         if anchors is not None:
             self._cache.move_to_end(key)
             return anchors
+        anchors = self._compute(grid_sizes, strides, device, dtype)
+        self._cache[key] = anchors
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return anchors
+
+    def _compute(
+        self,
+        grid_sizes: Sequence[tuple[int, int]],
+        strides: Sequence[tuple[int, int]],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> Tensor:
         anchors = torch.cat(
             [
                 shifted_anchors(base.to(device=device, dtype=dtype), size, stride)
                 for base, size, stride in zip(self.cell_anchors, grid_sizes, strides, strict=True)
             ]
         )
-        self._cache[key] = anchors
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
         return anchors
 
     def forward(
@@ -155,7 +168,7 @@ class AnchorGenerator(nn.Module):
                 f"{len(feature_maps)} feature maps for an anchor generator of {len(self.cell_anchors)} levels"
             )
         image_h, image_w = image_list.tensors.shape[-2:]
-        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feature_maps]
+        grid_sizes = [(as_size(f.shape[-2]), as_size(f.shape[-1])) for f in feature_maps]
         strides = [(image_h // h, image_w // w) for h, w in grid_sizes]
         first = feature_maps[0]
         anchors = self.grid_anchors(grid_sizes, strides, first.device, dtype or first.dtype)

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.image_list import ImageList, as_size
 from segdet.models.detection.transform import DetectionTransform
 from segdet.models.fuse import fold_batchnorm
 from segdet.models.memory_format import channels_last_pays, has_grouped_convolutions
@@ -138,7 +138,7 @@ class Detector(nn.Module):
         ``None`` in evaluation."""
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [(as_size(im.shape[-2]), as_size(im.shape[-1])) for im in images]
         prepared = None
         if self.training:
             if targets is None:

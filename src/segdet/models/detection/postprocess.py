@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from segdet.models.detection.image_list import sizes_tensor
 from segdet.ops.nms import batched_nms, batched_nms_first
 
 
@@ -28,7 +29,7 @@ def image_bounds(image_sizes: Sequence[tuple[int, int]], images: Tensor, dtype: 
     """``[R, 4]`` upper bounds ``(w, h, w, h)`` of the image (``(h, w)`` in ``image_sizes``) of each of
     ``R`` candidates, ``images`` its index; clip with ``torch.minimum(boxes.clamp(min=0), bounds)``
     (torchvision's ``clip_boxes_to_image``, for boxes of several images at once)."""
-    sizes = torch.as_tensor(image_sizes, dtype=dtype, device=images.device).reshape(-1, 2)
+    sizes = sizes_tensor(image_sizes, images.device, dtype)
     return sizes[images].flip(1).repeat(1, 2)
 
 

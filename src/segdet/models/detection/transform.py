@@ -28,7 +28,6 @@ copies); the result is the same as for the list of its images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segdet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.image_list import ImageList, as_size, sizes_tensor
 from segdet.ops.masks import paste_masks_in_image
 
 __all__ = [
@@ -50,8 +49,20 @@ __all__ = [
 
 
 def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
-    """``s = min(min_size / min(h, w), max_size / max(h, w))`` (Python floats, as torchvision)."""
+    """``s = min(min_size / min(h, w), max_size / max(h, w))`` (Python floats, as torchvision; symbolic
+    ones under ``torch.export`` with dynamic image sides, without fixing which term is the smaller)."""
+    if isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt):
+        return torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
     return min(min_size / min(height, width), max_size / max(height, width))
+
+
+def _largest(values) -> int:
+    """``max(values)``; symbolic sizes (``torch.export``) without a guard on which is the largest."""
+    values = list(values)
+    largest = values[0]
+    for value in values[1:]:
+        largest = torch.sym_max(largest, value)
+    return largest
 
 
 def _interpolate(x: Tensor, scale: float | tuple[int, int], mode: str) -> Tensor:
@@ -150,8 +161,8 @@ class DetectionTransform(nn.Module):
         """The batch's ``(H, W)``: the largest height and width rounded up to ``size_divisible``."""
         d = self.size_divisible
         return (
-            int(math.ceil(max(h for h, _ in sizes) / d) * d),
-            int(math.ceil(max(w for _, w in sizes) / d) * d),
+            -(-_largest(h for h, _ in sizes) // d) * d,  # ceil(h / d) * d, in integers
+            -(-_largest(w for _, w in sizes) // d) * d,
         )
 
     def _resize_target(self, target: dict[str, Tensor], old: tuple[int, int], new: tuple[int, int], scale):
@@ -187,14 +198,14 @@ class DetectionTransform(nn.Module):
         for i, image in enumerate(images):
             if image.dim() != 3:
                 raise ValueError(f"image {i} must be C x H x W, got shape {tuple(image.shape)}")
-            old = (int(image.shape[-2]), int(image.shape[-1]))
+            old = (as_size(image.shape[-2]), as_size(image.shape[-1]))
             scale = self._scale(old, generator)
             image = _interpolate(self.normalize(image)[None], scale, "bilinear")[0]
             resized.append(image)
             if targets is not None:
-                new = (int(image.shape[-2]), int(image.shape[-1]))
+                new = (as_size(image.shape[-2]), as_size(image.shape[-1]))
                 new_targets.append(self._resize_target(targets[i], old, new, scale))
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in resized]
+        sizes = [(as_size(im.shape[-2]), as_size(im.shape[-1])) for im in resized]
         height, width = self.padded_size(sizes)
         batch = resized[0].new_zeros((len(resized), resized[0].shape[0], height, width))
         batch = batch.contiguous(memory_format=self.memory_format)
@@ -210,10 +221,10 @@ class DetectionTransform(nn.Module):
             return self.forward(list(images), targets, generator)
         if targets is not None and len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-        old = (int(images.shape[-2]), int(images.shape[-1]))
+        old = (as_size(images.shape[-2]), as_size(images.shape[-1]))
         scale = self._scale(old, generator)
         batch = _interpolate(self.normalize(images), scale, "bilinear")
-        new = (int(batch.shape[-2]), int(batch.shape[-1]))
+        new = (as_size(batch.shape[-2]), as_size(batch.shape[-1]))
         height, width = self.padded_size([new])
         batch = F.pad(batch, (0, width - new[1], 0, height - new[0])).contiguous(
             memory_format=self.memory_format
@@ -239,10 +250,7 @@ class DetectionTransform(nn.Module):
         if not detections:
             return detections
         device = detections[0]["boxes"].device
-        ratios = axis_ratios(
-            torch.as_tensor(list(image_sizes), device=device).reshape(-1, 2),
-            torch.as_tensor(list(original_sizes), device=device).reshape(-1, 2),
-        )
+        ratios = axis_ratios(sizes_tensor(image_sizes, device), sizes_tensor(original_sizes, device))
         if len(detections) == 1:  # no sizes to split by (and none that torch.export must trace)
             scaled = [detections[0]["boxes"] * ratios]
         else:

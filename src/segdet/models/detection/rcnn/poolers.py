@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from segdet.models.detection.image_list import as_size
 from segdet.ops.boxes import box_area
 from segdet.ops.roi_align import roi_align
 from segdet.ops.roi_pool import boxes_to_rois, roi_pool
@@ -118,7 +119,7 @@ class MultiScaleRoIPool(nn.Module):
         """Scale of each feature map w.r.t. the (padded) batch: its height over the largest image height."""
         if not image_sizes:
             raise ValueError("image_sizes must not be empty")
-        max_height = max(int(h) for h, _ in image_sizes)
+        max_height = max(as_size(h) for h, _ in image_sizes)
         return [infer_scale(f.shape[-2], max_height) for f in features]
 
     def forward(

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.image_list import ImageList, as_size
 
 _CACHE_SIZE = 8
 
@@ -119,9 +119,11 @@ class DefaultBoxGenerator(nn.Module):
     def grid_boxes(
         self, grid_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], device: torch.device
     ) -> Tensor:
-        """``[M, 4]`` absolute xyxy default boxes of an ``image_size`` ``(H, W)`` batch (cached)."""
+        """``[M, 4]`` absolute xyxy default boxes of an ``image_size`` ``(H, W)`` batch (cached, except
+        in a graph that ``torch.export`` traces, which computes them)."""
+        exporting = torch.compiler.is_exporting()
         key = (tuple(grid_sizes), tuple(image_size), device)
-        boxes = self._cache.get(key)
+        boxes = None if exporting else self._cache.get(key)
         if boxes is not None:
             self._cache.move_to_end(key)
             return boxes
@@ -134,6 +136,8 @@ class DefaultBoxGenerator(nn.Module):
             ),
             dim=-1,
         ).to(device)
+        if exporting:
+            return boxes
         self._cache[key] = boxes
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -143,6 +147,6 @@ class DefaultBoxGenerator(nn.Module):
         """The ``[M, 4]`` default boxes shared by every image of the batch (do not modify in place)."""
         if len(feature_maps) != len(self.aspect_ratios):
             raise ValueError(f"{len(feature_maps)} feature maps for {len(self.aspect_ratios)} levels")
-        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feature_maps]
+        grid_sizes = [(as_size(f.shape[-2]), as_size(f.shape[-1])) for f in feature_maps]
         height, width = image_list.tensors.shape[-2:]
-        return self.grid_boxes(grid_sizes, (int(height), int(width)), feature_maps[0].device)
+        return self.grid_boxes(grid_sizes, (as_size(height), as_size(width)), feature_maps[0].device)

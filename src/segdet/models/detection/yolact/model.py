@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.detector import Detector
 from segdet.models.detection.head_outputs import flatten_anchor_outputs, in_float32
-from segdet.models.detection.image_list import ImageList
+from segdet.models.detection.image_list import ImageList, as_size
 from segdet.models.detection.matcher import Matcher, match_to_targets
 from segdet.models.detection.postprocess import best_per_image, image_bounds, select_detections, topk_above
 from segdet.models.detection.settings import TransformSettings
@@ -168,7 +168,7 @@ class YOLACT(Detector):
             if "masks" not in target:
                 raise ValueError(f"target {i} has no 'masks': YOLACT trains on instance masks")
         s = self.settings
-        padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        padded = (as_size(batch.tensors.shape[-2]), as_size(batch.tensors.shape[-1]))
         matched = match_to_targets(self.matcher, anchors, targets)
         losses = ssd_loss(logits, deltas, anchors, matched, targets, self.box_coder, s.neg_to_pos_ratio)
         losses["bbox_regression"] = s.box_loss_weight * losses["bbox_regression"]
@@ -260,7 +260,7 @@ class YOLACT(Detector):
             return losses
         grid_masks = [det.pop("prototype_masks") for det in detections]
         results = super().outputs(detections, losses, batch, original_sizes)
-        padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        padded = (as_size(batch.tensors.shape[-2]), as_size(batch.tensors.shape[-1]))
         for result, masks, size, original in zip(
             results, grid_masks, batch.image_sizes, original_sizes, strict=True
         ):
