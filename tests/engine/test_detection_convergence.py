@@ -159,7 +159,7 @@ def assert_default_inference_keeps_ap(net, det: DetectionTask, metrics: dict[str
 
 
 def assert_exports_as_trained(
-    net, det: DetectionTask, tmp_path, capsys, exact: bool = True, any_size: bool = True
+    net, det: DetectionTask, tmp_path, capsys, exact: bool = True, any_size: bool = True, suffix: str = ".pt2"
 ) -> None:
     """The trained ``net`` saved as a checkpoint and put through ``segdet export --image`` (its first
     image) to a ``.pt2`` program that takes any image size, which detects on each of the four images what
@@ -169,14 +169,14 @@ def assert_exports_as_trained(
     (the transform's resize, the anchors and the decoding follow the input's size). The images have
     detections to compare. The command prints its four checks (two at other sizes). Not ``any_size``:
     ``--size 64 64`` (a program of one size; a dynamic YOLACT takes ~30 s to export and as long to load,
-    too slow for the suite)."""
+    too slow for the suite). ``suffix`` ``.onnx``: the file runs on ONNX Runtime, paired (not exact)."""
     from segdet.cli.main import main
     from segdet.data.io import load_image
     from segdet.engine.checkpoint import save_checkpoint
     from segdet.engine.config import to_dict
     from segdet.engine.export import DetectionGraph, compare_detections, load_exported
 
-    checkpoint, out = tmp_path / "trained.safetensors", tmp_path / "trained.pt2"
+    checkpoint, out = tmp_path / "trained.safetensors", tmp_path / f"trained{suffix}"
     state = {"model": net.state_dict(), "config": to_dict(det.cfg), "classes": list(det.classes)}
     save_checkpoint(checkpoint, {**state, "epoch": 1, "task": det.cfg.task})
     first = sorted((tmp_path / "shapes").rglob("*.png"))[0]
@@ -290,6 +290,7 @@ def test_yolov1_overfits_shapes(tmp_path, capsys):
     metrics = overfit(tmp_path, "detection", "yolov1", YOLOV1, steps=150, lr=0.001, trained=trained)
     assert metrics["AP50"] >= 0.9, metrics
     assert_exports_as_trained(*trained[0], tmp_path, capsys)
+    assert_exports_as_trained(*trained[0], tmp_path, capsys, exact=False, suffix=".onnx")
 
 
 @pytest.mark.slow

@@ -221,9 +221,8 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
 
 
 def test_which_detectors_take_any_size(monkeypatch, tmp_path):
-    """By default a one-stage detector goes to ``.pt2`` with dynamic sides, 32 to 8192 (traced at its own
-    input size); to ``.onnx`` (its graph at other sizes is not yet checked to be PyTorch's), and an
-    R-CNN to either, with its own input size fixed."""
+    """By default a one-stage detector is traced at its own input size with dynamic sides, 32 to 8192
+    (``.pt2`` and ``.onnx``); an R-CNN (to either) and YOLACT to ``.onnx`` with that size fixed."""
     from segdet.models import build
 
     traced = []
@@ -235,14 +234,25 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
     monkeypatch.setattr(export, "_export", stop)
     yolo = build("yolov1", 2).eval()
     rcnn = build("fasterrcnn_resnet50_fpn", 2, backbone="resnet18", min_size=96, max_size=128).eval()
-    for model, suffix in ((yolo, ".pt2"), (yolo, ".onnx"), (rcnn, ".pt2")):
+    yolact = build("yolact_resnet50_fpn", 2, backbone="resnet18").eval()
+    cases = [
+        (yolo, ".pt2"),
+        (yolo, ".onnx"),
+        (rcnn, ".pt2"),
+        (rcnn, ".onnx"),
+        (yolact, ".pt2"),
+        (yolact, ".onnx"),
+    ]
+    for model, suffix in cases:
         with pytest.raises(SegdetError, match="traced"):
             export.export_detector(model, tmp_path / f"y{suffix}")
-    (any_shape, sides), (onnx_shape, onnx_sides), (rcnn_shape, rcnn_sides) = traced
-    assert any_shape == onnx_shape == (1, 3, 448, 448) and rcnn_shape == (1, 3, 96, 96)
-    h, w = sides[0][2], sides[0][3]
-    assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
-    assert onnx_sides is None and rcnn_sides is None
+    for (model, suffix), (shape, sides) in zip(cases, traced, strict=True):
+        assert shape == (1, 3, *export.default_detection_size(model)), (type(model), suffix)
+        fixed = model is rcnn or (model is yolact and suffix == ".onnx")
+        assert (sides is None) is fixed, (type(model), suffix)
+        if not fixed:
+            h, w = sides[0][2], sides[0][3]
+            assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
 
 
 def test_detectors_that_are_refused_say_why():

@@ -20,8 +20,8 @@ the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
 EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1]: to .pt2 any H, W from 32 to 8192 (not the
-            R-CNNs); else exactly the exported H x W (default: the model's own input size)
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (not the R-CNNs, nor
+            YOLACT to ONNX); else exactly the exported H x W (default: the model's own input size)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -35,8 +35,9 @@ one image per call, ``D`` from 0 to ``detections_per_img``. With any size the gr
 anchors and decodes for the input's size as the model does (sizes stay symbolic: ``as_size`` and
 ``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
 size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
-size. Not for the R-CNNs (:func:`takes_any_size`: their RoI level scale rule) nor yet to ONNX (a Faster
-R-CNN's ONNX graph at sizes other than the traced one scored differently from PyTorch: not found yet).
+size. Not for the R-CNNs, nor YOLACT to ONNX (:func:`takes_any_size`: their RoI level scale rule, and
+ONNX's fixed ``RoiAlign`` output size). Sizes are computed in non-negative integers (ONNX's integer
+division truncates where Python's floors) and resizes are given as sizes, not factors.
 Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.export.load`` of such a
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
 CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0 and 31 / 28 s for YOLACT; running it
@@ -260,15 +261,17 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
     )
 
 
-def takes_any_size(model: nn.Module) -> bool:
-    """Whether ``model``'s exported program can take any image size: every detector but the R-CNNs, whose
-    RoI poolers infer each level's scale from the unpadded image height, ``2 ** round(log2(feature
-    height / image height))`` as torchvision does: a value the graph would fix at the traced image's
-    (for images whose padding is over ~41 % of their height, e.g. 43 px padded to 64, the rule picks
-    twice the level's scale, and the eager model follows it)."""
+def takes_any_size(model: nn.Module, fmt: str = "pt2") -> bool:
+    """Whether ``model``'s exported ``fmt`` graph can take any image size. Not the R-CNNs: their RoI
+    poolers infer each level's scale from the unpadded image height, ``2 ** round(log2(feature height /
+    image height))`` as torchvision does, a value the graph would fix at the traced image's (for images
+    whose padding is over ~41 % of their height, e.g. 43 px padded to 64, the rule picks twice the
+    level's scale, and the eager model follows it). Not YOLACT to ONNX: its masks are resampled to the
+    image by ``RoiAlign``, whose output size ONNX takes as a fixed attribute."""
     from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+    from segdet.models.detection.yolact import YOLACT
 
-    return not isinstance(model, GeneralizedRCNN)
+    return not isinstance(model, GeneralizedRCNN) and not (fmt == "onnx" and isinstance(model, YOLACT))
 
 
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
@@ -281,8 +284,8 @@ def export_detector(
     model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
     """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
-    sides :data:`DETECTION_SIDES`; to ``.pt2``, and not the R-CNNs (:func:`takes_any_size`): otherwise
-    the model's own input size, module docstring) or of exactly ``size``; traced and checked on
+    sides :data:`DETECTION_SIDES`; not the R-CNNs, nor YOLACT to ONNX (:func:`takes_any_size`): those
+    take the model's own input size) or of exactly ``size``; traced and checked on
     ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
     the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
     sizes. The file appears whole or not at all."""
@@ -293,7 +296,7 @@ def export_detector(
     problem = detector_export_problem(model)
     if problem:
         raise SegdetError(problem)
-    if size is None and (export_format(path) == "onnx" or not takes_any_size(model)):
+    if size is None and not takes_any_size(model, export_format(path)):
         size = default_detection_size(model)
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model)  # module docstring: BatchNorm over a data-dependent number of RoIs

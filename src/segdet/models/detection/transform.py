@@ -28,6 +28,7 @@ copies); the result is the same as for the list of its images.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +69,10 @@ def _largest(values) -> int:
 def _interpolate(x: Tensor, scale: float | tuple[int, int], mode: str) -> Tensor:
     """``x`` (``N x C x H x W``) resized by ``scale`` to ``floor(H s) x floor(W s)``, or to the size
     ``scale = (H', W')``."""
+    if torch.compiler.is_exporting() and not isinstance(scale, tuple):
+        # The size, not the factor: ONNX's Resize given a factor maps coordinates with it, PyTorch (with
+        # recompute_scale_factor) with output / input size, which the size gives in both.
+        scale = (math.floor(x.shape[-2] * scale), math.floor(x.shape[-1] * scale))
     if isinstance(scale, tuple):
         if mode == "bilinear":
             return F.interpolate(x, size=scale, mode=mode, align_corners=False)
@@ -161,8 +166,10 @@ class DetectionTransform(nn.Module):
         """The batch's ``(H, W)``: the largest height and width rounded up to ``size_divisible``."""
         d = self.size_divisible
         return (
-            -(-_largest(h for h, _ in sizes) // d) * d,  # ceil(h / d) * d, in integers
-            -(-_largest(w for _, w in sizes) // d) * d,
+            # ceil(h / d) * d in non-negative integers: ONNX's integer Div truncates (-(-h // d) would
+            # round down there)
+            (_largest(h for h, _ in sizes) + d - 1) // d * d,
+            (_largest(w for _, w in sizes) + d - 1) // d * d,
         )
 
     def _resize_target(self, target: dict[str, Tensor], old: tuple[int, int], new: tuple[int, int], scale):
