@@ -285,7 +285,8 @@ def test_ssdlite_overfits_shapes(tmp_path):
 
 @pytest.mark.slow
 def test_yolov1_overfits_shapes(tmp_path, capsys):
-    """Then exported (segdet export), it detects as the trained model on the four images."""
+    """Then exported (segdet export) for any image size, to ``.pt2`` and to ONNX, it detects as the trained
+    model on the four images and on them at two other sizes."""
     trained = []
     metrics = overfit(tmp_path, "detection", "yolov1", YOLOV1, steps=150, lr=0.001, trained=trained)
     assert metrics["AP50"] >= 0.9, metrics

@@ -235,14 +235,7 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
     yolo = build("yolov1", 2).eval()
     rcnn = build("fasterrcnn_resnet50_fpn", 2, backbone="resnet18", min_size=96, max_size=128).eval()
     yolact = build("yolact_resnet50_fpn", 2, backbone="resnet18").eval()
-    cases = [
-        (yolo, ".pt2"),
-        (yolo, ".onnx"),
-        (rcnn, ".pt2"),
-        (rcnn, ".onnx"),
-        (yolact, ".pt2"),
-        (yolact, ".onnx"),
-    ]
+    cases = [(model, suffix) for model in (yolo, rcnn, yolact) for suffix in (".pt2", ".onnx")]
     for model, suffix in cases:
         with pytest.raises(SegdetError, match="traced"):
             export.export_detector(model, tmp_path / f"y{suffix}")
