@@ -232,7 +232,7 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
         raise SegdetError("traced")
 
     monkeypatch.setattr(export, "_export", stop)
-    yolo = build("yolov1", 2).eval()
+    yolo = build("yolov1_mobilenet_v3_small", 2).eval()
     rcnn = build("fasterrcnn_resnet50_fpn", 2, backbone="resnet18", min_size=96, max_size=128).eval()
     yolact = build("yolact_resnet50_fpn", 2, backbone="resnet18").eval()
     cases = [(model, suffix) for model in (yolo, rcnn, yolact) for suffix in (".pt2", ".onnx")]

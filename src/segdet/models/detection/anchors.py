@@ -126,32 +126,21 @@ class AnchorGenerator(nn.Module):
     ) -> Tensor:
         """All levels' anchors concatenated, ``[Σ_l H_l W_l A_l, 4]`` (cached, except in a graph that
         ``torch.export`` traces: there the sizes may be symbolic, and the graph computes them)."""
-        if torch.compiler.is_exporting():
-            return self._compute(grid_sizes, strides, device, dtype)
-        key = (tuple(grid_sizes), tuple(strides), device, dtype)
-        anchors = self._cache.get(key)
+        key = None if torch.compiler.is_exporting() else (tuple(grid_sizes), tuple(strides), device, dtype)
+        anchors = None if key is None else self._cache.get(key)
         if anchors is not None:
             self._cache.move_to_end(key)
             return anchors
-        anchors = self._compute(grid_sizes, strides, device, dtype)
-        self._cache[key] = anchors
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return anchors
-
-    def _compute(
-        self,
-        grid_sizes: Sequence[tuple[int, int]],
-        strides: Sequence[tuple[int, int]],
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> Tensor:
         anchors = torch.cat(
             [
                 shifted_anchors(base.to(device=device, dtype=dtype), size, stride)
                 for base, size, stride in zip(self.cell_anchors, grid_sizes, strides, strict=True)
             ]
         )
+        if key is not None:
+            self._cache[key] = anchors
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
         return anchors
 
     def forward(
