@@ -20,8 +20,8 @@ the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
 EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (not the R-CNNs, nor
-            YOLACT to ONNX); else exactly the exported H x W (default: the model's own input size)
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (not YOLACT to ONNX);
+            else exactly the exported H x W (default: the model's own input size)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -35,12 +35,14 @@ one image per call, ``D`` from 0 to ``detections_per_img``. With any size the gr
 anchors and decodes for the input's size as the model does (sizes stay symbolic: ``as_size`` and
 ``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
 size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
-size. Not for the R-CNNs, nor YOLACT to ONNX (:func:`takes_any_size`: their RoI level scale rule, and
-ONNX's fixed ``RoiAlign`` output size). Sizes are computed in non-negative integers (ONNX's integer
+size. The R-CNNs' RoI level scales are the traced example's, the same at every size
+(:mod:`segdet.models.detection.rcnn.poolers`). Not YOLACT to ONNX (:func:`takes_any_size`: ONNX's fixed
+``RoiAlign`` output size). Sizes are computed in non-negative integers (ONNX's integer
 division truncates where Python's floors) and resizes are given as sizes, not factors.
 Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.export.load`` of such a
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
-CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0 and 31 / 28 s for YOLACT; running it
+CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0, 31 / 28 s for YOLACT and about 65 s
+in all for a small Mask R-CNN; running it
 costs what the fixed-size program does. ``--size`` gives the one-size program, which loads in ~1 s.
 
 Masks stay in their boxes as Detectron2's
@@ -262,16 +264,12 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
 
 
 def takes_any_size(model: nn.Module, fmt: str = "pt2") -> bool:
-    """Whether ``model``'s exported ``fmt`` graph can take any image size. Not the R-CNNs: their RoI
-    poolers infer each level's scale from the unpadded image height, ``2 ** round(log2(feature height /
-    image height))`` as torchvision does, a value the graph would fix at the traced image's (for images
-    whose padding is over ~41 % of their height, e.g. 43 px padded to 64, the rule picks twice the
-    level's scale, and the eager model follows it). Not YOLACT to ONNX: its masks are resampled to the
-    image by ``RoiAlign``, whose output size ONNX takes as a fixed attribute."""
-    from segdet.models.detection.rcnn.generalized_rcnn import GeneralizedRCNN
+    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector, except YOLACT
+    to ONNX, whose masks are resampled to the image by ``RoiAlign``, whose output size ONNX takes as a
+    fixed attribute."""
     from segdet.models.detection.yolact import YOLACT
 
-    return not isinstance(model, GeneralizedRCNN) and not (fmt == "onnx" and isinstance(model, YOLACT))
+    return not (fmt == "onnx" and isinstance(model, YOLACT))
 
 
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
@@ -284,8 +282,8 @@ def export_detector(
     model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
     """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
-    sides :data:`DETECTION_SIDES`; not the R-CNNs, nor YOLACT to ONNX (:func:`takes_any_size`): those
-    take the model's own input size) or of exactly ``size``; traced and checked on
+    sides :data:`DETECTION_SIDES`; not YOLACT to ONNX (:func:`takes_any_size`): it takes the model's
+    own input size) or of exactly ``size``; traced and checked on
     ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
     the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
     sizes. The file appears whole or not at all."""

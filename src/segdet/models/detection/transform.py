@@ -28,7 +28,6 @@ copies); the result is the same as for the list of its images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -72,7 +71,8 @@ def _interpolate(x: Tensor, scale: float | tuple[int, int], mode: str) -> Tensor
     if torch.compiler.is_exporting() and not isinstance(scale, tuple):
         # The size, not the factor: ONNX's Resize given a factor maps coordinates with it, PyTorch (with
         # recompute_scale_factor) with output / input size, which the size gives in both.
-        scale = (math.floor(x.shape[-2] * scale), math.floor(x.shape[-1] * scale))
+        # (torch.sym_int truncates: floor for these positive sizes; math.floor does not serialise)
+        scale = (torch.sym_int(x.shape[-2] * scale), torch.sym_int(x.shape[-1] * scale))
     if isinstance(scale, tuple):
         if mode == "bilinear":
             return F.interpolate(x, size=scale, mode=mode, align_corners=False)

@@ -48,6 +48,8 @@ def test_infer_scale():
     assert infer_scale(50, 200) == 0.25
     assert infer_scale(13, 100) == 0.125  # ceil(100 / 8)
     assert infer_scale(7, 200) == 1 / 32
+    # an image resized to 43 px, padded to 64 (stride 4: 16 px): 1/4, where torchvision's round gives 1/2
+    assert infer_scale(16, 43) == 0.25 and infer_scale(2, 43) == 1 / 32
 
 
 @pytest.mark.parametrize("sampling_ratio", [2, -1])

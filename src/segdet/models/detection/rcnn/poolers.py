@@ -7,9 +7,13 @@ level ::
 
 so a 224x224 RoI (the ImageNet pre-training size) goes to ``k0 = 4`` (``P_4``, stride 16), one half that
 size to ``P_3``, twice it to ``P_5``. ``eps = 1e-6`` keeps RoIs of exactly ``224 * 2^j`` pixels from
-falling one level short by round-off. The level of a feature map is ``-log2(scale)`` where its scale
-``feature_size / image_size`` is rounded to a power of two (``2 ** round(log2(.))``, measured on the height
-against the largest image of the batch), so features of odd-sized inputs still get exact strides.
+falling one level short by round-off. The level of a feature map is ``-log2(scale)``: its scale, one over
+its stride, from ``feature_size / image_size`` (the height, against the largest unpadded image of the
+batch) as ``2 ** floor(log2(.))``. The feature covers the padded batch, whose height lies in
+``[h, 2h)`` (padding to a multiple of 32 adds less than the image), so the ratio lies in
+``[1 / stride, 2 / stride)`` and the floor is exact. torchvision rounds instead: the same for every
+image whose padding adds under 41 % of its height, but twice the scale beyond (an image resized to 43
+px and padded to 64: RoIs then sample the wrong half of the feature map).
 
 Then every RoI of one level, from all images of the batch, is pooled in one call of ``roi_align``
 (He et al., "Mask R-CNN", ICCV 2017: bilinear sampling, no quantisation; torchvision's kernel on every
@@ -18,7 +22,9 @@ quantised bins; :mod:`segdet.ops.roi_pool`, equal to torchvision's). With a sing
 ``C4`` heads) every RoI is pooled from it.
 
 The level rule and scales are those of torchvision's ``MultiScaleRoIAlign``, so its results are
-reproduced exactly.
+reproduced exactly (except on images padded by over 41 % of their height, above). Under ``torch.export``
+with dynamic image sides (``segdet export``) the sizes are symbolic and the scale is the traced
+example's: the same at every size, by the bound above.
 """
 
 from __future__ import annotations
@@ -38,8 +44,15 @@ POOL_MODES = ("align", "pool")
 
 
 def infer_scale(feature_size: int, image_size: int) -> float:
-    """``2 ** round(log2(feature_size / image_size))``: the feature's scale, a power of two."""
-    return 2.0 ** round(math.log2(feature_size / image_size))
+    """``2 ** floor(log2(feature_size / image_size))``: the feature's scale, one over its stride (module
+    docstring); symbolic sizes give the traced example's."""
+    feature_size, image_size = _example_value(feature_size), _example_value(image_size)
+    return 2.0 ** math.floor(math.log2(feature_size / image_size))
+
+
+def _example_value(size: int | torch.SymInt) -> int:
+    """A size's value in the example ``torch.export`` traces (the size itself outside a trace)."""
+    return size.node.hint if isinstance(size, torch.SymInt) else size
 
 
 def map_levels(
