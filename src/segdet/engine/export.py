@@ -20,8 +20,8 @@ the graph takes exactly that size (any ``H``, ``W``; the batch stays free).
 **Detection graph** (:class:`DetectionGraph`; Faster and Mask R-CNN (FPN and C4), RetinaNet,
 EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (not YOLACT to ONNX);
-            else exactly the exported H x W (default: the model's own input size)
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (to ONNX only SSD,
+            SSDLite, YOLO v1); else exactly the exported H x W (default: the model's own input size)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -36,9 +36,10 @@ anchors and decodes for the input's size as the model does (sizes stay symbolic:
 ``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
 size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
 size. The R-CNNs' RoI level scales are the traced example's, the same at every size
-(:mod:`segdet.models.detection.rcnn.poolers`). Not YOLACT to ONNX (:func:`takes_any_size`: ONNX's fixed
-``RoiAlign`` output size). Sizes are computed in non-negative integers (ONNX's integer
-division truncates where Python's floors) and resizes are given as sizes, not factors.
+(:mod:`segdet.models.detection.rcnn.poolers`). To ONNX only the detectors that resize every image to
+one size (:func:`takes_any_size`: ONNX's size arithmetic is float32). Sizes are computed in
+non-negative integers (ONNX's integer division truncates where Python's floors) and resizes are given as
+sizes, not factors.
 Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.export.load`` of such a
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
 CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0, 31 / 28 s for YOLACT and about 65 s
@@ -264,12 +265,17 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
 
 
 def takes_any_size(model: nn.Module, fmt: str = "pt2") -> bool:
-    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector, except YOLACT
-    to ONNX, whose masks are resampled to the image by ``RoiAlign``, whose output size ONNX takes as a
-    fixed attribute."""
+    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector to ``.pt2``; to
+    ONNX only those that resize every image to one fixed size (SSD, SSDLite, YOLO v1). ONNX computes the
+    graph's size arithmetic in float32, and a resize that keeps the aspect ratio takes ``floor(side *
+    scale)``, which for ~5 % of sides lands a pixel below PyTorch's float64 (``97 * (256 / 97)`` is
+    255.99998 in float32: an image 97 px wide became 255 px instead of 256). YOLACT's masks are resampled
+    by ``RoiAlign``, whose output size ONNX takes as a fixed attribute."""
     from segdet.models.detection.yolact import YOLACT
 
-    return not (fmt == "onnx" and isinstance(model, YOLACT))
+    if fmt != "onnx":
+        return True
+    return model.transform.fixed_size is not None and not isinstance(model, YOLACT)
 
 
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
@@ -282,8 +288,8 @@ def export_detector(
     model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
     """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
-    sides :data:`DETECTION_SIDES`; not YOLACT to ONNX (:func:`takes_any_size`): it takes the model's
-    own input size) or of exactly ``size``; traced and checked on
+    sides :data:`DETECTION_SIDES`; to ONNX only SSD, SSDLite and YOLO v1 (:func:`takes_any_size`), the
+    others take the model's own input size) or of exactly ``size``; traced and checked on
     ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
     the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
     sizes. The file appears whole or not at all."""
@@ -319,7 +325,7 @@ def export_detector(
     if size is None:  # other sizes than the traced one, and another aspect ratio
         # mild changes of size and aspect: a program refuses sizes whose coarsest level is 1 px (module
         # docstring), which a small model meets at once
-        others = {"it at 5/4 x 5/4": (5 * h // 4, 5 * w // 4), "it at 1 x 5/4": (h, 5 * w // 4)}
+        others = {"it at 5/4 x 1": (5 * h // 4, w), "it at 1 x 5/4": (h, 5 * w // 4)}  # taller, wider
         for name, other in others.items():
             resized = F.interpolate(example, size=_within(other), mode="bilinear", antialias=True)
             inputs[f"{name}, {resized.shape[-2]} x {resized.shape[-1]}"] = resized
