@@ -252,6 +252,22 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
             assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
 
 
+def test_a_size_the_program_refuses_fails_its_check_in_one_line():
+    """A program that refuses an image's size (torch.export's guard, e.g. a 1 px feature level) fails
+    that check with the size and the guard's first line, instead of an unexpected error."""
+
+    def refuse(image):
+        raise AssertionError("Guard failed: 1 + (h // 64) != 1\nmore lines")
+
+    expected = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    check = export.check_detections(expected, refuse, torch.zeros(1, 3, 40, 500), "it at 1 x 5/4")
+    assert not check.ok
+    assert check.summary == (
+        "on it at 1 x 5/4: the exported program refuses a 40 x 500 image (Guard failed: 1 + (h // 64) != 1)"
+    )
+    assert export.check_detections(expected, lambda image: expected, torch.zeros(1, 3, 8, 8), "x").ok
+
+
 def test_detectors_that_are_refused_say_why():
     """R-CNN and Fast R-CNN (selective search outside the network) are refused in one line that names
     them and the reason; every other family is accepted."""
