@@ -263,7 +263,7 @@ def test_a_size_the_program_refuses_fails_its_check_in_one_line():
     check = export.check_detections(expected, refuse, torch.zeros(1, 3, 40, 500), "it at 1 x 5/4")
     assert not check.ok
     assert check.summary == (
-        "on it at 1 x 5/4: the exported program refuses a 40 x 500 image (Guard failed: 1 + (h // 64) != 1)"
+        "on it at 1 x 5/4: the exported program fails on a 40 x 500 image (Guard failed: 1 + (h // 64) != 1)"
     )
     assert export.check_detections(expected, lambda image: expected, torch.zeros(1, 3, 8, 8), "x").ok
 

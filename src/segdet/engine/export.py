@@ -340,15 +340,15 @@ def export_detector(
 
 
 def check_detections(expected: tuple[Tensor, ...], run, image: Tensor, where: str) -> Check:
-    """:func:`compare_detections` of ``run(image)`` with ``expected``; a program that refuses the image's
-    size (torch.export's guard: a feature level would be 1 px, module docstring) fails the check with
-    that reason, in one line."""
+    """:func:`compare_detections` of ``run(image)`` with ``expected``; a program that fails on the image
+    (e.g. torch.export's guard refusing its size: a feature level would be 1 px, module docstring) fails
+    the check in one line with the error's first line."""
     try:
         got = run(image)
     except (AssertionError, RuntimeError) as e:
         first = (str(e).splitlines() or [""])[0][:160]
         size = f"{image.shape[-2]} x {image.shape[-1]}"
-        return Check(False, f"on {where}: the exported program refuses a {size} image ({first})")
+        return Check(False, f"on {where}: the exported program fails on a {size} image ({first})")
     return compare_detections(expected, got, where)
 
 

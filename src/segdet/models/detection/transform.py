@@ -28,6 +28,7 @@ copies); the result is the same as for the list of its images.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -50,19 +51,9 @@ __all__ = [
 
 def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
     """``s = min(min_size / min(h, w), max_size / max(h, w))`` (Python floats, as torchvision; symbolic
-    ones under ``torch.export`` with dynamic image sides, without fixing which term is the smaller)."""
-    if isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt):
-        return torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
-    return min(min_size / min(height, width), max_size / max(height, width))
-
-
-def _largest(values) -> int:
-    """``max(values)``; symbolic sizes (``torch.export``) without a guard on which is the largest."""
-    values = list(values)
-    largest = values[0]
-    for value in values[1:]:
-        largest = torch.sym_max(largest, value)
-    return largest
+    ones under ``torch.export`` with dynamic image sides: ``torch.sym_min`` / ``sym_max`` are the builtins
+    on numbers and do not fix which term is the smaller on symbols)."""
+    return torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
 
 
 def _interpolate(x: Tensor, scale: float | tuple[int, int], mode: str) -> Tensor:
@@ -168,8 +159,8 @@ class DetectionTransform(nn.Module):
         return (
             # ceil(h / d) * d in non-negative integers: ONNX's integer Div truncates (-(-h // d) would
             # round down there)
-            (_largest(h for h, _ in sizes) + d - 1) // d * d,
-            (_largest(w for _, w in sizes) + d - 1) // d * d,
+            (functools.reduce(torch.sym_max, (h for h, _ in sizes)) + d - 1) // d * d,
+            (functools.reduce(torch.sym_max, (w for _, w in sizes)) + d - 1) // d * d,
         )
 
     def _resize_target(self, target: dict[str, Tensor], old: tuple[int, int], new: tuple[int, int], scale):

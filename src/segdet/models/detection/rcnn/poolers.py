@@ -34,6 +34,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from segdet.models.detection.image_list import as_size
 from segdet.ops.boxes import box_area
@@ -46,13 +47,8 @@ POOL_MODES = ("align", "pool")
 def infer_scale(feature_size: int, image_size: int) -> float:
     """``2 ** floor(log2(feature_size / image_size))``: the feature's scale, one over its stride (module
     docstring); symbolic sizes give the traced example's."""
-    feature_size, image_size = _example_value(feature_size), _example_value(image_size)
+    feature_size, image_size = optimization_hint(feature_size), optimization_hint(image_size)
     return 2.0 ** math.floor(math.log2(feature_size / image_size))
-
-
-def _example_value(size: int | torch.SymInt) -> int:
-    """A size's value in the example ``torch.export`` traces (the size itself outside a trace)."""
-    return size.node.hint if isinstance(size, torch.SymInt) else size
 
 
 def map_levels(

@@ -121,9 +121,8 @@ class DefaultBoxGenerator(nn.Module):
     ) -> Tensor:
         """``[M, 4]`` absolute xyxy default boxes of an ``image_size`` ``(H, W)`` batch (cached, except
         in a graph that ``torch.export`` traces, which computes them)."""
-        exporting = torch.compiler.is_exporting()
-        key = (tuple(grid_sizes), tuple(image_size), device)
-        boxes = None if exporting else self._cache.get(key)
+        key = None if torch.compiler.is_exporting() else (tuple(grid_sizes), tuple(image_size), device)
+        boxes = None if key is None else self._cache.get(key)
         if boxes is not None:
             self._cache.move_to_end(key)
             return boxes
@@ -136,11 +135,10 @@ class DefaultBoxGenerator(nn.Module):
             ),
             dim=-1,
         ).to(device)
-        if exporting:
-            return boxes
-        self._cache[key] = boxes
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        if key is not None:
+            self._cache[key] = boxes
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
         return boxes
 
     def forward(self, image_list: ImageList, feature_maps: Sequence[Tensor]) -> Tensor:
