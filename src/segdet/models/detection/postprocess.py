@@ -25,6 +25,12 @@ from segdet.models.detection.image_list import sizes_tensor
 from segdet.ops.nms import batched_nms, batched_nms_first
 
 
+def first_rows(x: Tensor, n: int) -> Tensor:
+    """``x[:n]``, as a narrow to ``sym_min(len(x), n)``: under ``torch.export`` before torch 2.11 a slice
+    of a data-dependent length (what an NMS keeps) guards on it ("u0 < 100") and the export fails."""
+    return x.narrow(0, 0, torch.sym_min(x.shape[0], n))
+
+
 def image_bounds(image_sizes: Sequence[tuple[int, int]], images: Tensor, dtype: torch.dtype) -> Tensor:
     """``[R, 4]`` upper bounds ``(w, h, w, h)`` of the image (``(h, w)`` in ``image_sizes``) of each of
     ``R`` candidates, ``images`` its index; clip with ``torch.minimum(boxes.clamp(min=0), bounds)``
@@ -154,7 +160,7 @@ def best_per_image(
     """
     columns = {"boxes": boxes, "scores": scores, "labels": labels, **(extras or {})}
     if num_images == 1:  # already in score order
-        keep = keep[:detections_per_img]
+        keep = first_rows(keep, detections_per_img)
     else:
         # Group by image keeping the score order, then keep each image's best ones. The keys (image,
         # position) are unique, so any sort is stable (ONNX, for segdet export, has no stable sort).

@@ -34,7 +34,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+try:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+except ImportError:  # its older names: size_hint (2.11, the GPU machine's), hint_int (2.5)
+    try:
+        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
+    except ImportError:
+        from torch.fx.experimental.symbolic_shapes import hint_int as optimization_hint
 
 from segdet.models.detection.image_list import as_size
 from segdet.ops.boxes import box_area

@@ -54,7 +54,7 @@ from segdet.models.detection.anchors import AnchorGenerator
 from segdet.models.detection.head_outputs import dense_head_outputs
 from segdet.models.detection.image_list import ImageList
 from segdet.models.detection.matcher import BETWEEN_THRESHOLDS, Matcher
-from segdet.models.detection.postprocess import topk_per_level
+from segdet.models.detection.postprocess import first_rows, topk_per_level
 from segdet.models.detection.rcnn.sampler import BalancedPositiveNegativeSampler
 from segdet.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
@@ -162,7 +162,8 @@ class RegionProposalNetwork(nn.Module):
             keep = remove_small_boxes(image_boxes, self.min_size)
             keep = keep[image_scores[keep] >= self.score_thresh]
             image_boxes, image_scores, image_levels = image_boxes[keep], image_scores[keep], levels[keep]
-            keep = batched_nms(image_boxes, image_scores, image_levels, self.nms_thresh)[:post_top_n]
+            keep = batched_nms(image_boxes, image_scores, image_levels, self.nms_thresh)
+            keep = first_rows(keep, post_top_n)
             final_boxes.append(image_boxes[keep])
             final_scores.append(image_scores[keep])
         return final_boxes, final_scores
