@@ -146,7 +146,9 @@ def test_onnx_nms_keeps_torchvisions_boxes(onnx_nms, count):
 def test_a_wrong_export_writes_nothing(tiny_segmentation_run, tmp_path, monkeypatch):
     """A graph whose checks fail (simulated: every check reports a failure) leaves no file, neither the
     output nor the partial one, and says which check failed."""
-    monkeypatch.setattr(export, "_check_segmentation", lambda *args: export.Check(False, "on 1x3x32x32: bad"))
+    monkeypatch.setattr(
+        export.segmentation, "_check_segmentation", lambda *args: export.Check(False, "on 1x3x32x32: bad")
+    )
     model = load_trained(tiny_segmentation_run / "last.safetensors").model
     with pytest.raises(SegdetError, match="differs from the model on 1x3x32x32: bad"):
         export.export_segmenter(model, tmp_path / "model.pt2", (32, 32))
@@ -235,7 +237,7 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
         traced.append((tuple(example.shape), dynamic_shapes))
         raise SegdetError("traced")
 
-    monkeypatch.setattr(export, "_export", stop)
+    monkeypatch.setattr(export.detection, "trace", stop)
     yolo = build("yolov1_mobilenet_v3_small", 2).eval()
     rcnn = build("fasterrcnn_resnet50_fpn", 2, backbone="resnet18", min_size=96, max_size=128).eval()
     yolact = build("yolact_resnet50_fpn", 2, backbone="resnet18").eval()
@@ -287,7 +289,7 @@ def test_detectors_that_are_refused_say_why():
 
 
 def test_missing_onnx_packages_are_named(tiny_segmentation_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(export, "_importable", lambda name: name != "onnxscript")
+    monkeypatch.setattr(export.program, "_importable", lambda name: name != "onnxscript")
     assert (
         main(["export", str(tiny_segmentation_run / "last.safetensors"), "--out", str(tmp_path / "m.onnx")])
         == 1
