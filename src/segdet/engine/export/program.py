@@ -37,6 +37,8 @@ class Check:
 
 @dataclass(frozen=True)
 class Exported:
+    """A written export: its file and format, the size it takes, and the checks it passed."""
+
     path: Path
     format: str
     size: tuple[int, int] | None  # None: dynamic sides, multiples of divisor

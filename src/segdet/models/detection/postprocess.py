@@ -26,8 +26,9 @@ from segdet.ops.nms import batched_nms, batched_nms_first
 
 
 def first_rows(x: Tensor, n: int) -> Tensor:
-    """``x[:n]``, as a narrow to ``sym_min(len(x), n)``: under ``torch.export`` before torch 2.11 a slice
-    of a data-dependent length (what an NMS keeps) guards on it ("u0 < 100") and the export fails."""
+    """``x[:n]``, as a narrow to ``sym_min(len(x), n)``: under ``torch.export`` of torch 2.8 a slice of a
+    data-dependent length (what an NMS keeps) guards on it ("u0 < 100") and the export fails (2.11 traces
+    the slice)."""
     return x.narrow(0, 0, torch.sym_min(x.shape[0], n))
 
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 try:
     from torch.fx.experimental.symbolic_shapes import optimization_hint
-except ImportError:  # its older names: size_hint (2.11, the GPU machine's), hint_int (2.5)
+except ImportError:  # its older names: size_hint (2.10-2.13; 2.11 is the GPU machine's), hint_int (2.8)
     try:
         from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
     except ImportError:
