@@ -297,9 +297,12 @@ def test_yolov1_overfits_shapes(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_centernet_overfits_shapes(tmp_path):
-    """80 steps: at 40 the AP50 sat at the bound (0.87-0.95 depending on the thread count and on a
-    last-bit change of the input's float conversion); at 80 it is 0.94 on one thread and on two."""
-    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=80, lr=0.004)
+    """140 steps: AP50 1.0 (AP 0.72 / 0.69) on one thread and on two of an AMD EPYC with AVX-512, 1.0
+    from 120 steps on. Fewer steps sit at the bound, by host and thread count: at 40, 0.87-0.95 (and a
+    last-bit change of the input's float conversion moved it); at 80, 0.94 where it was measured before
+    (it passed on the AVX2 and Xeon hosts) but 0.90 / 0.93 on two / one threads of the AMD AVX-512 host
+    (0.89 / 0.94 at 100)."""
+    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=140, lr=0.004)
     assert metrics["AP50"] >= 0.9, metrics
 
 
