@@ -44,12 +44,29 @@ def test_levels_by_hand():
 
 
 def test_infer_scale():
-    """Scale = 2 ** round(log2(feature / image)): exact for odd sizes (ceil-divided features)."""
+    """Scale = 2 ** floor(log2(feature / image)): exact for odd sizes (ceil-divided features)."""
     assert infer_scale(50, 200) == 0.25
     assert infer_scale(13, 100) == 0.125  # ceil(100 / 8)
     assert infer_scale(7, 200) == 1 / 32
     # an image resized to 43 px, padded to 64 (stride 4: 16 px): 1/4, where torchvision's round gives 1/2
     assert infer_scale(16, 43) == 0.25 and infer_scale(2, 43) == 1 / 32
+
+
+def test_scales_of_a_very_elongated_image():
+    """An image resized to 14 x 64 and padded to 32 x 64 (its short side under the padding multiple):
+    the height alone gives each level twice its scale (8 / 14 px: 1/2 for P2; torchvision's round too),
+    the width the true one; the pooler takes the smaller, and every RoI equals ``roi_align`` on its
+    level at scale ``2^-k`` (reference: torchvision.ops.roi_align, exact)."""
+    g = torch.Generator().manual_seed(13)
+    feats = {str(k - 2): torch.randn(1, 3, 32 >> k, 64 >> k, generator=g) for k in range(2, 6)}
+    assert infer_scale(8, 14) == 0.5 and infer_scale(16, 64) == 0.25
+    pooler = MultiScaleRoIPool(["0", "1", "2", "3"], 7, 2)
+    assert pooler.scales(list(feats.values()), [(14, 64)]) == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 8.0], [2.0, 1.0, 60.0, 13.0], [30.0, 0.0, 64.0, 14.0]])
+    got = pooler(feats, [boxes], [(14, 64)])
+    for i, k in enumerate(map_levels(boxes, 2, 5).tolist()):
+        expected = roi_align(feats[str(k - 2)], [boxes[i : i + 1]], 7, 2.0**-k, 2)
+        torch.testing.assert_close(got[i : i + 1], expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("sampling_ratio", [2, -1])

@@ -8,12 +8,15 @@ level ::
 so a 224x224 RoI (the ImageNet pre-training size) goes to ``k0 = 4`` (``P_4``, stride 16), one half that
 size to ``P_3``, twice it to ``P_5``. ``eps = 1e-6`` keeps RoIs of exactly ``224 * 2^j`` pixels from
 falling one level short by round-off. The level of a feature map is ``-log2(scale)``: its scale, one over
-its stride, from ``feature_size / image_size`` (the height, against the largest unpadded image of the
-batch) as ``2 ** floor(log2(.))``. The feature covers the padded batch, whose height lies in
-``[h, 2h)`` (padding to a multiple of 32 adds less than the image), so the ratio lies in
-``[1 / stride, 2 / stride)`` and the floor is exact. torchvision rounds instead: the same for every
-image whose padding adds under 41 % of its height, but twice the scale beyond (an image resized to 43
-px and padded to 64: RoIs then sample the wrong half of the feature map).
+its stride, from ``feature_size / image_size`` as ``2 ** floor(log2(.))``, per side against the largest
+unpadded image of the batch, the smaller of the two. The feature covers the padded batch, whose side
+lies in ``[h, 2h)`` when ``h`` is at least the padding multiple (32: padding adds less than the image),
+so the ratio lies in ``[1 / stride, 2 / stride)`` and the floor is exact; a shorter side (a very
+elongated image, resized to 14 x 64 and padded to 32 x 64) overestimates its scale, never
+underestimates it, so the smaller of the two sides' is exact whenever one side is long enough.
+torchvision rounds the height's instead: the same for every image whose padding adds under 41 % of its
+height, but twice the scale beyond (an image resized to 43 px and padded to 64: RoIs then sample the
+wrong half of the feature map).
 
 Then every RoI of one level, from all images of the batch, is pooled in one call of ``roi_align``
 (He et al., "Mask R-CNN", ICCV 2017: bilinear sampling, no quantisation; torchvision's kernel on every
@@ -132,11 +135,15 @@ class MultiScaleRoIPool(nn.Module):
         return roi_pool(feature, rois, self.output_size, scale)
 
     def scales(self, features: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[float]:
-        """Scale of each feature map w.r.t. the (padded) batch: its height over the largest image height."""
+        """Scale of each feature map w.r.t. the (padded) batch: the smaller of its height's and width's
+        over the largest image's (module docstring)."""
         if not image_sizes:
             raise ValueError("image_sizes must not be empty")
         max_height = max(as_size(h) for h, _ in image_sizes)
-        return [infer_scale(f.shape[-2], max_height) for f in features]
+        max_width = max(as_size(w) for _, w in image_sizes)
+        return [
+            min(infer_scale(f.shape[-2], max_height), infer_scale(f.shape[-1], max_width)) for f in features
+        ]
 
     def forward(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
