@@ -296,14 +296,20 @@ def test_yolov1_overfits_shapes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_centernet_overfits_shapes(tmp_path):
+def test_centernet_overfits_shapes(tmp_path, capsys):
     """140 steps: AP50 1.0 (AP 0.72 / 0.69) on one thread and on two of an AMD EPYC with AVX-512, 1.0
     from 120 steps on. Fewer steps sit at the bound, by host and thread count: at 40, 0.87-0.95 (and a
     last-bit change of the input's float conversion moved it); at 80, 0.94 where it was measured before
     (it passed on the AVX2 and Xeon hosts) but 0.90 / 0.93 on two / one threads of the AMD AVX-512 host
-    (0.89 / 0.94 at 100)."""
-    metrics = overfit(tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=140, lr=0.004)
+    (0.89 / 0.94 at 100). Then exported to ONNX for any image size (an aspect-keeping resize: its sizes
+    in float64, :mod:`segdet.engine.export.onnx_sizes`), it detects as the trained model on the four
+    images and on them at two other sizes."""
+    trained = []
+    metrics = overfit(
+        tmp_path, "detection", "centernet_resnet18", CENTERNET, steps=140, lr=0.004, trained=trained
+    )
     assert metrics["AP50"] >= 0.9, metrics
+    assert_exports_as_trained(*trained[0], tmp_path, capsys, exact=False, suffix=".onnx")
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Export of a detector (:func:`export_detector`): the graph (:class:`DetectionGraph`; Faster and Mask
 R-CNN (FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (to ONNX only SSD,
-            SSDLite, YOLO v1); else exactly the exported H x W (default: the model's own input size)
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (to ONNX all but
+            YOLACT); else exactly the exported H x W (default: the model's own input size)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -17,16 +17,21 @@ anchors and decodes for the input's size as the model does (sizes stay symbolic:
 ``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
 size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
 size. The R-CNNs' RoI level scales are the traced example's, the same at every size
-(:mod:`segdet.models.detection.rcnn.poolers`). To ONNX only the detectors that resize every image to
-one size (:func:`takes_any_size`: ONNX's size arithmetic is float32). Sizes are computed in
-non-negative integers (ONNX's integer division truncates where Python's floors) and resizes are given as
+(:mod:`segdet.models.detection.rcnn.poolers`). To ONNX every detector but YOLACT
+(:func:`takes_any_size`); ``torch.onnx`` writes the size arithmetic of an aspect-keeping resize in
+float32, a pixel short of PyTorch's for ~5 % of sides, and :mod:`segdet.engine.export.onnx_sizes`
+rewrites it to float64. An ONNX graph has no guards: it also runs at the sizes a ``.pt2`` program
+refuses (a 1 px feature level), where it was checked to agree with PyTorch for CenterNet, RetinaNet,
+EfficientDet and Mask R-CNN (trained on shapes; e.g. 32 x 300, 1000 x 35, 44 x 194). Sizes are computed
+in non-negative integers (ONNX's integer division truncates where Python's floors) and resizes are given as
 sizes, not factors.
 
 Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.export.load`` of such a
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
 CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0, 31 / 28 s for YOLACT and about 65 s
-in all for a small Mask R-CNN; running it costs what the fixed-size program does. ``--size`` gives the
-one-size program, which loads in ~1 s.
+in all for a small Mask R-CNN; running it costs what the fixed-size program does. To ONNX, converting
+and checking took 14 s (CenterNet), 38 s (RetinaNet), 48 s (EfficientDet-D0), 56 s (Mask R-CNN).
+``--size`` gives the one-size program, which loads in ~1 s.
 
 Masks stay in their boxes as Detectron2's exported Mask R-CNN leaves them: pasting resizes each to its
 box's size, a different size per detection
@@ -111,17 +116,13 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
 
 
 def takes_any_size(model: nn.Module, fmt: str = "pt2") -> bool:
-    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector to ``.pt2``; to
-    ONNX only those that resize every image to one fixed size (SSD, SSDLite, YOLO v1). ONNX computes the
-    graph's size arithmetic in float32, and a resize that keeps the aspect ratio takes ``floor(side *
-    scale)``, which for ~5 % of sides lands a pixel below PyTorch's float64 (``97 * (256 / 97)`` is
-    255.99998 in float32: an image 97 px wide became 255 px instead of 256). YOLACT's masks are resampled
-    by ``RoiAlign``, whose output size ONNX takes as a fixed attribute."""
+    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector but YOLACT to
+    ONNX too. YOLACT's masks are resampled by ``RoiAlign``, whose output size ONNX takes as a fixed
+    attribute. (ONNX's size arithmetic is float32, a pixel short of PyTorch's float64 resize for ~5 % of
+    sides: :mod:`segdet.engine.export.onnx_sizes` rewrites it to float64.)"""
     from segdet.models.detection.yolact import YOLACT
 
-    if fmt != "onnx":
-        return True
-    return model.transform.fixed_size is not None and not isinstance(model, YOLACT)
+    return fmt != "onnx" or not isinstance(model, YOLACT)
 
 
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
@@ -134,8 +135,8 @@ def export_detector(
     model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
     """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
-    sides :data:`DETECTION_SIDES`; to ONNX only SSD, SSDLite and YOLO v1 (:func:`takes_any_size`), the
-    others take the model's own input size) or of exactly ``size``; traced and checked on
+    sides :data:`DETECTION_SIDES`; to ONNX all but YOLACT (:func:`takes_any_size`), which takes the
+    model's own input size) or of exactly ``size``; traced and checked on
     ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
     the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
     sizes. The file appears whole or not at all."""

@@ -123,10 +123,23 @@ def _save_onnx(program: torch.export.ExportedProgram, path: Path, outputs: list[
                 custom_translation_table=onnx_translations(),
             )
             onnx_program.save(str(path))
+        _sizes_in_float64(path)
     except Exception as e:
         raise SegdetError(f"{path.name}: ONNX conversion failed: {e} ({buffer.getvalue()[-300:]!r})") from e
     finally:
         optimiser_log.setLevel(level)
+
+
+def _sizes_in_float64(path: Path) -> None:
+    """Rewrite the saved graph's size arithmetic to float64, as PyTorch computes it
+    (:mod:`segdet.engine.export.onnx_sizes`), if it has any."""
+    import onnx
+
+    from segdet.engine.export.onnx_sizes import promote_size_arithmetic
+
+    model = onnx.load(str(path))
+    if promote_size_arithmetic(model):
+        onnx.save(model, str(path))
 
 
 def load_exported(path: Path):
