@@ -227,8 +227,8 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
 
 def test_which_detectors_take_any_size(monkeypatch, tmp_path):
     """By default a detector is traced at its own input size with dynamic sides, 32 to 8192, to ``.pt2``
-    and to ``.onnx`` (YOLO v1 with its fixed-size resize, an R-CNN with its aspect-keeping one), except
-    YOLACT to ``.onnx``, at its own size fixed (ONNX's ``RoiAlign`` takes a fixed output size)."""
+    and to ``.onnx``: YOLO v1 (a fixed-size resize), an R-CNN (an aspect-keeping one) and YOLACT (its
+    masks resampled to the image's size)."""
     from segdet.models import build
 
     traced = []
@@ -247,11 +247,8 @@ def test_which_detectors_take_any_size(monkeypatch, tmp_path):
             export.export_detector(model, tmp_path / f"y{suffix}")
     for (model, suffix), (shape, sides) in zip(cases, traced, strict=True):
         assert shape == (1, 3, *export.default_detection_size(model)), (type(model), suffix)
-        fixed = model is yolact and suffix == ".onnx"
-        assert (sides is None) is fixed, (type(model), suffix)
-        if not fixed:
-            h, w = sides[0][2], sides[0][3]
-            assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
+        h, w = sides[0][2], sides[0][3]
+        assert (h.min, h.max, w.min, w.max) == (32, 8192, 32, 8192)
 
 
 def test_a_size_the_program_refuses_fails_its_check_in_one_line():

@@ -70,18 +70,17 @@ def test_onnx_resize_sizes_equal_pytorchs(tmp_path, monkeypatch):
     assert 0.02 < len(wrong) / len(SIDES) < 0.2, len(wrong)
 
 
-def test_only_size_arithmetic_is_rewritten(tmp_path):
-    """Float arithmetic on a side that reaches a float output (a box scale, not a size) stays float32;
-    a size computed from the other side is rewritten: its cast to float64 and its constant with it.
-    (Arithmetic that feeds both stays float32 as a whole: the rewrite is all or nothing per connected
-    computation.)"""
+def test_a_side_read_as_a_float_too_stays_float32_there(tmp_path):
+    """One side read twice: as a float (a box scale, float32 in PyTorch too: ``256 / h`` as a tensor)
+    and in a size (``floor(h * (256 / h))``). The size gets its own float64 computation (a cast to
+    DOUBLE) and is PyTorch's; the float output keeps its float32 one."""
     pytest.importorskip("onnxruntime", reason=NEEDS_ONNX)
     import onnx
 
     class ScaleAndSize(nn.Module):
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            h, w = images.shape[-2:]
-            ratio = torch.scalar_tensor(256 / w)  # a float output: stays float32
+            h = images.shape[-2]
+            ratio = torch.scalar_tensor(256 / h)
             size = torch.scalar_tensor(torch.sym_int(h * (256 / h)), dtype=torch.int64)
             return ratio, size
 
@@ -93,15 +92,16 @@ def test_only_size_arithmetic_is_rewritten(tmp_path):
     to = sorted(next(a.i for a in n.attribute if a.name == "to") for n in casts)
     assert onnx.TensorProto.DOUBLE in to and onnx.TensorProto.FLOAT in to, to
     ratio, size = load_exported(tmp_path / "m.onnx")(torch.zeros(1, 3, 97, 40))
-    assert ratio.dtype == torch.float32 and float(ratio) == pytest.approx(256 / 40)
+    assert ratio.dtype == torch.float32 and float(ratio) == pytest.approx(256 / 97)
     assert int(size) == 256
 
 
-def test_a_computation_a_subgraph_reads_stays_float32():
-    """Hand-built graphs: ``floor(h * (256 / h))`` cast back to int64 is rewritten (casts to DOUBLE, the
-    constant a float64 copy); the same computation also read inside an ``If`` branch (by name, not as
-    the node's input) is left float32, since the branch may use it as a float."""
-    pytest.importorskip("onnx")
+def test_sizes_get_their_own_float64_computation():
+    """Hand-built graphs: ``floor(h * (256 / h))`` cast back to int64 is computed in float64 (a cast to
+    DOUBLE, the constant a float64 copy) and the float32 nodes, read by nothing else, are gone; with
+    ``256 / h`` also read inside an ``If`` branch (by name, not as the node's input) the size is
+    float64 all the same and the branch keeps its float32 value."""
+    onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     def graph(read_in_branch: bool):
@@ -130,7 +130,18 @@ def test_a_computation_a_subgraph_reads_stays_float32():
 
     plain, branched = graph(False), graph(True)
     assert onnx_sizes.promote_size_arithmetic(plain) == 3  # the cast to float, Div, Mul
-    casts = {n.output[0]: n.attribute[0].i for n in plain.graph.node if n.op_type == "Cast"}
-    assert casts == {"hf": TensorProto.DOUBLE, "size": TensorProto.INT64}
+    ops = [(n.op_type, list(n.input), list(n.output)) for n in plain.graph.node]
+    assert ops == [
+        ("Cast", ["h"], ["hf_float64"]),
+        ("Div", ["c256_float64", "hf_float64"], ["scale_float64"]),
+        ("Mul", ["hf_float64", "scale_float64"], ["side_float64"]),
+        ("Cast", ["side_float64"], ["size"]),
+    ]
+    assert plain.graph.node[0].attribute[0].i == TensorProto.DOUBLE
     assert [i.name for i in plain.graph.initializer] == ["c256_float64"]
-    assert onnx_sizes.promote_size_arithmetic(branched) == 0
+    assert onnx_sizes.promote_size_arithmetic(branched) == 3
+    kept = {n.output[0]: n for n in branched.graph.node}
+    assert {"hf", "scale", "side_float64", "picked"} <= set(kept) and "side" not in kept
+    assert kept["hf"].attribute[0].i == TensorProto.FLOAT and kept["size"].input[0] == "side_float64"
+    onnx.checker.check_model(plain)
+    onnx.checker.check_model(branched)

@@ -25,8 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("H", "W"),
         help="the image size the graph takes (default: segmentation any batch and any H, W that are "
-        "multiples of 32; detectors one image of any H, W from 32 to 8192, to .onnx the same but for "
-        "YOLACT, of the model's own input size)",
+        "multiples of 32; detectors one image of any H, W from 32 to 8192)",
     )
     parser.add_argument(
         "--image",

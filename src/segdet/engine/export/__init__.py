@@ -4,7 +4,7 @@ OpenVINO, ...) or a ``torch.export`` program (``.pt2``, for ``torch.export.load`
 - :mod:`~segdet.engine.export.segmentation`: the segmentation graph, ``images -> logits, labels``, for
   any batch and sides that are multiples of 32 (or one size);
 - :mod:`~segdet.engine.export.detection`: the detection graph, ``image -> boxes, scores, labels
-  (, masks)``, for any size from 32 to 8192 px (``.pt2``; ONNX all but YOLACT) or one size;
+  (, masks)``, for any size from 32 to 8192 px or one size;
 - :mod:`~segdet.engine.export.onnx_sizes`: an ONNX graph's size arithmetic in float64, as PyTorch's;
 - :mod:`~segdet.engine.export.compare`: exported detections paired with PyTorch's;
 - :mod:`~segdet.engine.export.program`: tracing, writing and loading the file.
@@ -26,7 +26,6 @@ from segdet.engine.export.detection import (
     default_detection_size,
     detector_export_problem,
     export_detector,
-    takes_any_size,
 )
 from segdet.engine.export.program import (
     FORMATS,
@@ -66,5 +65,4 @@ __all__ = [
     "export_segmenter",
     "load_exported",
     "require_onnx",
-    "takes_any_size",
 ]

@@ -1,8 +1,8 @@
 """Export of a detector (:func:`export_detector`): the graph (:class:`DetectionGraph`; Faster and Mask
 R-CNN (FPN and C4), RetinaNet, EfficientDet, SSD, SSDLite, YOLO v1, CenterNet, YOLACT, TridentNet)::
 
-    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192 (to ONNX all but
-            YOLACT); else exactly the exported H x W (default: the model's own input size)
+    images  float32 1 x 3 x H x W, RGB in [0, 1]: any H, W from 32 to 8192; else exactly the
+            exported H x W (``size``; the model's own input size by default)
       -> the detector as model([image]) runs it: normalisation, its resize, network, decoding, NMS
          (the R-CNNs: RPN proposals, RoIAlign / RoI pooling, box head, per-class NMS)
       -> boxes   float32 D x 4   xyxy pixels of the input image
@@ -17,12 +17,14 @@ anchors and decodes for the input's size as the model does (sizes stay symbolic:
 ``sizes_tensor`` in :mod:`segdet.models.detection.image_list`); the program refuses (its own guard) a
 size at which a feature level would be 1 px high or wide, as a very elongated image for the model's
 size. The R-CNNs' RoI level scales are the traced example's, the same at every size
-(:mod:`segdet.models.detection.rcnn.poolers`). To ONNX every detector but YOLACT
-(:func:`takes_any_size`); ``torch.onnx`` writes the size arithmetic of an aspect-keeping resize in
-float32, a pixel short of PyTorch's for ~5 % of sides, and :mod:`segdet.engine.export.onnx_sizes`
-rewrites it to float64. An ONNX graph has no guards: it also runs at the sizes a ``.pt2`` program
-refuses (a 1 px feature level), where it was checked to agree with PyTorch for CenterNet, RetinaNet,
-EfficientDet and Mask R-CNN (trained on shapes; e.g. 32 x 300, 1000 x 35, 44 x 194). Sizes are computed
+(:mod:`segdet.models.detection.rcnn.poolers`). To ONNX: ``torch.onnx`` writes the size arithmetic of
+an aspect-keeping resize in float32, a pixel short of PyTorch's for ~5 % of sides, and
+:mod:`segdet.engine.export.onnx_sizes` recomputes those sizes in float64. With any size (both formats)
+YOLACT's masks are resampled to the image by two 1-D interpolations instead of ``roi_align``
+(:func:`segdet.models.detection.yolact.model.resample_region`: ONNX's ``RoiAlign`` takes a fixed output
+size). An ONNX graph has no guards: it also runs at the sizes a ``.pt2`` program refuses (a 1 px
+feature level), where it was checked to agree with PyTorch for CenterNet, RetinaNet, EfficientDet,
+Mask R-CNN and YOLACT (trained on shapes; e.g. 32 x 300, 1000 x 35, 44 x 194). Sizes are computed
 in non-negative integers (ONNX's integer division truncates where Python's floors) and resizes are given as
 sizes, not factors.
 
@@ -30,7 +32,8 @@ Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.expo
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
 CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0, 31 / 28 s for YOLACT and about 65 s
 in all for a small Mask R-CNN; running it costs what the fixed-size program does. To ONNX, converting
-and checking took 14 s (CenterNet), 38 s (RetinaNet), 48 s (EfficientDet-D0), 56 s (Mask R-CNN).
+and checking took 14 s (CenterNet), 38 s (RetinaNet), 48 s (EfficientDet-D0), 56 s (Mask R-CNN), 85 s
+(YOLACT).
 ``--size`` gives the one-size program, which loads in ~1 s.
 
 Masks stay in their boxes as Detectron2's exported Mask R-CNN leaves them: pasting resizes each to its
@@ -115,16 +118,6 @@ def detector_export_problem(model: nn.Module, name: str | None = None) -> str | 
     )
 
 
-def takes_any_size(model: nn.Module, fmt: str = "pt2") -> bool:
-    """Whether ``model``'s exported ``fmt`` graph can take any image size: every detector but YOLACT to
-    ONNX too. YOLACT's masks are resampled by ``RoiAlign``, whose output size ONNX takes as a fixed
-    attribute. (ONNX's size arithmetic is float32, a pixel short of PyTorch's float64 resize for ~5 % of
-    sides: :mod:`segdet.engine.export.onnx_sizes` rewrites it to float64.)"""
-    from segdet.models.detection.yolact import YOLACT
-
-    return fmt != "onnx" or not isinstance(model, YOLACT)
-
-
 def default_detection_size(model: nn.Module) -> tuple[int, int]:
     """The detector's own input: its fixed size, else a square of its (test) ``min_size``."""
     transform = model.transform
@@ -135,8 +128,7 @@ def export_detector(
     model: nn.Module, path: Path, size: tuple[int, int] | None = None, image: Tensor | None = None
 ) -> Exported:
     """Write the detector ``model`` (eval mode, CPU) to ``path``, for images of any size (``size=None``,
-    sides :data:`DETECTION_SIDES`; to ONNX all but YOLACT (:func:`takes_any_size`), which takes the
-    model's own input size) or of exactly ``size``; traced and checked on
+    sides :data:`DETECTION_SIDES`) or of exactly ``size``; traced and checked on
     ``image`` (``3 x H x W`` in [0, 1]; resized to ``size`` if given; default: a random smooth image of
     the model's own input size), on a blank image and, with any size, on ``image`` resized to two other
     sizes. The file appears whole or not at all."""
@@ -147,8 +139,6 @@ def export_detector(
     problem = detector_export_problem(model)
     if problem:
         raise SegdetError(problem)
-    if size is None and not takes_any_size(model, export_format(path)):
-        size = default_detection_size(model)
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model)  # module docstring: BatchNorm over a data-dependent number of RoIs
     graph = DetectionGraph(model).eval()

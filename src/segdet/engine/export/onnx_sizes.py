@@ -7,14 +7,15 @@ does. ``torch.onnx.export`` writes that arithmetic in float32 (``Cast(to=FLOAT)`
 ``Div``, ``Min``, ``Mul``, ``Cast(to=INT64)``), and float32 lands one pixel short for ~5 % of sides:
 ``97 * (256 / 97)`` is 255.99998 in float32, 256 in float64.
 
-:func:`promote_size_arithmetic` rewrites each such computation to float64: a *region* starts at a
-``Cast`` of an integer scalar to float32, takes in every node of :data:`SCALAR_OPS` that reads a region
-value (its other inputs float32 scalar constants, which become float64 copies), and must end only in
-``Cast`` s to an integer type: float arithmetic whose results are only ever sizes. Regions that reach
-anything else (a float tensor, a box) are left alone, as are those with a constant that is not an
-integer (its float32 value may already be the original's rounding). IEEE-754 ``Div``, ``Mul``, ``Min``
-in float64 and a truncating cast are what Python does, so the rewritten graph gives PyTorch's sizes
-exactly.
+:func:`promote_size_arithmetic` recomputes every such size in float64. A *sized* value is float
+arithmetic on integers: a ``Cast`` of an integer to float32, then any node of :data:`SCALAR_OPS` whose
+inputs are all sized values or float32 scalar constants that are integers (a constant that is not may
+already be its original's rounding). Each ``Cast`` of a sized value back to an integer type (a size)
+gets a float64 copy of the computation it reads, the constants as float64 copies; the float32 nodes
+stay for the values' other readers (e.g. the same ``h`` as a float in a box scale, which PyTorch
+computes in float32 too) and are removed when nothing else reads them. IEEE-754 ``Div``, ``Mul``,
+``Min`` in float64 and a truncating cast are what Python does, so the rewritten graph gives PyTorch's
+sizes exactly.
 """
 
 from __future__ import annotations
@@ -30,82 +31,80 @@ INTEGERS = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # uint8, int8, uint16, int16, 
 
 
 def promote_size_arithmetic(model) -> int:
-    """Rewrite ``model``'s (an ``onnx.ModelProto``) size arithmetic to float64 in place (module
-    docstring); the number of nodes rewritten.
+    """Recompute ``model``'s (an ``onnx.ModelProto``) sizes in float64, in place (module docstring);
+    the number of float64 nodes added.
 
-    ``sized``: the float values computed from integer sides (seed casts' outputs, then every
-    :data:`SCALAR_OPS` output whose inputs are all such values or integral constants); ``regions``:
-    each sized value's component (union-find over the nodes linking them); ``tainted``: the regions with
-    a value read by anything but region arithmetic or an integer cast."""
+    ``sized``: each sized value -> the node making it, found in the graph's topological order;
+    ``copies``: each sized value a size reads (directly or through others) -> its float64 copy's name;
+    ``added``: original node -> its float64 copy, inserted right after it (inputs before readers)."""
+    from onnx import helper, numpy_helper
+
     graph = model.graph
     types = _elem_types(graph)
     constants = {k: v for k, v in _scalar_constants(graph).items() if _integral(v)}
-    sized: dict[str, object] = {}  # value -> the node making it
-    for node in graph.node:  # topological order: a node's inputs are known before it
+    sized: dict[str, object] = {}
+    for node in graph.node:
         if node.op_type == "Cast" and _cast_to(node) == FLOAT and types.get(node.input[0]) in INTEGERS:
             sized[node.output[0]] = node
         elif node.op_type in SCALAR_OPS and any(i in sized for i in node.input):
             if all(i in sized or i in constants for i in node.input):
                 sized[node.output[0]] = node
-    regions = _Regions(sized)
-    for value, node in sized.items():
-        for name in node.input:
-            if name in sized:
-                regions.join(name, value)
-    outputs = {o.name for o in graph.output}
-    tainted = set()
+
+    copies: dict[str, str] = {}
+    added: dict[int, object] = {}
+    initializers = {init.name for init in graph.initializer}
+
+    def wide(name: str) -> str:
+        """The float64 copy of sized value or constant ``name``."""
+        if name in copies:
+            return copies[name]
+        copy = f"{name}_float64"
+        if name in constants:
+            if copy not in initializers:
+                graph.initializer.append(numpy_helper.from_array(constants[name].astype(np.float64), copy))
+                initializers.add(copy)
+        else:
+            node = sized[name]
+            if node.op_type == "Cast":
+                new = helper.make_node("Cast", [node.input[0]], [copy], to=DOUBLE)
+            else:
+                new = helper.make_node(node.op_type, [wide(i) for i in node.input], [copy])
+                new.attribute.extend(node.attribute)
+            added[id(node)] = new
+        copies[name] = copy
+        return copy
+
     for node in graph.node:
-        integer_cast = node.op_type == "Cast" and _cast_to(node) in INTEGERS
-        if integer_cast or (node.output and node.output[0] in sized and node is sized[node.output[0]]):
-            continue
-        tainted |= {regions.find(i) for i in [*node.input, *_subgraph_reads(node)] if i in sized}
-    tainted |= {regions.find(o) for o in outputs if o in sized}
-    promoted = [value for value in sized if regions.find(value) not in tainted]
-    _rewrite(graph, [sized[value] for value in promoted], constants)
-    return len(promoted)
+        if node.op_type == "Cast" and _cast_to(node) in INTEGERS and node.input[0] in sized:
+            node.input[0] = wide(node.input[0])
+    if not added:
+        return 0
+    nodes = []
+    for node in graph.node:
+        nodes += [node, added[id(node)]] if id(node) in added else [node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _remove_unread(graph, {*sized, *constants}, set(constants))
+    return len(added)
 
 
-class _Regions:
-    """Union-find over value names."""
-
-    def __init__(self, names) -> None:
-        self.parent = {name: name for name in names}
-
-    def find(self, name: str) -> str:
-        while self.parent[name] != name:
-            self.parent[name] = self.parent[self.parent[name]]
-            name = self.parent[name]
-        return name
-
-    def join(self, a: str, b: str) -> None:
-        self.parent[self.find(a)] = self.find(b)
-
-
-def _rewrite(graph, nodes: list, constants: dict) -> None:
-    """``nodes`` in float64: casts to DOUBLE, float64 copies of the constants they read."""
-    from onnx import numpy_helper
-
-    names = {init.name for init in graph.initializer}
-    for node in nodes:
-        if node.op_type == "Cast":
-            for attribute in node.attribute:
-                if attribute.name == "to":
-                    attribute.i = DOUBLE
-            continue
-        for k, name in enumerate(node.input):
-            if name in constants:
-                wide = f"{name}_float64"
-                if wide not in names:
-                    wide_value = constants[name].astype(np.float64)
-                    graph.initializer.append(numpy_helper.from_array(wide_value, wide))
-                    names.add(wide)
-                node.input[k] = wide
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name in constants and init.name not in used]:
-        graph.initializer.remove(init)  # a float32 constant only the rewritten nodes read
-    values = {node.output[0] for node in nodes}
-    for info in [info for info in graph.value_info if info.name in values]:
-        graph.value_info.remove(info)  # their type is now float64: the runtime infers it
+def _remove_unread(graph, values: set[str], constants: set[str]) -> None:
+    """Remove the nodes making ``values`` that nothing reads any more (readers first, so that a chain
+    goes whole), the ``constants`` initialisers nothing reads, and the removed values' ``value_info``."""
+    removed = set()
+    while True:
+        read = {i for node in graph.node for i in [*node.input, *_subgraph_reads(node)]}
+        read |= {o.name for o in graph.output}
+        unread = [n for n in graph.node if n.output and n.output[0] in values and n.output[0] not in read]
+        if not unread:
+            break
+        for node in unread:
+            removed.add(node.output[0])
+            graph.node.remove(node)
+    for init in [i for i in graph.initializer if i.name in constants and i.name not in read]:
+        graph.initializer.remove(init)
+    for info in [i for i in graph.value_info if i.name in removed]:
+        graph.value_info.remove(info)
 
 
 def _subgraph_reads(node) -> list[str]:
@@ -133,7 +132,7 @@ def _elem_types(graph) -> dict[str, int]:
     for info in [*graph.input, *graph.output, *graph.value_info]:
         if info.type.HasField("tensor_type"):
             types[info.name] = info.type.tensor_type.elem_type
-    for node in graph.node:  # Cast / Constant outputs whose value_info the exporter left out
+    for node in graph.node:  # Cast outputs whose value_info the exporter left out
         if node.op_type == "Cast":
             types.setdefault(node.output[0], _cast_to(node))
     return types

@@ -17,7 +17,7 @@ from segdet.models.detection.matcher import BETWEEN_THRESHOLDS
 from segdet.models.detection.ssd.loss import ssd_loss
 from segdet.models.detection.yolact.fast_nms import fast_nms
 from segdet.models.detection.yolact.loss import masks_on_grid, semantic_segmentation_loss, yolact_mask_loss
-from segdet.models.detection.yolact.model import masks_in_image
+from segdet.models.detection.yolact.model import masks_in_image, resample_region
 from segdet.models.detection.yolact.protonet import assemble_masks, box_region
 from segdet.ops import BoxCoder
 
@@ -98,6 +98,24 @@ def test_masks_in_image_equal_interpolate_then_crop():
     assert (double[:, 0][~inside] == 0).all()
     # Two resamplings (reference) against one (ours): close, not equal, inside the boxes.
     assert (double[:, 0] - reference * inside).abs().max() < 0.1
+
+
+@pytest.mark.parametrize(
+    ("extent", "size"), [((12.5, 15.5), (50, 70)), ((9.25, 16.0), (91, 157)), ((16.0, 7.25), (20, 9))]
+)
+def test_region_resampling_equals_roi_align(extent, size):
+    """``resample_region`` (the any-size export's path of ``masks_in_image``). Reference:
+    torchvision.ops.roi_align of the region (``aligned=True``, one sample per bin: the single
+    sampling ``masks_in_image`` defines, and its eager path); up- and downsampling, regions ending
+    inside a grid cell. Tolerance 1e-6 (the same bilinear weights, summed in another order)."""
+    from torchvision.ops import roi_align
+
+    masks = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(1))
+    region = torch.tensor([[0.0, 0.0, 0.0, extent[1], extent[0]]])
+    expected = roi_align(masks[None], region, size, 1.0, 1, aligned=True)[0]
+    got = resample_region(masks, extent, size)
+    assert got.shape == (4, *size)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_mask_targets_on_the_grid():

@@ -283,14 +283,45 @@ def masks_in_image(
     The resized image covers ``[0, w / s) x [0, h / s)`` of the grid (``s`` its stride); one
     ``roi_align`` over that region with one bilinear sample at the centre of each output pixel
     (``aligned=True``) maps it to ``H_0 x W_0`` in a single resampling, as ``F.interpolate(...,
-    align_corners=False)`` would the cropped region."""
+    align_corners=False)`` would the cropped region. With a symbolic original size (``segdet export``
+    for any image size) the same sampling as two 1-D interpolations (:func:`resample_region`), since
+    ONNX's ``RoiAlign`` takes a fixed output size (in eager PyTorch it takes twice ``roi_align``'s time:
+    1.8 s against 0.85 s for 100 masks of 800 x 1200 on 2 cores)."""
     height, width = original_size
     stride = padded_size[0] / masks.shape[-2]
-    region = torch.tensor(
-        [[0.0, 0.0, 0.0, image_size[1] / stride, image_size[0] / stride]],
-        dtype=masks.dtype,
-        device=masks.device,
-    )
-    sampled = roi_align(masks[None], region, (height, width), 1.0, 1, aligned=True)[0]
+    extent = (image_size[0] / stride, image_size[1] / stride)
+    if isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt):
+        sampled = resample_region(masks, extent, (height, width))
+    else:
+        region = torch.tensor([[0.0, 0.0, 0.0, extent[1], extent[0]]], dtype=masks.dtype, device=masks.device)
+        sampled = roi_align(masks[None], region, (height, width), 1.0, 1, aligned=True)[0]
     inside = box_region(boxes, (height, width), 1.0)
     return (sampled * inside)[:, None]
+
+
+def resample_region(masks: Tensor, extent: tuple[float, float], size: tuple[int, int]) -> Tensor:
+    """``[D, H, W]``: the region ``[0, extent_w) x [0, extent_h)`` of ``masks`` (``[D, H_p, W_p]``; the
+    region inside the grid: ``extent <= (H_p, W_p)``) resampled to ``size = (H, W)`` with one bilinear
+    sample at each output pixel's centre, rows then columns (:func:`_linear_along`):
+    ``roi_align(masks[None], [[0, 0, 0, extent_w, extent_h]], size, 1.0, 1, aligned=True)[0]`` up to
+    float rounding, for a symbolic ``size`` too."""
+    return _linear_along(_linear_along(masks, 1, size[0], extent[0]), 2, size[1], extent[1])
+
+
+def _linear_along(x: Tensor, dim: int, size: int, extent: float) -> Tensor:
+    """``x`` resampled along ``dim`` to ``size`` samples of ``[0, extent)`` (grid cells), one at each
+    output cell's centre: position ``p_i = (i + 1/2) extent / size - 1/2``, clamped to the grid as
+    ``roi_align`` does (``p < 0`` -> 0; from the last cell on, the last cell), then
+    ``x[floor(p)] (1 - f) + x[floor(p) + 1] f`` with ``f = p - floor(p)``."""
+    n = x.shape[dim]
+    i = torch.arange(size, dtype=x.dtype, device=x.device)
+    position = ((i + 0.5) * (extent / size) - 0.5).clamp(min=0)
+    low = position.floor()
+    past_end = low >= n - 1
+    fraction = torch.where(past_end, torch.zeros_like(position), position - low)
+    low = low.long().clamp(max=n - 1)
+    high = (low + 1).clamp(max=n - 1)
+    shape = [1] * x.dim()
+    shape[dim] = size
+    fraction = fraction.reshape(shape)
+    return x.index_select(dim, low) * (1 - fraction) + x.index_select(dim, high) * fraction
