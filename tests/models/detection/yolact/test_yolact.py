@@ -18,7 +18,7 @@ from segdet.models.detection.ssd.loss import ssd_loss
 from segdet.models.detection.yolact.fast_nms import fast_nms
 from segdet.models.detection.yolact.loss import masks_on_grid, semantic_segmentation_loss, yolact_mask_loss
 from segdet.models.detection.yolact.model import masks_in_image, resample_region
-from segdet.models.detection.yolact.protonet import assemble_masks, box_region
+from segdet.models.detection.yolact.protonet import assemble_masks, box_region, box_rows_and_columns
 from segdet.ops import BoxCoder
 
 
@@ -104,7 +104,8 @@ def test_masks_in_image_equal_interpolate_then_crop():
     ("extent", "size"), [((12.5, 15.5), (50, 70)), ((9.25, 16.0), (91, 157)), ((16.0, 7.25), (20, 9))]
 )
 def test_region_resampling_equals_roi_align(extent, size):
-    """``resample_region`` (the any-size export's path of ``masks_in_image``). Reference:
+    """``resample_region`` (the any-size export's path of ``masks_in_image``), without and with a crop.
+    Reference:
     torchvision.ops.roi_align of the region (``aligned=True``, one sample per bin: the single
     sampling ``masks_in_image`` defines, and its eager path); up- and downsampling, regions ending
     inside a grid cell. Tolerance 1e-6 (the same bilinear weights, summed in another order)."""
@@ -116,6 +117,14 @@ def test_region_resampling_equals_roi_align(extent, size):
     got = resample_region(masks, extent, size)
     assert got.shape == (4, *size)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    # with the boxes' crop folded into the weights: box_region's product, as masks_in_image applies it
+    h, w = size
+    boxes = torch.tensor(
+        [[0.0, 0, w, h], [1.0, 2, w / 2, h / 3], [w / 3, h / 4, w - 1, h - 0.5], [0, 0, 0, 0]]
+    )
+    rows, columns = box_rows_and_columns(boxes, size, 1.0)
+    cropped = resample_region(masks, extent, size, rows, columns)
+    torch.testing.assert_close(cropped, expected * box_region(boxes, size, 1.0), atol=1e-6, rtol=0)
 
 
 def test_mask_targets_on_the_grid():

@@ -74,9 +74,16 @@ def box_region(boxes: Tensor, size: tuple[int, int], stride: float) -> Tensor:
     cell ``(y, x)`` spans ``[x s, (x + 1) s] x [y s, (y + 1) s]``) that overlap each xyxy box of
     ``boxes`` ``[D, 4]`` (the crop of the module docstring). Never empty for a box of positive size
     inside the grid, however small: YOLACT pads its crop by one cell for the same reason."""
+    inside_y, inside_x = box_rows_and_columns(boxes, size, stride)
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def box_rows_and_columns(boxes: Tensor, size: tuple[int, int], stride: float) -> tuple[Tensor, Tensor]:
+    """:func:`box_region` as its two factors: the rows ``[D, H]`` and the columns ``[D, W]`` (bool) of
+    the grid that overlap each box; the region is their outer product."""
     height, width = size
     ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) * stride
     xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) * stride
     inside_y = (ys[None, :] + stride > boxes[:, 1:2]) & (ys[None, :] < boxes[:, 3:4])  # [D, H]
     inside_x = (xs[None, :] + stride > boxes[:, 0:1]) & (xs[None, :] < boxes[:, 2:3])  # [D, W]
-    return inside_y[:, :, None] & inside_x[:, None, :]
+    return inside_y, inside_x
