@@ -32,9 +32,8 @@ Symbolic sizes cost time in torch.export's own steps: exporting and ``torch.expo
 program (2 threads, small widths) took 1.2 / 1.1 s for YOLO v1 (fixed-size resize), 2.6 / 4.9 s for
 CenterNet, 11 / 14 s for RetinaNet, 11 / 20 s for EfficientDet-D0, 31 / 28 s for YOLACT and about 65 s
 in all for a small Mask R-CNN; running it costs what the fixed-size program does. To ONNX, converting
-and checking took 14 s (CenterNet), 38 s (RetinaNet), 48 s (EfficientDet-D0), 56 s (Mask R-CNN), 85 s
-(YOLACT).
-``--size`` gives the one-size program, which loads in ~1 s.
+and checking took 14 s (CenterNet), 38 s (RetinaNet), 48 s (EfficientDet-D0), 56 s (Mask R-CNN) and
+85 s (YOLACT). ``--size`` gives the one-size program, which loads in ~1 s.
 
 Masks stay in their boxes as Detectron2's exported Mask R-CNN leaves them: pasting resizes each to its
 box's size, a different size per detection

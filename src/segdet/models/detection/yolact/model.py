@@ -327,16 +327,15 @@ def resample_region(
 def _linear_along(x: Tensor, dim: int, size: int, extent: float, keep: Tensor | None = None) -> Tensor:
     """``x`` (``[D, ...]``) resampled along ``dim`` to ``size`` samples of ``[0, extent)`` (grid cells),
     one at each output cell's centre: position ``p_i = (i + 1/2) extent / size - 1/2``, clamped to the
-    grid as ``roi_align`` does (``p < 0`` -> 0; from the last cell on, the last cell), then
-    ``x[floor(p)] (1 - f) + x[floor(p) + 1] f`` with ``f = p - floor(p)``; both weights times ``keep``
-    (``[D, size]``) if given."""
+    grid to ``[0, n - 1]`` as ``roi_align`` does (``p < 0`` -> 0; from the last cell on, the last
+    cell), then ``x[floor(p)] (1 - f) + x[floor(p) + 1] f`` with ``f = p - floor(p)``; both weights
+    times ``keep`` (``[D, size]``) if given."""
     n = x.shape[dim]
     i = torch.arange(size, dtype=x.dtype, device=x.device)
-    position = ((i + 0.5) * (extent / size) - 0.5).clamp(min=0)
+    position = ((i + 0.5) * (extent / size) - 0.5).clamp(0, n - 1)
     low = position.floor()
-    past_end = low >= n - 1
-    fraction = torch.where(past_end, torch.zeros_like(position), position - low)
-    low = low.long().clamp(max=n - 1)
+    fraction = position - low
+    low = low.long()
     high = (low + 1).clamp(max=n - 1)
     shape = [1] * x.dim()
     shape[dim] = size
