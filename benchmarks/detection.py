@@ -19,8 +19,8 @@ What is compared, for each model (``--models faster,mask,retinanet,ssd300,ssdlit
   class) is set to -100, as a trained model's stays low.
 * **ours**: :func:`segdet.models.detection.convert.from_torchvision` of that model: the same weights,
   frozen layers and settings. Inference is timed three times: after ``fuse_for_inference()`` (frozen
-  BatchNorms folded into the convolutions, weights and batches in ``channels_last``, and on AVX2 CPUs
-  the wide 3x3 convolutions on NNPACK's Winograd / FFT kernels, :mod:`segdet.ops.nnpack_conv`:
+  BatchNorms folded into the convolutions, weights and batches in ``channels_last``, and on AVX2 CPUs and
+  Zen 4 the wide 3x3 convolutions on NNPACK's Winograd / FFT kernels, :mod:`segdet.ops.nnpack_conv`:
   detections equal up to float rounding), the same without NNPACK ("oneDNN only"), and as converted
   (the same arithmetic as torchvision: bit-identical detections); RoIAlign runs on every thread
   (:mod:`segdet.ops.roi_align`) in all three. Training runs the unfused converted model in train mode.
@@ -35,7 +35,8 @@ alike, medians of ``--repeats``:
   masks), sum of the losses, backward, SGD step; both seeded alike before each step.
   ``--train-channels-last`` adds our step with channels-last weights (``train.channels_last: true``,
   which the SSDLite configs set) against torchvision's as it runs by default. Where ``segdet train``
-  trains on NNPACK and the Winograd weight gradient by default (``train.nnpack``: float32 on AVX2 CPUs),
+  trains on NNPACK and the Winograd weight gradient by default (``train.nnpack``: float32 on AVX2 CPUs and
+  Zen 4),
   the row "plain kernels" is our model on oneDNN alone (torchvision's arithmetic) and the row
   "segdet train: train.nnpack" our step as ``segdet train`` runs it, after a line with its loss and
   gradients against the plain kernels' on the same batch, beside the plain kernels' own change on one
@@ -370,7 +371,7 @@ def inference_rows(kind: str, ours: nn.Module, theirs: nn.Module, images: list[T
 
     variants = {"fused": converted().fuse_for_inference()}
     if cpu:
-        # by default NNPACK's 3x3 convolutions on AVX2 CPUs; "oneDNN only": folded, without NNPACK
+        # by default NNPACK's 3x3 convolutions on AVX2 CPUs and Zen 4; "oneDNN only": folded, without NNPACK
         variants["fused, oneDNN only"] = converted().fuse_for_inference(nnpack=False)
     else:
         # CUDA's default is folded + NCHW; channels-last is timed beside it
@@ -520,9 +521,13 @@ def main(argv: list[str] | None = None) -> int:
                 step_ours = train_fn(ours, images[:b], targets[:b], args.seed, autocast=low)
                 step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
                 t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
-                plain = " (plain kernels)" if not low and training_uses_nnpack(TrainConfig(), device) else ""
+                plain = (
+                    " (plain kernels)"
+                    if not low and training_uses_nnpack(TrainConfig(), device, ours)
+                    else ""
+                )
                 rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}{plain}", t_ours, t_theirs))
-            if training_uses_nnpack(TrainConfig(), device):
+            if training_uses_nnpack(TrainConfig(), device, ours):
                 rows.append(fast_training_row(name, ours, theirs, images[:b], targets[:b], tv_targets, args))
             if args.train_channels_last:
                 # what ``train.channels_last: true`` does: the weights (and so the activations) NHWC

@@ -8,7 +8,7 @@ machine hit both alike, the median of ``--repeats``:
   ``--infer-batches`` (``1``; e.g. ``1,8``);
 * a training step: forward, cross-entropy, backward and an SGD step in train mode, batch
   ``--train-batch`` (4); where ``segdet train`` trains on NNPACK and the Winograd weight gradient by
-  default (``train.nnpack``: float32 NCHW on AVX2 CPUs), also ours that way (row "nnpack");
+  default (``train.nnpack``: float32 NCHW on AVX2 CPUs, not on Zen 4), also ours that way (row "nnpack");
 * with ``--bf16``, each also under bf16 autocast on both sides (loss in float32); with ``--fused``, ours
   also as ``segdet eval`` runs it (:func:`prepare_for_inference` for the device and precision);
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             for low in precisions:
                 fns = [_train_fn(ours, x, y, low), _train_fn(theirs, x, y, low)]
                 _time_row(name, f"train b{b} {'bf16' if low else 'fp32'}", fns, args, device)
-            if not args.channels_last and training_uses_nnpack(TrainConfig(), device):
+            if not args.channels_last and training_uses_nnpack(TrainConfig(), device, ours):
                 # as segdet train runs it here: the wide 3x3 convolutions on NNPACK and Winograd kernels
                 fast = copy.deepcopy(ours)
                 use_nnpack(fast, training=True)

@@ -14,6 +14,7 @@ bf16 autocast (opt-in) is checked against the same float32 numbers within 0.05.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -50,11 +51,10 @@ def test_detector_on_nnpack_everywhere_keeps_box_and_mask_ap(trained_detector, t
 
     calls = []
     original = nnpack_conv.NNPACKConv2d.forward
+    everywhere = dataclasses.replace(nnpack_conv.AVX2, min_pixels=1, min_batch=1, min_side=1)
     monkeypatch.setattr(nnpack_conv, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(nnpack_conv, "MIN_PIXELS", 1)
-    monkeypatch.setattr(nnpack_conv, "MIN_BATCH", 1)
-    monkeypatch.setattr(nnpack_conv, "MIN_SIDE", 1)
-    monkeypatch.setattr(detector, "nnpack_is_faster", lambda: True)  # also on AVX-512 CPUs
+    monkeypatch.setattr(nnpack_conv, "rules", lambda: everywhere)
+    monkeypatch.setattr(detector, "nnpack_is_faster", lambda: True)  # also on unmeasured CPUs
 
     def counted(self, x):
         calls.append(1)

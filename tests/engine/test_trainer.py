@@ -16,7 +16,9 @@ import torch
 import yaml
 
 from segdet.engine.checkpoint import load_checkpoint
-from segdet.ops.nnpack_conv import nnpack_is_faster
+from segdet.engine.config import load_config
+from segdet.engine.devices import nnpack_trains_faster
+from segdet.engine.tasks import build_task
 
 TINY = {
     "task": "segmentation",
@@ -177,8 +179,11 @@ def test_outputs_of_a_run(tmp_path):
     ):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    # resolved and saved: a dense model trains channels-last where NNPACK does not train it (not AVX2)
-    assert f"channels_last: {str(not nnpack_is_faster()).lower()}" in (run / "config.yaml").read_text()
+    # resolved and saved: a dense model trains channels-last where NNPACK does not train it faster
+    # (segmentation models: AVX2 CPUs only)
+    model = build_task(load_config(cfg)).build_model()
+    expected = str(not nnpack_trains_faster(model)).lower()
+    assert f"channels_last: {expected}" in (run / "config.yaml").read_text()
     ckpt = load_checkpoint(run / "last.safetensors")
     assert ckpt["ema"] is not None and ckpt["epoch"] == 2
     assert ckpt["classes"][0] == "background"

@@ -5,12 +5,14 @@ oneDNN's (the reference): the same U-Net, data, seed and steps, final loss withi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from segdet.data.collate import collate_segmentation
 from segdet.engine.config import TrainConfig, from_dict
-from segdet.engine.devices import training_uses_channels_last, training_uses_nnpack
+from segdet.engine.devices import nnpack_trains_faster, training_uses_channels_last, training_uses_nnpack
 from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
 from segdet.engine.segmentation import SegmentationTask
@@ -35,8 +37,33 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ],
 )
 def test_when_the_trainer_uses_it(settings, device, expected):
+    """For a detector (NNPACK trains them faster wherever its rules were measured)."""
+    from segdet.models import build
+
+    model = build("retinanet_resnet50_fpn", 2, backbone="resnet18")
     expected = {"auto": nnpack_is_faster(), "available": nnpack_available()}.get(expected, expected)
-    assert training_uses_nnpack(TrainConfig(**settings), device) is expected
+    assert training_uses_nnpack(TrainConfig(**settings), device, model) is expected
+
+
+@pytest.mark.parametrize(
+    ("rules", "detector", "segmenter"), [("AVX2", True, True), ("ZEN4", True, False), (None, False, False)]
+)
+def test_which_models_nnpack_trains_faster(rules, detector, segmenter, monkeypatch):
+    """By the CPU's measured rules (segdet.ops.nnpack_rules): every model on AVX2, detectors only on
+    Zen 4 (segmentation models train faster channels-last there), none where nothing was measured."""
+    from segdet.engine import devices
+    from segdet.models import build
+    from segdet.ops import nnpack_rules
+
+    if not nnpack_available():
+        pytest.skip("torch has no NNPACK here")
+    monkeypatch.setattr(devices, "measured_rules", lambda: rules and getattr(nnpack_rules, rules))
+    retinanet = build("retinanet_resnet50_fpn", 2, backbone="resnet18")
+    unet = build("unet_backbone", 2, backbone="resnet18")
+    assert devices.nnpack_trains_faster(retinanet) is detector
+    assert devices.nnpack_trains_faster(unet) is segmenter
+    assert devices.training_uses_channels_last(unet, CPU, TrainConfig()) is not segmenter
+    assert devices.training_uses_nnpack(TrainConfig(), CPU, unet) is segmenter
 
 
 @pytest.mark.parametrize(
@@ -47,6 +74,7 @@ def test_when_the_trainer_uses_it(settings, device, expected):
         ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, {}, CUDA, False),
         ("efficientdet_d0", {"width": 16, "bifpn_layers": 1}, {"nnpack": True}, CPU, False),
         ("unet_backbone", {"backbone": "resnet18"}, {}, CPU, "no nnpack"),  # dense: NNPACK's on AVX2
+        ("retinanet_resnet50_fpn", {"backbone": "resnet18"}, {}, CPU, "no nnpack"),  # and on Zen 4
         ("unet_backbone", {"backbone": "resnet18"}, {"nnpack": True}, CPU, False),
         ("deeplabv3plus", {"backbone": "resnet18", "separable": True, "aspp_channels": 8}, {}, CPU, "fast"),
     ],
@@ -59,13 +87,13 @@ def test_when_the_trainer_trains_channels_last(name, options, settings, device, 
     from segdet.models import build
     from segdet.models.memory_format import slow_dilated_depthwise
 
-    expected = {"no nnpack": not nnpack_is_faster(), "fast": not slow_dilated_depthwise()}.get(
+    model = build(name, 2, **options)
+    expected = {"no nnpack": not nnpack_trains_faster(model), "fast": not slow_dilated_depthwise()}.get(
         expected, expected
     )
-    model = build(name, 2, **options)
     assert training_uses_channels_last(model, device, TrainConfig(**settings)) is expected
     if expected:
-        assert not training_uses_nnpack(TrainConfig(channels_last=expected), device)
+        assert not training_uses_nnpack(TrainConfig(channels_last=expected), device, model)
 
 
 def _segmenter_config(tmp_path):
@@ -116,8 +144,9 @@ def test_training_through_the_fast_kernels_learns_as_onednn(tmp_path, monkeypatc
     """ResNet-18's 3x3 convolutions of 128-512 channels (layers 2-4) train on the Winograd weight
     gradient, layer 2's also on NNPACK (forward, input gradient): the thresholds are lowered so that
     64 px images use them (NNPACK transforms the weights on every call: slow on layers 3-4's 4² / 2² maps)."""
-    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", 64)  # layer 2's 8² maps
-    monkeypatch.setattr(nnpack_conv, "MIN_TILES", 1)
+    # layer 2's 8² maps; the weight gradient for every width (Zen 4's rules leave out 128 channels)
+    lowered = dataclasses.replace(nnpack_conv.AVX2, min_train_pixels=64, min_tiles=1, min_grad_channels=1)
+    monkeypatch.setattr(nnpack_conv, "rules", lambda: lowered)
     calls = {"nnpack": 0, "winograd": 0}
     nnpack_kernel, weight_grad = torch._nnpack_spatial_convolution, nnpack_conv.conv3x3_weight_grad
 

@@ -4,6 +4,8 @@ of float32 rounding: ~1.2e-5 measured); the fallbacks bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,10 +13,7 @@ from torch import nn
 
 from segdet.ops import nnpack_conv, winograd
 from segdet.ops.nnpack_conv import (
-    MIN_BATCH,
     MIN_CHANNELS,
-    MIN_PIXELS,
-    MIN_SIDE,
     NNPACKConv2d,
     is_eligible,
     nnpack_available,
@@ -22,6 +21,13 @@ from segdet.ops.nnpack_conv import (
 )
 
 needs_nnpack = pytest.mark.skipif(not nnpack_available(), reason="torch has no NNPACK here")
+
+
+def _set_rules(monkeypatch, **changes) -> None:
+    """Run NNPACKConv2d with AVX2's thresholds changed by ``changes``, the Winograd weight gradient for
+    every width (the tests' convolutions have 128 channels, under Zen 4's ``min_grad_channels``)."""
+    rules = dataclasses.replace(nnpack_conv.AVX2, min_grad_channels=1, **changes)
+    monkeypatch.setattr(nnpack_conv, "rules", lambda: rules)
 
 
 def _conv(in_channels: int = 128, out_channels: int = 128, bias: bool = True, seed: int = 0) -> NNPACKConv2d:
@@ -50,6 +56,8 @@ def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
     ],
 )
 def test_matches_torch_convolution(shape, bias, calls, monkeypatch):
+    """By AVX2's thresholds (the shapes are chosen for them), on any CPU."""
+    _set_rules(monkeypatch)
     conv = _conv(bias=bias)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).relu()
     seen = []
@@ -78,14 +86,15 @@ def test_keeps_channels_last():
 @pytest.mark.parametrize(
     "shape",
     [
-        (1, 128, int(MIN_PIXELS**0.5) - 1, int(MIN_PIXELS**0.5) - 1),  # one small image
-        (MIN_BATCH - 1, 128, 14, 14),  # too few RoIs for the batch path
-        (2 * MIN_BATCH, 128, MIN_SIDE - 1, MIN_SIDE - 1),  # RoIs too small for it
-        (0, 128, 60, 60),  # an empty batch (no RoIs)
+        lambda r: (1, 128, int(r.min_pixels**0.5) - 1, int(r.min_pixels**0.5) - 1),  # one small image
+        lambda r: (r.min_batch - 1, 128, 14, 14),  # too few RoIs for the batch path
+        lambda r: (2 * r.min_batch, 128, r.min_side - 1, r.min_side - 1),  # RoIs too small for it
+        lambda r: (0, 128, 60, 60),  # an empty batch (no RoIs)
     ],
 )
 def test_small_inputs_use_the_usual_kernel(shape):
-    """Where NNPACK does not pay, the output is F.conv2d's bit for bit."""
+    """Where NNPACK does not pay (this CPU's rules), the output is F.conv2d's bit for bit."""
+    shape = shape(nnpack_conv.rules())
     conv = _conv()
     x = torch.randn(*shape)
     with torch.no_grad():
@@ -174,8 +183,7 @@ def test_training_path_matches_onednn(bias, min_pixels, min_tiles, expected, mon
     sign near zero would move a whole gradient value); the kernels that ran are counted."""
     if expected["winograd"] and not winograd.available():
         pytest.skip("the Winograd weight gradient's C++ kernel could not be built here")
-    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", min_pixels)
-    monkeypatch.setattr(nnpack_conv, "MIN_TILES", min_tiles)
+    _set_rules(monkeypatch, min_train_pixels=min_pixels, min_tiles=min_tiles)
     calls = {"nnpack": 0, "winograd": 0}
     nnpack_kernel, weight_grad = torch._nnpack_spatial_convolution, nnpack_conv.conv3x3_weight_grad
     monkeypatch.setattr(
@@ -208,8 +216,7 @@ def test_training_path_matches_onednn(bias, min_pixels, min_tiles, expected, mon
 def test_training_path_frozen_weight_or_input(monkeypatch):
     """Only the gradients asked for are computed: a frozen layer still passes the input gradient back,
     and the first layer (input without gradient) gets its weight gradient."""
-    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", 1)
-    monkeypatch.setattr(nnpack_conv, "MIN_TILES", 1)
+    _set_rules(monkeypatch, min_train_pixels=1, min_tiles=1)
     conv = _training_conv()
     x = torch.randn(1, 128, 20, 20)
     conv.weight.requires_grad_(False)
@@ -238,8 +245,7 @@ def test_training_path_frozen_weight_or_input(monkeypatch):
 
 @needs_nnpack
 def test_training_path_is_deterministic_and_keeps_channels_last(monkeypatch):
-    monkeypatch.setattr(nnpack_conv, "MIN_TRAIN_PIXELS", 1)
-    monkeypatch.setattr(nnpack_conv, "MIN_TILES", 1)
+    _set_rules(monkeypatch, min_train_pixels=1, min_tiles=1)
     conv = _training_conv()
     x = torch.randn(2, 128, 24, 24).contiguous(memory_format=torch.channels_last)
     grad_out = torch.randn(2, 128, 24, 24)
@@ -250,10 +256,11 @@ def test_training_path_is_deterministic_and_keeps_channels_last(monkeypatch):
 
 @needs_nnpack
 def test_training_path_below_thresholds_is_onednn_bit_for_bit(monkeypatch):
-    """Maps under ``MIN_TRAIN_PIXELS`` per image and ``MIN_TILES`` tiles: F.conv2d's gradients exactly."""
+    """Maps under ``min_train_pixels`` per image and ``min_tiles`` tiles: F.conv2d's gradients exactly."""
     conv = _training_conv()
-    side = int(nnpack_conv.MIN_TILES**0.5) * 4 - 8  # fewer tiles than MIN_TILES, one image
-    assert side * side < nnpack_conv.MIN_TRAIN_PIXELS
+    rules = nnpack_conv.rules()
+    side = int(rules.min_tiles**0.5) * 4 - 8  # fewer tiles than min_tiles, one image
+    assert side * side < rules.min_train_pixels
     x, grad_out = torch.randn(1, 128, side, side), torch.randn(1, 128, side, side)
     got, expected = _gradients(conv, x, grad_out), _gradients(conv, x, grad_out, kernel=F.conv2d)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-nnpack",
         action="store_true",
-        help="R-CNN detectors on AVX2 CPUs: keep the wide 3x3 convolutions off NNPACK's Winograd/FFT "
+        help="detectors on AVX2 CPUs and AMD Zen 4: keep the wide 3x3 convolutions off NNPACK's Winograd/FFT "
         "kernels (used by default there: same outputs up to float rounding, ~1.2x faster)",
     )
 

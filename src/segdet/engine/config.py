@@ -152,14 +152,14 @@ class TrainConfig:
     checkpoint_minutes: float | None = None
     progress: bool = True
     # Weights and batches channels-last. None: resolved by the trainer (and saved so): on the CPU for
-    # models with depthwise convolutions, whose steps are 0.72-0.84 of the NCHW ones there, and on
-    # AVX-512 CPUs for dense models too (0.86-0.93), where NNPACK does not train them
-    # (segdet.engine.devices.training_uses_channels_last); NCHW otherwise.
+    # models with depthwise convolutions, whose steps are 0.72-0.84 of the NCHW ones there, and for
+    # dense models where NNPACK does not train them (0.86-0.93 on AVX-512: segmentation models on Zen 4,
+    # every model on other AVX-512 CPUs; segdet.engine.devices.training_uses_channels_last); NCHW otherwise.
     channels_last: bool | None = None
     # Wide 3x3 convolutions through NNPACK (forward, input gradient) and segdet's Winograd weight
     # gradient (segdet.ops.nnpack_conv, "Training"): float32 on the CPU, the same training up to float
-    # rounding, 8-28 % faster steps (README). None: on where that was measured faster (AVX2 CPUs without
-    # AVX-512), for float32 NCHW training on the CPU.
+    # rounding, 8-28 % faster steps (README). None: on where that was measured faster (every model on
+    # AVX2 CPUs, detectors on AMD Zen 4: segdet.ops.nnpack_rules), for float32 NCHW training on the CPU.
     nnpack: bool | None = None
 
 

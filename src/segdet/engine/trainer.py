@@ -105,7 +105,7 @@ class Trainer:
             config.train.channels_last = training_uses_channels_last(self.model, self.device, config.train)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if training_uses_nnpack(config.train, self.device):
+        if training_uses_nnpack(config.train, self.device, self.model):
             count = use_nnpack(self.model, training=True)
             if count:
                 self._print(f"{count} 3x3 convolutions train on NNPACK and Winograd kernels (train.nnpack)")

@@ -29,19 +29,21 @@ direct kernels, which reach ~185 GFLOP/s, near the cores' AVX2 peak):
   1000 of 7² (the box head of ``fasterrcnn_resnet50_fpn_v2``): 366 -> 422 ms.
 
 Hence the rules of :class:`NNPACKConv2d`: at least ``MIN_CHANNELS`` input and output channels, and either
-at least ``MIN_PIXELS`` pixels per image (one-image path) or a batch of at least ``MIN_BATCH`` images of
-at least ``MIN_SIDE`` pixels a side (batch path). NNPACK reads and writes NCHW, so in a
-channels-last network every such convolution adds two layout copies: it pays in the R-CNN detectors
-run NCHW (Faster R-CNN R50-FPN at 800²: 0.89 -> 0.72 of torchvision's time; channels-last with NNPACK:
-0.74), not in U-Net ResNet-34 (512², channels-last: 0.85 -> 0.97 of smp's time, NCHW 0.98) nor in
-DeepLabv3+ (0.96 -> 0.95): :func:`segdet.engine.inference.prepare_for_inference` uses it for the R-CNN
-detectors only, unless told otherwise. The rounding is different: Winograd's transforms grow the
-error of a float32 convolution from ~1.4e-6 to ~1.2e-5 of the largest output (measured on random data);
-on the detectors this moves boxes by ~1e-2 px and scores by ~1e-4, as large as folding BatchNorm does.
+at least ``min_pixels`` pixels per image (one-image path) or a batch of at least ``min_batch`` images of
+at least ``min_side`` pixels a side (batch path): :class:`~segdet.ops.nnpack_rules.Rules`. NNPACK reads
+and writes NCHW, so in a channels-last network every such convolution adds two layout copies: it pays in
+the R-CNN detectors run NCHW (Faster R-CNN R50-FPN at 800²: 0.89 -> 0.72 of torchvision's time;
+channels-last with NNPACK: 0.74), not in U-Net ResNet-34 (512², channels-last: 0.85 -> 0.97 of smp's
+time, NCHW 0.98) nor in DeepLabv3+ (0.96 -> 0.95): :func:`segdet.engine.inference.prepare_for_inference`
+uses it for the R-CNN detectors only, unless told otherwise. The rounding is different: Winograd's
+transforms grow the error of a float32 convolution from ~1.4e-6 to ~1.2e-5 of the largest output
+(measured on random data); on the detectors this moves boxes by ~1e-2 px and scores by ~1e-4, as large as
+folding BatchNorm does.
 
-CPUs with AVX-512 run oneDNN's direct kernels twice as wide while NNPACK has AVX2 kernels only, so the
-gain there is unmeasured: :func:`nnpack_is_faster` says yes only for AVX2 CPUs. NNPACK runs on its own
-thread pool, created at its first call with ``torch.get_num_threads()`` threads.
+NNPACK has AVX2 kernels only, so where it pays depends on the CPU: :mod:`segdet.ops.nnpack_rules`
+holds the thresholds measured on AVX2 CPUs (the numbers here) and on AMD Zen 4 (AVX-512), and
+:func:`nnpack_is_faster` says yes on those two only. NNPACK runs on its own thread pool, created at its
+first call with ``torch.get_num_threads()`` threads.
 
 **Training** (``use_nnpack(model, training=True)``, what ``train.nnpack`` turns on). A convolution
 ``y = w ⋆ x + b`` needs three products per step: the forward, the input gradient
@@ -64,7 +66,7 @@ is that autograd function; each product falls back to oneDNN's where it would no
 | ``512 -> 512`` at 19² (conv5) | 64 / 29 | 66 / 27 | 40 / 39 |
 | ``1024 -> 546`` at 19² (a head) | | | 115 / 86 |
 
-Hence ``MIN_TRAIN_PIXELS`` per image for NNPACK's forward and input gradient, and ``MIN_TILES`` 4 x 4
+Hence ``min_train_pixels`` per image for NNPACK's forward and input gradient, and ``min_tiles`` 4 x 4
 tiles in the batch for the Winograd weight gradient (its 36 matrix products have the tiles as their
 inner dimension, too short below that). The gradients differ from oneDNN's by Winograd's rounding
 (~1e-5 of the largest value, measured), like NNPACK's inference outputs.
@@ -76,18 +78,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segdet.ops.nnpack_rules import AVX2, Rules, measured_rules
 from segdet.ops.winograd import available as winograd_available
 from segdet.ops.winograd import conv3x3_weight_grad
 
-# Below these, oneDNN's direct kernels are as fast or faster (measurements in the module docstring).
+# Below this, oneDNN's direct kernels are as fast or faster (module docstring); the other thresholds
+# depend on the CPU (segdet.ops.nnpack_rules).
 MIN_CHANNELS = 128
-MIN_PIXELS = 1200  # per image, for the one-image path: 35² and up (38² wins, 32² is even)
-MIN_BATCH, MIN_SIDE = 20, 10  # for the batch path (R-CNN heads: many small RoI features)
-# In training (module docstring): forward and input gradient on NNPACK from 50² per image (38² is even,
-# 50 x 67 wins); the weight gradient by Winograd from 100 tiles of 4 x 4 in the batch (2 x 19² is 50
-# tiles: even or slower; 2 x 25 x 34 is 126: faster).
-MIN_TRAIN_PIXELS = 2500
-MIN_TILES = 100
 
 
 def nnpack_available() -> bool:
@@ -97,9 +94,15 @@ def nnpack_available() -> bool:
 
 
 def nnpack_is_faster() -> bool:
-    """Whether NNPACK's 3x3 convolutions were measured faster than oneDNN's on this kind of CPU: AVX2
-    x86 CPUs without AVX-512 (module docstring)."""
-    return nnpack_available() and torch.backends.cpu.get_cpu_capability() == "AVX2"
+    """Whether NNPACK's 3x3 convolutions were measured faster than oneDNN's on this kind of CPU: AVX2 x86
+    CPUs, and AMD Zen 4 (:func:`segdet.ops.nnpack_rules.measured_rules`)."""
+    return nnpack_available() and measured_rules() is not None
+
+
+def rules() -> Rules:
+    """The thresholds :class:`NNPACKConv2d` applies: this CPU's measured ones, AVX2's where none were
+    measured (NNPACK asked for explicitly)."""
+    return measured_rules() or AVX2
 
 
 def is_eligible(conv: nn.Module) -> bool:
@@ -169,9 +172,9 @@ class NNPACKConv2d(nn.Conv2d):
 
     When a gradient is needed the usual kernel runs unless ``training_path`` is set (``use_nnpack(...,
     training=True)``): then :class:`_TrainingConv` computes the products where NNPACK
-    (``MIN_TRAIN_PIXELS``) or the Winograd weight gradient (``MIN_TILES``) pays. The parameters and
-    state-dict keys are the ``nn.Conv2d``'s. The output keeps the input's memory format (NNPACK itself
-    reads and writes contiguous NCHW).
+    (``min_train_pixels``) or the Winograd weight gradient (``min_tiles``, ``min_grad_channels``) pays.
+    The parameters and state-dict keys are the ``nn.Conv2d``'s. The output keeps the input's memory format
+    (NNPACK itself reads and writes contiguous NCHW).
     """
 
     training_path: bool = False
@@ -187,16 +190,18 @@ class NNPACKConv2d(nn.Conv2d):
             or self.weight.dtype != torch.float32
         ):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        rule = rules()
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            nnpack = self.training_path and h * w >= MIN_TRAIN_PIXELS
+            nnpack = self.training_path and h * w >= rule.min_train_pixels
             tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
-            winograd = self.training_path and tiles >= MIN_TILES and winograd_available()
+            wide = min(self.in_channels, self.out_channels) >= rule.min_grad_channels
+            winograd = self.training_path and tiles >= rule.min_tiles and wide and winograd_available()
             if not (nnpack or winograd):
                 return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
             return self._run(x, lambda y, weight: _TrainingConv.apply(y, weight, self.bias, nnpack, winograd))
-        if h * w >= MIN_PIXELS:
+        if h * w >= rule.min_pixels:
             return self._run(x, lambda y, weight: _nnpack_per_image(y, weight, self.bias))
-        if n >= MIN_BATCH and min(h, w) >= MIN_SIDE:
+        if n >= rule.min_batch and min(h, w) >= rule.min_side:
             batch_path = torch._nnpack_spatial_convolution
             return self._run(x, lambda y, weight: batch_path(y, weight, self.bias, [1, 1]))
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)

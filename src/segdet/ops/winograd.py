@@ -20,8 +20,9 @@ run in torch.bmm; the fractions of ``G`` apply once, to the 36 summed products.
 
 On the 2-core AVX2 host (2 threads, batch 2) it takes 0.4-0.55 of oneDNN's time from 25 x 34 maps
 up (the table in :mod:`segdet.ops.nnpack_conv`'s docstring, "Training"); on short batches of tiles
-(2 x 19²: 50) the 36 products are too thin and it is slower, hence ``MIN_TILES`` there. Of the time,
-about a third are the products, the rest the transforms and the final ``Gᵀ [·] G``. The rounding differs
+(2 x 19²: 50) the 36 products are too thin and it is slower, hence ``min_tiles`` there
+(:mod:`segdet.ops.nnpack_rules`; on Zen 4 more tiles and 256 channels). Of the time, about a third are
+the products, the rest the transforms and the final ``Gᵀ [·] G``. The rounding differs
 from oneDNN's by ~1e-5 of the gradient's largest value (Winograd's transforms and another order of the
 sums; ``tests/ops/test_winograd.py``).
 """

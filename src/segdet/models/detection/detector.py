@@ -172,7 +172,7 @@ class Detector(nn.Module):
           (:func:`segdet.models.fuse.fold_batchnorm`); the model is for inference only afterwards.
         * ``nnpack``: run the wide 3x3 convolutions through NNPACK's Winograd / FFT kernels
           (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster (a model without
-          depthwise convolutions on an AVX2 CPU; :mod:`segdet.models.memory_format`).
+          depthwise convolutions on an AVX2 CPU or AMD Zen 4; :mod:`segdet.models.memory_format`).
         * ``channels_last``: store weights and batches channels-last; ``None``: on the CPU unless NNPACK
           is used (NNPACK works in NCHW, and layout copies around it cost more than channels-last gains:
           Faster R-CNN R50-FPN at 800², 2 AVX2 cores, 1.40 s NCHW against 1.46 s channels-last) or the
