@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from detection import build_pair, describe_difference, output_difference, synthetic_batch
+from detection_pairs import build_pair, describe_difference, output_difference, synthetic_batch
 
 from segdet.ops.nnpack_conv import NNPACKConv2d
 

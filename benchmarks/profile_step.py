@@ -22,7 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from detection import build_pair, synthetic_batch, train_fn
+from detection import train_fn
+from detection_pairs import build_pair, synthetic_batch
 
 
 def _sync() -> None:
