@@ -54,7 +54,7 @@ def test_detector_on_nnpack_everywhere_keeps_box_and_mask_ap(trained_detector, t
     everywhere = dataclasses.replace(nnpack_conv.AVX2, min_pixels=1, min_batch=1, min_side=1)
     monkeypatch.setattr(nnpack_conv, "MIN_CHANNELS", 1)
     monkeypatch.setattr(nnpack_conv, "rules", lambda: everywhere)
-    monkeypatch.setattr(detector, "nnpack_is_faster", lambda: True)  # also on unmeasured CPUs
+    monkeypatch.setattr(detector, "nnpack_pays", lambda model: True)  # also on unmeasured CPUs
 
     def counted(self, x):
         calls.append(1)

@@ -12,11 +12,12 @@ import torch
 
 from segdet.data.collate import collate_segmentation
 from segdet.engine.config import TrainConfig, from_dict
-from segdet.engine.devices import nnpack_trains_faster, training_uses_channels_last, training_uses_nnpack
+from segdet.engine.devices import training_uses_channels_last, training_uses_nnpack
 from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
 from segdet.engine.segmentation import SegmentationTask
 from segdet.metrics.confusion import ConfusionMatrix
+from segdet.models.memory_format import nnpack_pays
 from segdet.ops import nnpack_conv, winograd
 from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available, nnpack_is_faster, use_nnpack
 
@@ -46,24 +47,30 @@ def test_when_the_trainer_uses_it(settings, device, expected):
 
 
 @pytest.mark.parametrize(
-    ("rules", "detector", "segmenter"), [("AVX2", True, True), ("ZEN4", True, False), (None, False, False)]
+    ("rules", "fpn", "plain"), [("AVX2", True, True), ("ZEN4", True, False), (None, False, False)]
 )
-def test_which_models_nnpack_trains_faster(rules, detector, segmenter, monkeypatch):
-    """By the CPU's measured rules (segdet.ops.nnpack_rules): every model on AVX2, detectors only on
-    Zen 4 (segmentation models train faster channels-last there), none where nothing was measured."""
+def test_which_models_nnpack_pays_for(rules, fpn, plain, monkeypatch):
+    """By the CPU's measured rules (segdet.ops.nnpack_rules): every dense model on AVX2; on Zen 4 those
+    with an FPN (or SSD), not CenterNet nor U-Net (faster channels-last there); none where nothing was
+    measured; never a model with depthwise convolutions."""
     from segdet.engine import devices
-    from segdet.models import build
+    from segdet.models import build, memory_format
     from segdet.ops import nnpack_rules
 
     if not nnpack_available():
         pytest.skip("torch has no NNPACK here")
-    monkeypatch.setattr(devices, "measured_rules", lambda: rules and getattr(nnpack_rules, rules))
+    monkeypatch.setattr(memory_format, "measured_rules", lambda: rules and getattr(nnpack_rules, rules))
     retinanet = build("retinanet_resnet50_fpn", 2, backbone="resnet18")
     unet = build("unet_backbone", 2, backbone="resnet18")
-    assert devices.nnpack_trains_faster(retinanet) is detector
-    assert devices.nnpack_trains_faster(unet) is segmenter
-    assert devices.training_uses_channels_last(unet, CPU, TrainConfig()) is not segmenter
-    assert devices.training_uses_nnpack(TrainConfig(), CPU, unet) is segmenter
+    centernet = build("centernet_resnet18", 2)
+    depthwise = build("unet_backbone", 2, backbone="mobilenet_v3_small")
+    assert memory_format.nnpack_pays(retinanet) is fpn
+    assert memory_format.nnpack_pays(unet) is plain
+    assert memory_format.nnpack_pays(centernet) is plain
+    assert not memory_format.nnpack_pays(depthwise)
+    assert devices.training_uses_channels_last(unet, CPU, TrainConfig()) is not plain
+    assert devices.training_uses_nnpack(TrainConfig(), CPU, unet) is plain
+    assert devices.training_uses_nnpack(TrainConfig(), CPU, retinanet) is fpn
 
 
 @pytest.mark.parametrize(
@@ -88,7 +95,7 @@ def test_when_the_trainer_trains_channels_last(name, options, settings, device, 
     from segdet.models.memory_format import slow_dilated_depthwise
 
     model = build(name, 2, **options)
-    expected = {"no nnpack": not nnpack_trains_faster(model), "fast": not slow_dilated_depthwise()}.get(
+    expected = {"no nnpack": not nnpack_pays(model), "fast": not slow_dilated_depthwise()}.get(
         expected, expected
     )
     assert training_uses_channels_last(model, device, TrainConfig(**settings)) is expected

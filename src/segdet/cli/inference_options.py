@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-nnpack",
         action="store_true",
-        help="detectors on AVX2 CPUs and AMD Zen 4: keep the wide 3x3 convolutions off NNPACK's Winograd/FFT "
-        "kernels (used by default there: same outputs up to float rounding, ~1.2x faster)",
+        help="detectors on AVX2 CPUs (on AMD Zen 4: with an FPN or SSD): keep the wide 3x3 convolutions off "
+        "NNPACK's Winograd/FFT kernels (used by default there: same outputs up to float rounding, ~1.2x "
+        "faster)",
     )
 
 

@@ -153,13 +153,15 @@ class TrainConfig:
     progress: bool = True
     # Weights and batches channels-last. None: resolved by the trainer (and saved so): on the CPU for
     # models with depthwise convolutions, whose steps are 0.72-0.84 of the NCHW ones there, and for
-    # dense models where NNPACK does not train them (0.86-0.93 on AVX-512: segmentation models on Zen 4,
-    # every model on other AVX-512 CPUs; segdet.engine.devices.training_uses_channels_last); NCHW otherwise.
+    # dense models where NNPACK does not train them (0.86-0.93 on AVX-512: on Zen 4 those without an FPN
+    # or SSD, every model on other AVX-512 CPUs; segdet.engine.devices.training_uses_channels_last); NCHW
+    # otherwise.
     channels_last: bool | None = None
     # Wide 3x3 convolutions through NNPACK (forward, input gradient) and segdet's Winograd weight
     # gradient (segdet.ops.nnpack_conv, "Training"): float32 on the CPU, the same training up to float
     # rounding, 8-28 % faster steps (README). None: on where that was measured faster (every model on
-    # AVX2 CPUs, detectors on AMD Zen 4: segdet.ops.nnpack_rules), for float32 NCHW training on the CPU.
+    # AVX2 CPUs, those with an FPN or SSD on AMD Zen 4: segdet.models.memory_format.nnpack_pays), for
+    # float32 NCHW training on the CPU.
     nnpack: bool | None = None
 
 

@@ -12,10 +12,8 @@ from torch import nn
 
 from segdet.engine.config import DEVICE, TrainConfig
 from segdet.errors import SegdetError
-from segdet.models.detection.detector import Detector
-from segdet.models.memory_format import channels_last_pays, has_grouped_convolutions
+from segdet.models.memory_format import channels_last_pays, nnpack_pays
 from segdet.ops.nnpack_conv import nnpack_available
-from segdet.ops.nnpack_rules import measured_rules
 
 
 def select_device(name: str) -> torch.device:
@@ -33,35 +31,25 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def nnpack_trains_faster(model: nn.Module) -> bool:
-    """Whether ``model``'s kind was measured to train faster on NNPACK and the Winograd weight gradient
-    (NCHW) than on oneDNN's kernels on this CPU (:mod:`segdet.ops.nnpack_rules`): every model on AVX2
-    CPUs; detectors on AMD Zen 4, where segmentation models gain more from channels-last (U-Net ResNet-34
-    trains in 1.13-1.16 of channels-last's time on NNPACK, Faster R-CNN R50-FPN in 0.74)."""
-    rules = measured_rules()
-    if rules is None or not nnpack_available():
-        return False
-    return rules.trains_segmentation or isinstance(model, Detector)
-
-
 def training_uses_nnpack(train: TrainConfig, device: torch.device, model: nn.Module) -> bool:
     """Whether the wide 3x3 convolutions train on NNPACK and segdet's Winograd weight gradient
     (:mod:`segdet.ops.nnpack_conv`): float32 (no autocast) on the CPU, NCHW; ``train.nnpack`` None:
-    where they were measured faster (:func:`nnpack_trains_faster`). Under autocast the convolutions stay
-    autocast's whatever this says, and a channels-last model pays two layout copies per convolution, so
-    ``None`` leaves both alone."""
+    where they were measured faster (:func:`~segdet.models.memory_format.nnpack_pays`). Under autocast the
+    convolutions stay autocast's whatever this says, and a channels-last model pays two layout copies per
+    convolution, so ``None`` leaves both alone."""
     if device.type != "cpu" or train.nnpack is False:
         return False
     if train.nnpack:
         return nnpack_available()
-    return train.amp == "none" and not train.channels_last and nnpack_trains_faster(model)
+    return train.amp == "none" and not train.channels_last and nnpack_pays(model)
 
 
 def training_uses_channels_last(model: nn.Module, device: torch.device, train: TrainConfig) -> bool:
     """``train.channels_last`` None: channels-last on the CPU where it pays
     (:func:`~segdet.models.memory_format.channels_last_pays`: not for a depthwise convolution dilated 5 or
-    more on AVX2), except for dense models that NNPACK trains faster (:func:`nnpack_trains_faster`: any on
-    AVX2 CPUs, detectors on Zen 4; or ``train.nnpack`` true for any model). NCHW on GPUs. Training steps
+    more on AVX2), except for dense models that NNPACK trains faster
+    (:func:`~segdet.models.memory_format.nnpack_pays`: any on AVX2 CPUs, those with an FPN or SSD on Zen 4;
+    or ``train.nnpack`` true for any model). NCHW on GPUs. Training steps
     channels-last over NCHW, 2 cores, batch 2: on AVX2, EfficientDet-D0 at 384 px 0.82, SSDLite320 0.78,
     YOLO v1 MobileNetV3-Small / -Large at 448 px 0.72 / 0.84, U-Net MobileNetV3-Large at 256 px 0.97
     (NNPACK: 0.97-1.06 of NCHW for these); on AVX-512 (Xeon with AMX), dense models too: U-Net ResNet-34
@@ -70,7 +58,7 @@ def training_uses_channels_last(model: nn.Module, device: torch.device, train: T
     0.93, Faster R-CNN / RetinaNet 1.05 / 1.03, where NNPACK takes 0.74 / 0.73 of channels-last's time."""
     if device.type != "cpu" or train.nnpack or not channels_last_pays(model):
         return False
-    return has_grouped_convolutions(model) or not nnpack_trains_faster(model)
+    return not nnpack_pays(model)  # never for grouped convolutions
 
 
 def seed_everything(seed: int) -> None:

@@ -154,7 +154,9 @@ def prepare_for_inference(
     place and can no longer be trained. ``nnpack`` (with ``fuse``): the wide 3x3 convolutions run
     through NNPACK's Winograd / FFT kernels (:mod:`segdet.ops.nnpack_conv`: the same outputs up to
     float32 rounding); ``None`` chooses it where it was measured faster: the detectors without depthwise
-    convolutions on AVX2 CPUs and AMD Zen 4 (not the segmentation models, which run faster channels-last).
+    convolutions on AVX2 CPUs, those with an FPN or SSD on AMD Zen 4
+    (:func:`~segdet.models.memory_format.nnpack_pays`; not the segmentation models, which run faster
+    channels-last).
     ``channels_last``: weights (and so activations) stored channels-last; ``None`` chooses it unless the
     model has depthwise convolutions dilated 5 or more (:mod:`segdet.models.memory_format`) or runs on
     NNPACK, and never in float32 on CUDA (it made R-CNN evaluation slower there;

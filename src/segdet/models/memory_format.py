@@ -27,6 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segdet.ops.nnpack_conv import nnpack_available
+from segdet.ops.nnpack_rules import measured_rules
+
 #: The smallest dilation at which a depthwise / grouped convolution is slower channels-last (see above).
 SLOW_CHANNELS_LAST_DILATION = 5
 
@@ -45,6 +48,22 @@ def slow_dilated_depthwise() -> bool:
     """Whether this CPU may take oneDNN's slow channels-last path for dilated depthwise convolutions: all
     but AVX-512 CPUs (measured on AVX2; module docstring)."""
     return torch.backends.cpu.get_cpu_capability() != "AVX512"
+
+
+def nnpack_pays(model: nn.Module) -> bool:
+    """Whether ``model`` runs and trains faster in NCHW with NNPACK's 3x3 convolutions and the Winograd
+    weight gradient than with oneDNN's kernels alone on this CPU (:mod:`segdet.ops.nnpack_rules`): never
+    with grouped convolutions (channels-last wins there); on AVX2 CPUs every other model; on AMD Zen 4
+    models with wide 3x3 convolutions on large maps (an FPN neck, or SSD's VGG-16); elsewhere none."""
+    from segdet.models.detection.ssd.model import SSD
+    from segdet.models.necks.fpn import FeaturePyramidNetwork
+
+    rules = measured_rules()
+    if rules is None or not nnpack_available() or has_grouped_convolutions(model):
+        return False
+    if not rules.wide_maps_only:
+        return True
+    return isinstance(model, SSD) or any(isinstance(m, FeaturePyramidNetwork) for m in model.modules())
 
 
 def channels_last_pays(model: nn.Module) -> bool:

@@ -40,10 +40,25 @@ oneDNN channels-last (what ran before these rules) and NCHW:
 | DeepLabv3+ R50 (OS 16) training at 512² | 0.89 | 1 | 1.08 |
 | U-Net R34 training at 256², batch 4 / 512², batch 2 | 1.16 / 1.13 | 1 | 1.11 / 1.09 |
 
-On U-Net NNPACK gains next to nothing over oneDNN in NCHW, and NCHW loses what channels-last gains on
-every other layer. So on Zen 4 segmentation models train channels-last (``trains_segmentation`` false:
-U-Net gains 13 %, DeepLabv3+ leaves 11 % on the table); detectors train on NNPACK. On AVX2, where
-channels-last gains nothing on dense models, every dense model trains on NNPACK as before.
+Other detectors, inference at 512 px (the same set-up, ms: NCHW / channels-last / NNPACK, NCHW):
+
+| model | NCHW | channels-last | NNPACK |
+|---|---:|---:|---:|
+| YOLACT R50-FPN | 807 | 751 | 712 |
+| SSD512 VGG-16 | 1000 | 901 | 723 |
+| SSD300 VGG-16 | 347 | 312 | 320 |
+| Faster R-CNN R50-C4 | 1538 | 1555 | 1521 |
+| CenterNet R50 | 388 | 330 | 378 |
+| YOLO v1 (Darknet) / YOLO v1 R50 | 296 / 389 | 282 / 372 | 300 / 386 |
+
+On Zen 4 channels-last gains 4-15 % over NCHW on dense models (it gains nothing on AVX2), so NNPACK must
+gain more than that: it does where wide 3x3 convolutions run on large maps, the FPN's and its heads' (256
+channels on 1/4-1/8 maps) and SSD's VGG-16 (128-512 channels on 1/2-1/8 maps), and not where they sit on
+the small maps at the end of a ResNet or Darknet (CenterNet, YOLO v1) nor in U-Net, where NNPACK gains next
+to nothing over NCHW. Hence ``wide_maps_only``: on Zen 4 NNPACK is chosen for models with an FPN neck or
+SSD's VGG (:func:`segdet.models.memory_format.nnpack_pays`), channels-last for the rest (DeepLabv3+, which
+has neither, leaves 11 % of its training step on the table; SSD300 loses 3-5 %, within the noise). On AVX2
+every model without grouped convolutions runs on NNPACK as before.
 """
 
 from __future__ import annotations
@@ -65,7 +80,8 @@ class Rules:
     * ``min_train_pixels``: training, forward and input gradient on NNPACK from this many pixels per image;
     * ``min_tiles``, ``min_grad_channels``: the Winograd weight gradient from this many 4 x 4 tiles in the
       batch, for convolutions with at least ``min_grad_channels`` input and output channels;
-    * ``trains_segmentation``: dense segmentation models train faster on NNPACK (NCHW) than channels-last.
+    * ``wide_maps_only``: NNPACK (NCHW) beats channels-last only for models with wide 3x3 convolutions on
+      large maps (an FPN neck, SSD's VGG-16); false: for every model without grouped convolutions.
     """
 
     min_pixels: int
@@ -74,13 +90,13 @@ class Rules:
     min_train_pixels: int
     min_tiles: int
     min_grad_channels: int
-    trains_segmentation: bool
+    wide_maps_only: bool
 
 
 # AVX2: 38² wins, 32² is even (one image); 50 x 67 wins in training, 38² is even; 2 x 25 x 34 (126 tiles)
 # wins for the weight gradient, 2 x 19² (50) is even or slower.
-AVX2 = Rules(1200, 20, 10, 2500, 100, 128, trains_segmentation=True)
-ZEN4 = Rules(4096, 50, 10, 3000, 200, 256, trains_segmentation=False)
+AVX2 = Rules(1200, 20, 10, 2500, 100, 128, wide_maps_only=False)
+ZEN4 = Rules(4096, 50, 10, 3000, 200, 256, wide_maps_only=True)
 
 _FIELD = re.compile(r"^(vendor_id|cpu family)\s*:\s*(\S+)", re.MULTILINE)
 

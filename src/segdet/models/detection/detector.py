@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from segdet.models.detection.image_list import ImageList, as_size
 from segdet.models.detection.transform import DetectionTransform
 from segdet.models.fuse import fold_batchnorm
-from segdet.models.memory_format import channels_last_pays, has_grouped_convolutions
-from segdet.ops.nnpack_conv import nnpack_is_faster, use_nnpack
+from segdet.models.memory_format import channels_last_pays, nnpack_pays
+from segdet.ops.nnpack_conv import use_nnpack
 
 
 def _plain(x: Tensor) -> Tensor:
@@ -171,8 +171,9 @@ class Detector(nn.Module):
         * ``fold``: fold every BatchNorm (frozen, or eval-mode statistics) into the convolution before it
           (:func:`segdet.models.fuse.fold_batchnorm`); the model is for inference only afterwards.
         * ``nnpack``: run the wide 3x3 convolutions through NNPACK's Winograd / FFT kernels
-          (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster (a model without
-          depthwise convolutions on an AVX2 CPU or AMD Zen 4; :mod:`segdet.models.memory_format`).
+          (:mod:`segdet.ops.nnpack_conv`); ``None``: where they were measured faster
+          (:func:`~segdet.models.memory_format.nnpack_pays`: a model without depthwise convolutions on an
+          AVX2 CPU; on AMD Zen 4 one with an FPN or SSD).
         * ``channels_last``: store weights and batches channels-last; ``None``: on the CPU unless NNPACK
           is used (NNPACK works in NCHW, and layout copies around it cost more than channels-last gains:
           Faster R-CNN R50-FPN at 800², 2 AVX2 cores, 1.40 s NCHW against 1.46 s channels-last) or the
@@ -188,7 +189,7 @@ class Detector(nn.Module):
         on_cpu = all(p.device.type == "cpu" for p in self.parameters())
         if nnpack is None:
             # depthwise models run faster channels-last than on NNPACK (segdet.models.memory_format)
-            nnpack = nnpack_is_faster() and on_cpu and not has_grouped_convolutions(self)
+            nnpack = on_cpu and nnpack_pays(self)
         if channels_last is None:
             channels_last = not nnpack and on_cpu and channels_last_pays(self)
         if fold:
