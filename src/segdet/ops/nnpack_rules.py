@@ -37,10 +37,14 @@ oneDNN channels-last (what ran before these rules) and NCHW:
 | RetinaNet R50-FPN inference | 0.84 | 0.90 | 0.97 |
 | Faster R-CNN R50-FPN training at 800², of channels-last's | 0.74 | 1 | 0.95 |
 | RetinaNet R50-FPN training at 800² | 0.73 | 1 | 0.97 |
+| Mask R-CNN R18-FPN, ``configs/pennfudan_maskrcnn.yaml`` (``Trainer.train_step``) | 0.84 | 1 | 1.01 |
+| YOLACT R50-FPN training at 512² (two runs) | 0.93 / 0.98 | 1 | 1.00 / 1.06 |
+| SSD300 VGG-16 training, batch 4 | 0.80 | 1 | 1.00 |
+| CenterNet R50 training at 512² | 0.97 | 1 | 1.02 |
 | DeepLabv3+ R50 (OS 16) training at 512² | 0.89 | 1 | 1.08 |
 | U-Net R34 training at 256², batch 4 / 512², batch 2 | 1.16 / 1.13 | 1 | 1.11 / 1.09 |
 
-Other detectors, inference at 512 px (the same set-up, ms: NCHW / channels-last / NNPACK, NCHW):
+Other detectors, inference at 512 px (the same set-up, ms; NNPACK runs in NCHW):
 
 | model | NCHW | channels-last | NNPACK |
 |---|---:|---:|---:|
@@ -51,14 +55,16 @@ Other detectors, inference at 512 px (the same set-up, ms: NCHW / channels-last 
 | CenterNet R50 | 388 | 330 | 378 |
 | YOLO v1 (Darknet) / YOLO v1 R50 | 296 / 389 | 282 / 372 | 300 / 386 |
 
-On Zen 4 channels-last gains 4-15 % over NCHW on dense models (it gains nothing on AVX2), so NNPACK must
-gain more than that: it does where wide 3x3 convolutions run on large maps, the FPN's and its heads' (256
-channels on 1/4-1/8 maps) and SSD's VGG-16 (128-512 channels on 1/2-1/8 maps), and not where they sit on
-the small maps at the end of a ResNet or Darknet (CenterNet, YOLO v1) nor in U-Net, where NNPACK gains next
-to nothing over NCHW. Hence ``wide_maps_only``: on Zen 4 NNPACK is chosen for models with an FPN neck or
-SSD's VGG (:func:`segdet.models.memory_format.nnpack_pays`), channels-last for the rest (DeepLabv3+, which
-has neither, leaves 11 % of its training step on the table; SSD300 loses 3-5 %, within the noise). On AVX2
-every model without grouped convolutions runs on NNPACK as before.
+On Zen 4 channels-last gains up to 15 % over NCHW in inference, and NNPACK gains less than on AVX2, so
+NNPACK must gain more than channels-last does: it does where wide 3x3 convolutions run on large maps, the
+FPN's and its heads' (256 channels on 1/4-1/8 maps) and SSD's VGG-16 (128-512 channels on 1/2-1/8 maps),
+and not where they sit on the small maps at the end of a ResNet or Darknet (CenterNet, YOLO v1;
+CenterNet's training step is a tie) nor in U-Net, where NNPACK gains next to nothing over NCHW. Hence
+``wide_maps_only``: on Zen 4 NNPACK is chosen for models with an FPN neck or SSD's VGG
+(:func:`segdet.models.memory_format.nnpack_pays`), channels-last for the rest (DeepLabv3+, which has
+neither, leaves 11 % of its training step on the table; SSD300's inference loses 3-5 %, within the noise,
+and its training step gains 20 %). On AVX2 every model without grouped convolutions runs on NNPACK as
+before.
 """
 
 from __future__ import annotations
