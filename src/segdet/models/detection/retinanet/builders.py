@@ -43,6 +43,30 @@ RATIOS = (0.5, 1.0, 2.0)
 HEAD_NORMS = {"group": functools.partial(nn.GroupNorm, 32), None: None}
 
 
+def _neck(body: nn.Module, neck: str, channels: int, p6_from: str, bifpn_layers: int) -> BackboneWithFPN:
+    """The ResNet ``body`` with its neck: an FPN over the returned stages plus P6 / P7 (from P5 or C5), or
+    a BiFPN of ``bifpn_layers`` layers."""
+    if neck == "bifpn":
+        in_channels = [body.out_channels[name] for name in body.out_features]
+        return BackboneWithFPN(body, channels, neck=BiFPN(in_channels, channels, bifpn_layers))
+    if neck == "fpn":
+        p6_in = channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
+        return BackboneWithFPN(body, channels, LastLevelP6P7(p6_in, channels, use_P5=p6_from == "p5"))
+    raise ValueError(f"neck must be 'fpn' or 'bifpn', got {neck!r}")
+
+
+def _level_sizes(anchor_sizes: Sequence[Sequence[int]] | None, levels: int) -> Sequence[Sequence[int]]:
+    """Anchor sizes per feature level: RetinaNet's 32..512 px octaves, the last ``levels`` of them, when
+    none are given."""
+    if anchor_sizes is None:
+        if levels > len(RETINANET_SIZES):
+            raise ValueError(f"give anchor_sizes for {levels} levels")
+        anchor_sizes = RETINANET_SIZES[len(RETINANET_SIZES) - levels :]
+    if len(anchor_sizes) != levels:
+        raise ValueError(f"{len(anchor_sizes)} anchor size levels for {levels} feature levels")
+    return anchor_sizes
+
+
 def _builder(name: str, v2: bool, doc: str):
     @with_settings(RetinaNetSettings, **({"box_loss": "giou"} if v2 else {}))
     def build(
@@ -80,24 +104,11 @@ def _builder(name: str, v2: bool, doc: str):
             frozen_bn=frozen,
             weights=backbone_weights,
         )
-        if neck == "bifpn":
-            in_channels = [body.out_channels[name] for name in body.out_features]
-            net = BackboneWithFPN(body, fpn_channels, neck=BiFPN(in_channels, fpn_channels, bifpn_layers))
-        elif neck == "fpn":
-            p6_in = fpn_channels if p6_from == "p5" else body.out_channels[body.out_features[-1]]
-            p6p7 = LastLevelP6P7(p6_in, fpn_channels, use_P5=p6_from == "p5")
-            net = BackboneWithFPN(body, fpn_channels, p6p7)
-        else:
-            raise ValueError(f"neck must be 'fpn' or 'bifpn', got {neck!r}")
+        net = _neck(body, neck, fpn_channels, p6_from, bifpn_layers)
         levels = len(returned_layers) + 2
-        if anchor_sizes is None:
-            if levels > len(RETINANET_SIZES):
-                raise ValueError(f"give anchor_sizes for {levels} levels")
-            anchor_sizes = RETINANET_SIZES[len(RETINANET_SIZES) - levels :]
-        if len(anchor_sizes) != levels:
-            raise ValueError(f"{len(anchor_sizes)} anchor size levels for {levels} feature levels")
         anchors = AnchorGenerator(
-            anchor_sizes, aspect_ratios if aspect_ratios is not None else (RATIOS,) * levels
+            _level_sizes(anchor_sizes, levels),
+            aspect_ratios if aspect_ratios is not None else (RATIOS,) * levels,
         )
         head = RetinaNetHead(
             fpn_channels,
