@@ -19,7 +19,7 @@ from segdet.engine.segmentation import SegmentationTask
 from segdet.metrics.confusion import ConfusionMatrix
 from segdet.models.memory_format import nnpack_pays
 from segdet.ops import nnpack_conv, winograd
-from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available, nnpack_is_faster, use_nnpack
+from segdet.ops.nnpack_conv import NNPACKConv2d, nnpack_available, use_nnpack
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -42,7 +42,7 @@ def test_when_the_trainer_uses_it(settings, device, expected):
     from segdet.models import build
 
     model = build("retinanet_resnet50_fpn", 2, backbone="resnet18")
-    expected = {"auto": nnpack_is_faster(), "available": nnpack_available()}.get(expected, expected)
+    expected = {"auto": nnpack_pays(model), "available": nnpack_available()}.get(expected, expected)
     assert training_uses_nnpack(TrainConfig(**settings), device, model) is expected
 
 

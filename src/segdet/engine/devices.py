@@ -58,7 +58,7 @@ def training_uses_channels_last(model: nn.Module, device: torch.device, train: T
     0.93, Faster R-CNN / RetinaNet 1.05 / 1.03, where NNPACK takes 0.74 / 0.73 of channels-last's time."""
     if device.type != "cpu" or train.nnpack or not channels_last_pays(model):
         return False
-    return not nnpack_pays(model)  # never for grouped convolutions
+    return not nnpack_pays(model)  # which is false for grouped convolutions: they run channels-last
 
 
 def seed_everything(seed: int) -> None:

@@ -40,10 +40,10 @@ transforms grow the error of a float32 convolution from ~1.4e-6 to ~1.2e-5 of th
 (measured on random data); on the detectors this moves boxes by ~1e-2 px and scores by ~1e-4, as large as
 folding BatchNorm does.
 
-NNPACK has AVX2 kernels only, so where it pays depends on the CPU: :mod:`segdet.ops.nnpack_rules`
-holds the thresholds measured on AVX2 CPUs (the numbers here) and on AMD Zen 4 (AVX-512), and
-:func:`nnpack_is_faster` says yes on those two only. NNPACK runs on its own thread pool, created at its
-first call with ``torch.get_num_threads()`` threads.
+NNPACK has AVX2 kernels only, so where it pays depends on the CPU: :mod:`segdet.ops.nnpack_rules` holds
+the thresholds measured on AVX2 CPUs (the numbers here) and on AMD Zen 4 (AVX-512), and
+:func:`segdet.models.memory_format.nnpack_pays` chooses NNPACK on those two only. NNPACK runs on its own
+thread pool, created at its first call with ``torch.get_num_threads()`` threads.
 
 **Training** (``use_nnpack(model, training=True)``, what ``train.nnpack`` turns on). A convolution
 ``y = w ⋆ x + b`` needs three products per step: the forward, the input gradient
@@ -91,12 +91,6 @@ def nnpack_available() -> bool:
     """NNPACK is compiled into torch and runs on this CPU (initialising it on first call)."""
     available = getattr(torch, "_nnpack_available", None)
     return bool(available is not None and hasattr(torch, "_nnpack_spatial_convolution") and available())
-
-
-def nnpack_is_faster() -> bool:
-    """Whether NNPACK's 3x3 convolutions were measured faster than oneDNN's on this kind of CPU: AVX2 x86
-    CPUs, and AMD Zen 4 (:func:`segdet.ops.nnpack_rules.measured_rules`)."""
-    return nnpack_available() and measured_rules() is not None
 
 
 def rules() -> Rules:
