@@ -85,3 +85,25 @@ def test_chain_through_every_format(synthetic, tmp_path):
             fmt, write_dataset(fmt, ds, tmp_path / f"{fmt}-{len(list(tmp_path.iterdir()))}"), strict=True
         )
     assert_same_objects(synthetic, ds, box_atol=1e-4, mask_iou=1.0)
+
+
+@pytest.mark.parametrize("label", [2, -1])
+@pytest.mark.parametrize("fmt", INSTANCE_FORMATS)
+def test_writers_refuse_labels_outside_the_class_list(fmt, label, tmp_path):
+    """An object whose label is no class is refused with one line naming the dataset, the image and the
+    label, before anything is written. (The YOLO writer wrote a class id its own data.yaml does not
+    name; VOC and Penn-Fudan ended in an IndexError for 2 and wrote label -1 as the last class.)"""
+    from PIL import Image
+
+    from segdet.data.structures import ImageRecord, Instance
+    from segdet.errors import DataError
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(image)
+    record = ImageRecord(7, image, 16, 16, [Instance((1.0, 1.0, 9.0, 9.0), label)])
+    dataset = AnnotationSet([record], ["cat", "dog"], source="in-memory set")
+    with pytest.raises(DataError, match=rf"label {label} is outside the class list") as info:
+        write_dataset(fmt, dataset, tmp_path / "out")
+    assert (info.value.file, info.value.record) == ("in-memory set", "image id=7")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()

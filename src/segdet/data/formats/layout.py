@@ -1,8 +1,8 @@
-"""Helpers shared by the formats stored as a folder tree (VOC, mask folders, Penn-Fudan).
+"""Helpers shared by the formats stored as a folder tree (VOC, mask folders, Penn-Fudan, YOLO).
 
 They read and write ``classes.txt`` (one class name per line; line ``i`` names class / value ``i``), find
-an image by its stem, place images in a written dataset (copy or hard link) and choose file stems for
-the records a writer writes.
+an image by its stem, place images in a written dataset (copy or hard link), choose file stems for the
+records a writer writes and check, before a writer writes, that every object's label names a class.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segdet.data.masks import mask_to_bitmap, read_label_png
-from segdet.data.structures import ImageRecord, Instance, InstancePNG
+from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
 from segdet.data.validate import ProblemLog
 from segdet.errors import DataError
 
@@ -86,6 +86,26 @@ def write_classes_txt(path: Path, names: list[str]) -> None:
             raise DataError(f"class name {name!r} cannot be written one per line", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+
+
+def check_labels(dataset: AnnotationSet) -> None:
+    """Raise :class:`DataError` (naming the dataset's source and the image) at the first object whose
+    label is not a class index ``0..K-1`` of ``dataset.classes``, crowd objects included.
+
+    Writers name classes by ``classes[label]`` or write the label as a class id: without this check a label
+    of ``K`` or more ends in an ``IndexError`` or in a file its own class list does not cover, and ``-1``
+    silently names the last class.
+    """
+    k = len(dataset.classes)
+    for record in dataset.images:
+        for obj in record.instances:
+            label = obj.label
+            if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= label < k:
+                raise DataError(
+                    f"label {label} is outside the class list (0..{k - 1})",
+                    dataset.source,
+                    f"image id={record.id}",
+                )
 
 
 def find_image(folder: Path, stem: str) -> Path | None:

@@ -25,6 +25,7 @@ import numpy as np
 from segdet.data.dataset import SegDetDataset
 from segdet.data.formats.image_files import place_image
 from segdet.data.formats.layout import (
+    check_labels,
     image_suffix,
     instance_bitmaps,
     list_images,
@@ -220,11 +221,13 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_i
     255 objects); where objects overlap the later one wins, and an object left with no visible pixel is
     dropped (with a warning) so that the values stay ``1..N``. An object without a mask is written as its
     box. Crowd regions have no form here and are left out. Boxes in ``Annotation/X.txt`` are the masks'.
+    A label that is no class is refused.
     """
     out = Path(out)
     for name in dataset.classes:
         if '"' in name or "\n" in name:
             raise DataError(f"class name {name!r} cannot be written in a Penn-Fudan annotation file")
+    check_labels(dataset)  # before anything is written
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
         image_name = f"{stem}{image_suffix(record)}"
         if copy_images:

@@ -19,6 +19,7 @@ import numpy as np
 
 from segdet.data.formats.image_files import place_image
 from segdet.data.formats.layout import (
+    check_labels,
     image_suffix,
     instance_bitmaps,
     output_stems,
@@ -55,10 +56,11 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_i
     under their own extension;
     every image is listed in ``ImageSets/Main/all.txt``, those with masks in
     ``ImageSets/Segmentation/all.txt``. ``classes.txt`` is written when the classes are not VOC's 20.
-    Crowd objects have no VOC form and are left out (with a warning).
+    Crowd objects have no VOC form and are left out (with a warning). A label that is no class is refused.
     """
     from segdet.data.formats.voc import VOC_CLASSES
 
+    check_labels(dataset)  # before anything is written
     out = Path(out)
     if dataset.semantic_classes != ["background", *dataset.classes] and any(
         r.semantic is not None for r in dataset.images
