@@ -20,12 +20,12 @@ sizes that differ from the image size, RLE strings that are malformed or whose r
 are converted instead of crashing ``loadRes``.
 
 Fast path: columns are pulled out with list comprehensions and converted with numpy in one go; only when
-that fails is the input walked record by record, to name the first bad record in the error.
+that fails is the input walked record by record, to name the first bad record in the error (the column
+checks live in :mod:`segdet.metrics.coco_columns`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, replace
 from os import PathLike
@@ -35,6 +35,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segdet.errors import DataError
+from segdet.metrics.coco_columns import (
+    box_array,
+    column,
+    float_array,
+    index_column,
+    int_array,
+    record_list,
+    unique_sorted,
+)
 
 
 @dataclass(frozen=True)
@@ -83,100 +92,6 @@ def load_json(source: object, what: str) -> tuple[object, str | None]:
         return json.loads(text), str(path)
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
-
-
-def _column(records: list, key: str, file: str | None, what: str) -> list:
-    """``[r[key] for r in records]``, or a DataError naming the first record without ``key``."""
-    try:
-        return [r[key] for r in records]
-    except (KeyError, TypeError, IndexError):
-        for i, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise DataError(f"expected an object, got {type(r).__name__}", file, f"{what}[{i}]") from None
-            if key not in r:
-                raise DataError(f"missing key {key!r}", file, f"{what}[{i}]") from None
-        raise
-
-
-def _bad_number(v: object) -> bool:
-    return not _numeric_types({type(v)}) or not np.isfinite(v)
-
-
-def _numeric_types(types: set) -> bool:
-    """Python/numpy ints and floats, not bools (nor strings, which numpy would silently parse)."""
-    return all(t is not bool and issubclass(t, (int, float, np.integer, np.floating)) for t in types)
-
-
-def _int_array(values: list, file: str | None, what: str, key: str) -> np.ndarray:
-    arr = np.asarray(values) if values else np.zeros(0, np.int64)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise DataError(f"{key} must be an integer, got {v!r}", file, f"{what}[{i}]")
-        raise DataError(f"{key} values out of the int64 range", file, what)
-    return arr.astype(np.int64, copy=False)
-
-
-def _float_array(values: list, file: str | None, what: str, key: str) -> np.ndarray:
-    ok = _numeric_types(set(map(type, values)))
-    if ok:
-        arr = np.fromiter(values, dtype=np.float64, count=len(values))
-        ok = bool(np.isfinite(arr).all())
-    if not ok:
-        for i, v in enumerate(values):
-            if _bad_number(v):
-                raise DataError(f"{key} must be a finite number, got {v!r}", file, f"{what}[{i}]")
-    return arr
-
-
-def _box_array(boxes: list, file: str | None, what: str) -> np.ndarray:
-    """(N, 4) float64 from a list of ``[x, y, w, h]`` lists; DataError on the first malformed box."""
-    n = len(boxes)
-    try:
-        lengths = np.fromiter(map(len, boxes), dtype=np.int64, count=n)
-        ok = bool((lengths == 4).all()) and _numeric_types(
-            set(map(type, itertools.chain.from_iterable(boxes)))
-        )
-        if ok:
-            flat = np.fromiter(itertools.chain.from_iterable(boxes), dtype=np.float64, count=4 * n)
-            ok = bool(np.isfinite(flat).all())
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        for i, b in enumerate(boxes):
-            if not isinstance(b, (list, tuple)) or len(b) != 4 or any(_bad_number(v) for v in b):
-                raise DataError(
-                    f"bbox must be 4 finite numbers [x, y, w, h], got {b!r}", file, f"{what}[{i}]"
-                )
-    flat = flat.reshape(n, 4)
-    negative = np.flatnonzero((flat[:, 2] < 0) | (flat[:, 3] < 0))
-    if len(negative):  # pycocotools would take it, with a negative area, and match it to nothing
-        i = int(negative[0])
-        raise DataError(f"bbox {boxes[i]!r} has a negative width or height", file, f"{what}[{i}]")
-    return flat
-
-
-def _index_of(ids: np.ndarray, table: np.ndarray, file: str | None, what: str, key: str) -> np.ndarray:
-    """Positions of ``ids`` in the sorted ``table``; DataError naming the first id not in it."""
-    pos = np.searchsorted(table, ids)
-    pos_c = np.minimum(pos, max(len(table) - 1, 0))
-    bad = (pos >= len(table)) | (table[pos_c] != ids) if len(table) else np.ones(len(ids), bool)
-    if bad.any():
-        i = int(np.argmax(bad))
-        target = "an image" if key == "image_id" else "a category"
-        raise DataError(f"{key} {int(ids[i])} is not {target} of the ground truth", file, f"{what}[{i}]")
-    return pos
-
-
-def _unique_sorted(ids: np.ndarray, file: str | None, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sort order of ``ids``; DataError on a duplicate."""
-    order = np.argsort(ids, kind="stable")
-    s = ids[order]
-    dup = np.flatnonzero(s[1:] == s[:-1])
-    if len(dup):
-        i = int(order[dup[0] + 1])
-        raise DataError(f"duplicate id {int(ids[i])}", file, f"{what}[{i}]")
-    return s, order
 
 
 def _to_rle(segm: object, h: int, w: int, file: str | None, record: str) -> dict:
@@ -272,60 +187,30 @@ def rle_areas(rles: list[dict]) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
 
 
-def _records(data: object, key: str, file: str | None) -> list:
-    if key not in data:
-        raise DataError(f"missing top-level key {key!r}", file)
-    if not isinstance(data[key], list):
-        raise DataError(f"{key!r} must be a list", file)
-    return data[key]
-
-
 def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroundTruth:
     """Read a COCO ground-truth dict or JSON file (``images``, ``annotations``, ``categories``)."""
     data, file = load_json(source, "ground-truth")
     if not isinstance(data, dict):
         raise DataError("ground truth must be a JSON object with images, annotations, categories", file)
-    images, anns, cats = (_records(data, k, file) for k in ("images", "annotations", "categories"))
+    images, anns, cats = (record_list(data, k, file) for k in ("images", "annotations", "categories"))
 
-    image_ids, img_order = _unique_sorted(
-        _int_array(_column(images, "id", file, "images"), file, "images", "id"), file, "images"
+    image_ids, img_order = unique_sorted(
+        int_array(column(images, "id", file, "images"), file, "images", "id"), file, "images"
     )
-    cat_ids_raw = _int_array(_column(cats, "id", file, "categories"), file, "categories", "id")
-    category_ids, cat_order = _unique_sorted(cat_ids_raw, file, "categories")
-    names = [str(cats[i].get("name", cats[i]["id"])) for i in cat_order.tolist()]
+    category_ids, names = _categories(cats, file)
+    heights, widths = _image_sizes(images, img_order, iou_type, file)
 
-    heights = widths = None
-    if iou_type == "segm" or all(isinstance(im, dict) and "height" in im and "width" in im for im in images):
-        heights = _int_array(_column(images, "height", file, "images"), file, "images", "height")[img_order]
-        widths = _int_array(_column(images, "width", file, "images"), file, "images", "width")[img_order]
-
-    ids = _int_array(_column(anns, "id", file, "annotations"), file, "annotations", "id")
-    _unique_sorted(ids, file, "annotations")
-    image = _index_of(
-        _int_array(_column(anns, "image_id", file, "annotations"), file, "annotations", "image_id"),
-        image_ids,
-        file,
-        "annotations",
-        "image_id",
-    )
-    category = _index_of(
-        _int_array(_column(anns, "category_id", file, "annotations"), file, "annotations", "category_id"),
-        category_ids,
-        file,
-        "annotations",
-        "category_id",
-    )
-    area = _float_array(_column(anns, "area", file, "annotations"), file, "annotations", "area")
-    crowd_raw = [a.get("iscrowd", 0) for a in anns]  # pycocotools needs the key; absent = not crowd
-    if not all(issubclass(t, (int, np.integer, np.bool_)) for t in set(map(type, crowd_raw))):
-        i = next(i for i, c in enumerate(crowd_raw) if not isinstance(c, (int, np.integer, np.bool_)))
-        raise DataError(f"iscrowd must be 0 or 1, got {crowd_raw[i]!r}", file, f"annotations[{i}]")
-    crowd = np.asarray(crowd_raw, dtype=np.int64).astype(bool) if anns else np.zeros(0, bool)
+    ids = int_array(column(anns, "id", file, "annotations"), file, "annotations", "id")
+    unique_sorted(ids, file, "annotations")
+    image = index_column(anns, "image_id", image_ids, file, "annotations")
+    category = index_column(anns, "category_id", category_ids, file, "annotations")
+    area = float_array(column(anns, "area", file, "annotations"), file, "annotations", "area")
+    crowd = _crowd_flags(anns, file)
     gt = CocoGroundTruth(
         file,
         image_ids,
         category_ids,
-        tuple(names),
+        names,
         image,
         category,
         area,
@@ -336,11 +221,51 @@ def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroun
         heights,
         widths,
     )
+    return _with_shapes(gt, anns, iou_type)
+
+
+def _categories(cats: list, file: str | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``category_ids`` (K,), sorted, and their names (the id where a record has no ``name``), from the
+    ``categories`` records ``cats``; DataError on a bad or duplicate id."""
+    cat_ids_raw = int_array(column(cats, "id", file, "categories"), file, "categories", "id")
+    category_ids, cat_order = unique_sorted(cat_ids_raw, file, "categories")
+    names = [str(cats[i].get("name", cats[i]["id"])) for i in cat_order.tolist()]
+    return category_ids, tuple(names)
+
+
+def _image_sizes(
+    images: list, img_order: np.ndarray, iou_type: str, file: str | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``heights`` and ``widths`` (I,) of the ``images`` records, in id order (``img_order`` (I,), the
+    sort order of their ids). Needed for ``segm``; otherwise None unless every image has both."""
+    if not (
+        iou_type == "segm" or all(isinstance(im, dict) and "height" in im and "width" in im for im in images)
+    ):
+        return None, None
+    heights = int_array(column(images, "height", file, "images"), file, "images", "height")[img_order]
+    widths = int_array(column(images, "width", file, "images"), file, "images", "width")[img_order]
+    return heights, widths
+
+
+def _crowd_flags(anns: list, file: str | None) -> np.ndarray:
+    """(N,) bool ``iscrowd`` of the annotation records ``anns``; DataError naming the first that is not
+    an integer."""
+    crowd_raw = [a.get("iscrowd", 0) for a in anns]  # pycocotools needs the key; absent = not crowd
+    if not all(issubclass(t, (int, np.integer, np.bool_)) for t in set(map(type, crowd_raw))):
+        i = next(i for i, c in enumerate(crowd_raw) if not isinstance(c, (int, np.integer, np.bool_)))
+        raise DataError(f"iscrowd must be 0 or 1, got {crowd_raw[i]!r}", file, f"annotations[{i}]")
+    return np.asarray(crowd_raw, dtype=np.int64).astype(bool) if anns else np.zeros(0, bool)
+
+
+def _with_shapes(gt: CocoGroundTruth, anns: list, iou_type: str) -> CocoGroundTruth:
+    """``gt`` with the shapes of its annotation records ``anns``: the boxes (N, 4) for ``bbox``, the
+    checked compressed RLEs (N) for ``segm``."""
+    file = gt.file
     if iou_type == "bbox":
-        return replace(gt, box=_box_array(_column(anns, "bbox", file, "annotations"), file, "annotations"))
+        return replace(gt, box=box_array(column(anns, "bbox", file, "annotations"), file, "annotations"))
     # the RLEs are decoded against the images' sizes, which the partial ground truth already carries
     return replace(
-        gt, rles=_rles(_column(anns, "segmentation", file, "annotations"), image, gt, file, "annotations")
+        gt, rles=_rles(column(anns, "segmentation", file, "annotations"), gt.image, gt, file, "annotations")
     )
 
 
@@ -355,21 +280,9 @@ def read_detections(source: list | str | PathLike, gt: CocoGroundTruth, iou_type
         raise DataError("results must be a JSON list of detections", file)
     what = "results"
     n = len(data)
-    image = _index_of(
-        _int_array(_column(data, "image_id", file, what), file, what, "image_id"),
-        gt.image_ids,
-        file,
-        what,
-        "image_id",
-    )
-    category = _index_of(
-        _int_array(_column(data, "category_id", file, what), file, what, "category_id"),
-        gt.category_ids,
-        file,
-        what,
-        "category_id",
-    )
-    score = _float_array(_column(data, "score", file, what), file, what, "score")
+    image = index_column(data, "image_id", gt.image_ids, file, what)
+    category = index_column(data, "category_id", gt.category_ids, file, what)
+    score = float_array(column(data, "score", file, what), file, what, "score")
     if n == 0:
         empty_box = np.zeros((0, 4)) if iou_type == "bbox" else None
         return CocoDetections(
@@ -381,18 +294,18 @@ def read_detections(source: list | str | PathLike, gt: CocoGroundTruth, iou_type
         raise DataError("a result needs 'bbox' or 'segmentation'", file, f"{what}[0]")
     box = rles = None
     if box_results:
-        box = _box_array(_column(data, "bbox", file, what), file, what)
+        box = box_array(column(data, "bbox", file, what), file, what)
         area = box[:, 2] * box[:, 3]
         if iou_type == "segm":
-            rles = _rles(_column(data, "segmentation", file, what), image, gt, file, what)
+            rles = _rles(column(data, "segmentation", file, what), image, gt, file, what)
     else:
-        rles = _rles(_column(data, "segmentation", file, what), image, gt, file, what)
+        rles = _rles(column(data, "segmentation", file, what), image, gt, file, what)
         area = rle_areas(rles)
         if iou_type == "bbox":
             from_masks = mask_utils.toBbox(rles)
             given = [(i, r["bbox"]) for i, r in enumerate(data) if "bbox" in r]
             if given:
-                rows = _box_array([b for _, b in given], file, what)
+                rows = box_array([b for _, b in given], file, what)
                 from_masks[[i for i, _ in given]] = rows
             box = from_masks
             rles = None

@@ -28,7 +28,15 @@ import numpy as np
 from segdet.errors import ConfigError
 from segdet.metrics.coco_accumulate import accumulate, summarize
 from segdet.metrics.coco_data import CocoDetections, CocoGroundTruth, read_detections, read_ground_truth
-from segdet.metrics.coco_match import Groups, box_iou, candidate_pairs, greedy_match, group, mask_iou
+from segdet.metrics.coco_match import (
+    Groups,
+    MatchResult,
+    box_iou,
+    candidate_pairs,
+    greedy_match,
+    group,
+    mask_iou,
+)
 
 #: pycocotools' default area ranges (pixel areas), label -> (min, max), both ends inclusive.
 DEFAULT_AREA_RANGES: dict[str, tuple[float, float]] = {
@@ -158,15 +166,53 @@ def evaluate_coco(
     groups = group(
         truth.image, truth.category, dets.image, dets.category, dets.score, n_cat, use_cats, max_list[-1]
     )
-    det_pos, gt_pos = candidate_pairs(groups)
-    iou = _pair_iou(truth, dets, groups, det_pos, gt_pos, iou_type)
+    gt_ignore, det_outside = _area_flags(truth, dets, groups, area_rng)
+    match = _match(truth, dets, groups, iou_type, gt_ignore, det_outside, thrs)
+    precision, recall, scores = _precision_recall(
+        truth, dets, groups, match, gt_ignore, det_outside, n_cat, use_cats, max_list, rec_thrs
+    )
+    stats = summarize(precision, recall, thrs, labels, max_list)
+    return CocoEvalResult(
+        stats,
+        precision,
+        recall,
+        scores,
+        _per_class_ap(precision, truth, labels, use_cats),
+        truth.category_ids.tolist(),
+        iou_type,
+        thrs,
+        tuple(labels),
+        tuple(max_list),
+    )
 
+
+def _area_flags(
+    truth: CocoGroundTruth, dets: CocoDetections, groups: Groups, area_rng: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``gt_ignore`` (N, A): gt ``groups.gt`` is crowd or its area is outside range a, and ``det_outside``
+    (D, A): detection ``groups.det`` has its area outside range a; ``area_rng`` (A, 2), inclusive ends."""
     gt_area = truth.area[groups.gt]
     lo, hi = area_rng[:, 0], area_rng[:, 1]
     gt_ignore = truth.crowd[groups.gt][:, None] | (gt_area[:, None] < lo) | (gt_area[:, None] > hi)  # (N, A)
     det_area = dets.area[groups.det]
     det_outside = (det_area[:, None] < lo) | (det_area[:, None] > hi)  # (D, A)
-    match = greedy_match(
+    return gt_ignore, det_outside
+
+
+def _match(
+    truth: CocoGroundTruth,
+    dets: CocoDetections,
+    groups: Groups,
+    iou_type: str,
+    gt_ignore: np.ndarray,
+    det_outside: np.ndarray,
+    thrs: np.ndarray,
+) -> MatchResult:
+    """Greedy matching of every group's candidate pairs at the IoU thresholds ``thrs`` (T,), with the
+    area-range flags ``gt_ignore`` (N, A) and ``det_outside`` (D, A) of :func:`_area_flags`."""
+    det_pos, gt_pos = candidate_pairs(groups)
+    iou = _pair_iou(truth, dets, groups, det_pos, gt_pos, iou_type)
+    return greedy_match(
         det_pos,
         gt_pos,
         iou,
@@ -178,11 +224,27 @@ def evaluate_coco(
         thrs,
     )
 
+
+def _precision_recall(
+    truth: CocoGroundTruth,
+    dets: CocoDetections,
+    groups: Groups,
+    match: MatchResult,
+    gt_ignore: np.ndarray,
+    det_outside: np.ndarray,
+    n_cat: int,
+    use_cats: bool,
+    max_list: list[int],
+    rec_thrs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``precision`` (T, R, K, A, M), ``recall`` (T, K, A, M) and ``scores`` (T, R, K, A, M) of the
+    ``match``; ``npig`` (K, A) counts the non-ignored gts (``gt_ignore`` (N, A)) per category and area
+    range, one category (K = 1) without ``use_cats``. ``rec_thrs`` (R,): the recall thresholds."""
     gt_cat = truth.category[groups.gt] if use_cats else np.zeros(len(groups.gt), np.int64)
-    n_area = len(area_rng)
+    n_area = gt_ignore.shape[1]
     npig = np.stack([np.bincount(gt_cat[~gt_ignore[:, a]], minlength=n_cat) for a in range(n_area)], axis=1)
     det_cat = dets.category[groups.det] if use_cats else np.zeros(len(groups.det), np.int64)
-    precision, recall, scores = accumulate(
+    return accumulate(
         match.det,
         match.true_positive,
         match.counted,
@@ -194,8 +256,14 @@ def evaluate_coco(
         max_list,
         rec_thrs,
     )
-    stats = summarize(precision, recall, thrs, labels, max_list)
 
+
+def _per_class_ap(
+    precision: np.ndarray, truth: CocoGroundTruth, labels: list[str], use_cats: bool
+) -> dict[str, float]:
+    """AP@[.5:.95] per category name, from ``precision`` (T, R, K, A, M) at the area range labelled "all"
+    in ``labels`` (else the first) and the largest maxDets; NaN without ground truth. A repeated name gets
+    its id appended; without ``use_cats`` the single key is ``"all"``."""
     a_all = labels.index("all") if "all" in labels else 0
     names = list(truth.category_names) if use_cats else ["all"]
     per_class = {}
@@ -203,18 +271,7 @@ def evaluate_coco(
         p = precision[:, :, k, a_all, -1]
         key = name if name not in per_class else f"{name} ({int(truth.category_ids[k])})"
         per_class[key] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
-    return CocoEvalResult(
-        stats,
-        precision,
-        recall,
-        scores,
-        per_class,
-        truth.category_ids.tolist(),
-        iou_type,
-        thrs,
-        tuple(labels),
-        tuple(max_list),
-    )
+    return per_class
 
 
 def _pair_iou(
