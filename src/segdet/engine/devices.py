@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from segdet.engine.config import DEVICE, TrainConfig
+from segdet.engine.config import TrainConfig
+from segdet.engine.config_ranges import DEVICE
 from segdet.errors import SegdetError
 from segdet.models.memory_format import channels_last_pays, nnpack_pays
 from segdet.ops.nnpack_conv import nnpack_available

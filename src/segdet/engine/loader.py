@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+
+from segdet.engine.distributed import DistInfo
 
 
 class EpochSampler(Sampler[int]):
@@ -91,6 +93,16 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             return self.dataset[index]
+
+
+def sampler_for(dataset: Dataset, dist: DistInfo, seed: int, *, train: bool) -> Sampler[int]:
+    """The order of ``dataset``: in a DDP group each process's share (``DistributedSampler``, shuffled
+    for training); alone, :class:`EpochSampler` for training and the dataset's order for evaluation."""
+    if dist.enabled:
+        return DistributedSampler(
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=train, seed=seed, drop_last=False
+        )
+    return EpochSampler(len(dataset), seed) if train else SequentialSampler(dataset)
 
 
 def build_loader(

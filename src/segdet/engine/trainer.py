@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from segdet.engine import distributed as dist_utils
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -39,7 +39,7 @@ from segdet.engine.devices import (
 )
 from segdet.engine.ema import ModelEMA
 from segdet.engine.finite import FiniteGuard, StepInfo
-from segdet.engine.loader import EpochSampler, EpochTagged, build_loader
+from segdet.engine.loader import EpochTagged, build_loader, sampler_for
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.optimizer import build_optimizer
 from segdet.engine.schedule import build_scheduler
@@ -141,29 +141,17 @@ class Trainer:
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         cfg = self.cfg.data
         batch = cfg.batch_size if train else cfg.validation_batch_size
-        if self.dist.enabled:
+        if self.dist.enabled and train:
             if cfg.batch_size % self.dist.world_size:
                 raise SegdetError(
                     f"data.batch_size={cfg.batch_size} (the global batch) is not divisible by the "
                     f"{self.dist.world_size} processes"
                 )
-            batch = batch // self.dist.world_size if train else batch
-            sampler: Sampler = DistributedSampler(
-                dataset,
-                num_replicas=self.dist.world_size,
-                rank=self.dist.rank,
-                shuffle=train,
-                seed=self.cfg.train.seed,
-                drop_last=False,
-            )
-        elif train:
-            sampler = EpochSampler(len(dataset), self.cfg.train.seed)
-        else:
-            sampler = torch.utils.data.SequentialSampler(dataset)
+            batch //= self.dist.world_size
         return build_loader(
             dataset,
             batch_size=batch,
-            sampler=sampler,
+            sampler=sampler_for(dataset, self.dist, self.cfg.train.seed, train=train),
             collate=self.task.collate if train else self.task.val_collate,
             workers=cfg.workers,
             device=self.device,
@@ -187,17 +175,7 @@ class Trainer:
                 evaluate = self.val_loader is not None and (
                     (epoch + 1) % max(1, cfg.train.eval_every) == 0 or last
                 )
-                improved = False
-                if evaluate:
-                    metrics = self.evaluate()
-                    self.state.last_metrics = metrics
-                    if self.log is not None:
-                        self.log.log("val", self.state.step, epoch + 1, metrics)
-                    improved = self._update_best(metrics)
-                    self._print(
-                        f"epoch {epoch + 1}/{cfg.train.epochs}: "
-                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
-                    )
+                improved = self._evaluate_epoch(epoch) if evaluate else False
                 self._save("last.safetensors")
                 if improved:
                     self._save("best.safetensors")
@@ -338,6 +316,19 @@ class Trainer:
         model.eval()
         with torch.no_grad():
             return self.task.evaluate(model, self.val_loader, self.device)
+
+    def _evaluate_epoch(self, epoch: int) -> bool:
+        """Evaluate after epoch ``epoch`` (0-based): log and print the metrics; whether they are the
+        best so far (``train.best_metric``)."""
+        metrics = self.evaluate()
+        self.state.last_metrics = metrics
+        if self.log is not None:
+            self.log.log("val", self.state.step, epoch + 1, metrics)
+        self._print(
+            f"epoch {epoch + 1}/{self.cfg.train.epochs}: "
+            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
+        )
+        return self._update_best(metrics)
 
     def _update_best(self, metrics: dict[str, float]) -> bool:
         key = self.cfg.train.best_metric
