@@ -123,3 +123,57 @@ def test_raising_the_limit_above_pillows_lets_large_images_through(tmp_path, mon
         image_size(bomb)
     monkeypatch.setenv(MAX_PIXELS_VARIABLE, str(20000 * 20000))
     assert image_size(bomb) == (20000, 20000)  # header only: nothing is decoded
+
+
+def _tagged(path: Path, orientation: int, size: tuple[int, int] = (100, 40)) -> Path:
+    """An RGB image of ``size`` (w, h) as stored, with the EXIF orientation tag ``orientation``."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.full((size[1], size[0], 3), 9, np.uint8)).save(path, exif=exif.tobytes())
+    return path
+
+
+def test_exif_orientation_is_read_from_jpeg_and_png_headers(tmp_path):
+    """The tag as Pillow reads it (reference: ``PIL.Image.Exif``); 9 is no orientation, so 1."""
+    from segdet.data.io import exif_orientation, open_image
+
+    for name, value, expected in [("a.jpg", 6, 6), ("b.png", 8, 8), ("c.jpg", 1, 1), ("d.jpg", 9, 1)]:
+        with open_image(_tagged(tmp_path / name, value)) as im:
+            assert exif_orientation(im) == expected, name
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "plain.png")
+    with open_image(tmp_path / "plain.png") as im:
+        assert exif_orientation(im) == 1
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_data_check_warns_of_an_exif_orientation_it_does_not_apply(tmp_path, capsys, quick):
+    """A phone photo stored 100 x 40 with "turn 90 degrees clockwise to view": segdet uses the stored
+    pixels (as pycocotools and torchvision do; Detectron2 and Ultralytics turn it). Annotated at the
+    stored size it is a warning; annotated at the turned size (40 x 100, what a viewer shows) the size
+    error names the tag as the cause."""
+    (tmp_path / "images").mkdir()
+    _tagged(tmp_path / "images" / "stored.jpg", 6)
+    _tagged(tmp_path / "images" / "turned.jpg", 6)
+    _tagged(tmp_path / "images" / "flipped.png", 3)
+    gt = {
+        "images": [
+            {"id": 1, "file_name": "stored.jpg", "width": 100, "height": 40},
+            {"id": 2, "file_name": "turned.jpg", "width": 40, "height": 100},
+            {"id": 3, "file_name": "flipped.png", "width": 100, "height": 40},
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    args = ["data", "check", str(tmp_path / "gt.json"), "--images", str(tmp_path / "images")]
+    code = main(args + (["--quick"] if quick else []))
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    (stored,) = [line for line in lines if "stored.jpg" in line]
+    assert stored.startswith("warning") and "EXIF orientation 6 (turn 90 degrees clockwise to view)" in stored
+    (turned,) = [line for line in lines if "turned.jpg" in line]
+    assert turned.startswith("error") and "image is 100x40 but its annotation says 40x100" in turned
+    assert "EXIF orientation 6" in turned and "shows it as 40x100, the size annotated" in turned
+    (flipped,) = [line for line in lines if "flipped.png" in line]
+    assert flipped.startswith("warning") and "EXIF orientation 3 (turn 180 degrees to view)" in flipped
+    assert "1 errors, 2 warnings" in lines[-1]

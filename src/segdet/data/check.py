@@ -4,8 +4,9 @@ The reader reports what is wrong inside annotation files (malformed lines, impos
 classes, duplicate ids); :func:`check_files` adds what needs the files themselves: images that are
 missing, unreadable, above the pixel limit (:func:`segdet.data.io.max_image_pixels`) or of another size
 than annotated, and label / instance-mask images whose size or values do not fit; images in a mode that
-loading converts (16-bit or float grey, CMYK: :data:`segdet.data.io.MODE_NOTES`) are warnings. It never
-stops at the first problem.
+loading converts (16-bit or float grey, CMYK: :data:`segdet.data.io.MODE_NOTES`) and images with an EXIF
+orientation tag, which segdet does not apply (:mod:`segdet.data.io`), are warnings. It never stops at the
+first problem.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdet.data.io import MODE_NOTES, open_image
+from segdet.data.io import EXIF_ORIENTATIONS, MODE_NOTES, exif_orientation, open_image
 from segdet.data.masks import read_label_png
 from segdet.data.structures import AnnotationSet, ImageRecord, InstancePNG, Problem
 from segdet.errors import DataError
@@ -43,20 +44,32 @@ def _check_image(record: ImageRecord, dataset: AnnotationSet, decode: bool) -> l
             (w, h), mode = im.size, im.mode
             if decode:
                 im.load()
+            orientation = exif_orientation(im)
     except DataError as e:
         return [Problem("error", str(record.path), where, e.problem)]
     if mode in MODE_NOTES:
         problems.append(Problem("warning", str(record.path), where, MODE_NOTES[mode]))
     if (w, h) != (record.width, record.height):
+        problem = f"image is {w}x{h} but its annotation says {record.width}x{record.height}"
+        if orientation >= 5 and (h, w) == (record.width, record.height):
+            problem += (
+                f": its EXIF orientation {orientation} ({EXIF_ORIENTATIONS[orientation]}) shows it as "
+                f"{h}x{w}, the size annotated, and segdet uses the pixels as stored; re-save the image "
+                "upright (PIL.ImageOps.exif_transpose)"
+            )
+        problems.append(Problem("error", str(record.path), where, problem))
+        return problems
+    if orientation != 1:
         problems.append(
             Problem(
-                "error",
+                "warning",
                 str(record.path),
                 where,
-                f"image is {w}x{h} but its annotation says {record.width}x{record.height}",
+                f"EXIF orientation {orientation} ({EXIF_ORIENTATIONS[orientation]} to view) is not applied: "
+                "segdet uses the pixels as stored, as pycocotools and torchvision do; annotations drawn on "
+                "the upright view will not fit (then re-save the image upright: PIL.ImageOps.exif_transpose)",
             )
         )
-        return problems
     problems += _check_semantic(record, dataset)
     problems += _check_instance_pngs(record)
     return problems

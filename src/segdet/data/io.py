@@ -12,6 +12,13 @@ Every image (and label PNG) is opened through :func:`open_image`, which
 (``I;16``, and ``I`` as Pillow opens 16-bit PNGs) is scaled by ``255 / 65535``, 32-bit float grey
 (``F``) is taken as [0, 1] when it stays there and clipped to [0, 255] otherwise. :data:`MODE_NOTES`
 says what is done to each mode that is not plain 8-bit, for ``segdet data check``.
+
+Pixels are used as stored: an EXIF orientation tag (phones save a portrait photo as a landscape bitmap
+plus "turn 90 degrees clockwise to view") is not applied, as pycocotools, torchvision's datasets and
+``torchvision.io.decode_image`` (by default) do not apply it; Detectron2, Ultralytics and photo viewers
+do. Annotations drawn on the turned view therefore do not fit such an image: ``segdet data check`` warns
+of every tagged image (:func:`exif_orientation`) and, when an annotation's size is the image's turned
+size, says so in the size error.
 """
 
 from __future__ import annotations
@@ -88,6 +95,34 @@ def open_image(path: Path, what: str = "image") -> Iterator:
         raise DataError(f"cannot read {what}: file not found", path) from None
     except (OSError, ValueError, SyntaxError, MemoryError) as e:
         raise DataError(f"cannot read {what} ({e})", path) from None
+
+
+#: EXIF orientation (tag 0x0112) -> what a viewer does to the stored pixels to show the photo upright.
+#: 5-8 swap width and height. 1 (or no tag): shown as stored.
+EXIF_ORIENTATIONS = {
+    2: "mirror left-right",
+    3: "turn 180 degrees",
+    4: "mirror top-bottom",
+    5: "transpose",
+    6: "turn 90 degrees clockwise",
+    7: "transverse",
+    8: "turn 90 degrees counter-clockwise",
+}
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(im) -> int:
+    """The EXIF orientation (1-8) of an opened Pillow image; 1 without a tag or with an invalid one.
+
+    Reads the header only: a PNG whose ``eXIf`` chunk follows the pixels shows its tag after ``im.load()``
+    (Pillow's ``getexif`` would decode the whole PNG to find it)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # a malformed EXIF block: nothing to apply
+        return 1
+    return value if value in EXIF_ORIENTATIONS else 1
 
 
 def image_size(path: Path) -> tuple[int, int]:
