@@ -163,6 +163,29 @@ def test_planted_errors_each_reported_once(tmp_path):
     assert str(root) in str(info.value)
 
 
+def test_pose_rows_are_read_as_boxes_with_one_warning(tmp_path):
+    """Ultralytics' pose rows (https://docs.ultralytics.com/datasets/pose/), ``kpt_shape: [2, 3]``: class,
+    box, then 2 x (x y visibility). The box is read as a box row's (50 x 40 image: (20, 15, 30, 25)),
+    the keypoints are left out with one warning for the dataset; a row of the wrong length is an error
+    naming the expected count. Without ``kpt_shape`` the same 11 values would be a polygon of 5 points."""
+    root = fixture_copy(tmp_path)
+    (root / "data.yaml").write_text("names: [cat, dog]\nkpt_shape: [2, 3]\n")
+    (root / "labels" / "img1.txt").write_text(
+        "0 0.5 0.5 0.2 0.25 0.45 0.45 2 0.55 0.5 1\n1 0.5 0.5 0.2 0.25 0.1 0.1 2\n"
+    )
+    ds = yolo.read(root)
+    (box,) = ds.images[0].instances
+    assert box.label == 0 and box.mask is None
+    assert box.box == pytest.approx((20, 15, 30, 25), abs=1e-9)
+    (warning,) = ds.warnings
+    assert "kpt_shape [2, 3]: a pose dataset" in warning.message and "6 keypoint values" in warning.message
+    (error,) = ds.errors
+    assert error.record == "line 2" and "expected 11 values" in error.message
+    (root / "data.yaml").write_text("names: [cat, dog]\nkpt_shape: [17, 4]\n")
+    with pytest.raises(DataError, match=r"'kpt_shape' must be \[K, 2\] or \[K, 3\]"):
+        yolo.read(root)
+
+
 # ------------------------------------------------------------------------------------------- round trip
 
 

@@ -12,7 +12,11 @@ One row per object, coordinates normalised by the image width and height:
 
 * ``cls cx cy w h`` - a box (centre and size);
 * ``cls x1 y1 x2 y2 x3 y3 ...`` - a polygon of at least 3 points (segmentation); its box is its
-  bounding box, and it is kept as a COCO-style absolute polygon ``[[x1, y1, x2, y2, ...]]``.
+  bounding box, and it is kept as a COCO-style absolute polygon ``[[x1, y1, x2, y2, ...]]``;
+* ``cls cx cy w h px1 py1 [v1] ...`` - a pose row, when ``data.yaml`` has ``kpt_shape: [K, 2 or 3]``
+  (https://docs.ultralytics.com/datasets/pose/): its box is read and its ``K x 2`` or ``K x 3`` keypoint
+  values are left out, with one warning (segdet has no keypoint model). Without ``kpt_shape`` such a row
+  cannot be told from a polygon, as in Ultralytics.
 
 An image without a label file is a background image; a label file without an image is reported (a
 warning) and ignored. The label folder of an image folder is found as Ultralytics does: the last
@@ -87,6 +91,14 @@ def read(
     classes = config["names"]
     image_dir, label_dir = _folders(root, config, images, labels, split)
     log = ProblemLog()
+    keypoints = _keypoint_values(config.get("kpt_shape"), root)
+    if keypoints:
+        log.warning(
+            root,
+            "data.yaml",
+            f"kpt_shape {config['kpt_shape']}: a pose dataset; each row's box is read, its {keypoints} "
+            "keypoint values are left out (segdet has no keypoint model)",
+        )
 
     image_files = sorted(
         p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
@@ -102,7 +114,7 @@ def read(
             continue
         record = ImageRecord(iid, img, width, height, file_name=rel.as_posix())
         label_file = label_dir / rel.with_suffix(".txt")
-        if label_file.is_file() and not _read_label_file(label_file, record, len(classes), log):
+        if label_file.is_file() and not _read_label_file(label_file, record, len(classes), keypoints, log):
             continue
         records.append(record)
 
@@ -243,24 +255,51 @@ def _image_ids(rels: list[Path]) -> list[int]:
     return list(range(len(rels)))
 
 
-def _read_label_file(path: Path, record: ImageRecord, num_classes: int, log: ProblemLog) -> bool:
-    """Append the valid rows of ``path`` to ``record``; False when the file cannot be read at all."""
+def _keypoint_values(kpt_shape: object, root: Path) -> int:
+    """The number of keypoint values after a pose row's box, ``K * D`` for ``kpt_shape: [K, D]`` (D = 2:
+    x y; 3: x y visibility); 0 for a dataset without keypoints."""
+    if kpt_shape is None:
+        return 0
+    if (
+        not isinstance(kpt_shape, list)
+        or len(kpt_shape) != 2
+        or not all(type(v) is int for v in kpt_shape)
+        or kpt_shape[0] < 1
+        or kpt_shape[1] not in (2, 3)
+    ):
+        raise DataError(f"'kpt_shape' must be [K, 2] or [K, 3] with K >= 1, got {kpt_shape!r}", root)
+    return kpt_shape[0] * kpt_shape[1]
+
+
+def _read_label_file(
+    path: Path, record: ImageRecord, num_classes: int, keypoints: int, log: ProblemLog
+) -> bool:
+    """Append the valid rows of ``path`` to ``record`` (pose rows: ``keypoints`` values after the box);
+    False when the file cannot be read at all."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         log.error(path, "", f"cannot read label file ({e})")
         return False
     for n, line in enumerate(text.split("\n"), 1):
-        inst = parse_row(line, record.width, record.height, num_classes, log, path, f"line {n}")
+        inst = parse_row(line, record.width, record.height, num_classes, log, path, f"line {n}", keypoints)
         if inst is not None:
             record.instances.append(inst)
     return True
 
 
 def parse_row(
-    line: str, width: int, height: int, num_classes: int, log: ProblemLog, file: object, record: str
+    line: str,
+    width: int,
+    height: int,
+    num_classes: int,
+    log: ProblemLog,
+    file: object,
+    record: str,
+    keypoints: int = 0,
 ) -> Instance | None:
     """One label row as an :class:`Instance` (None for a blank line or, after logging, a bad row).
+    ``keypoints``: a pose dataset's number of keypoint values after each row's box (left out).
 
     Box row: ``x1 = (cx - w/2) * W``, ``x2 = (cx + w/2) * W`` (same for y with H). Polygon row: points
     ``(x_i * W, y_i * H)``, box = their bounding box; points are clipped to the image along with the box.
@@ -278,6 +317,16 @@ def parse_row(
         log.error(file, record, "row has non-finite values")
         return None
     n = len(values) - 1
+    if keypoints:
+        if n != 4 + keypoints:
+            log.error(
+                file,
+                record,
+                f"expected {5 + keypoints} values (class cx cy w h and the {keypoints} keypoint values "
+                f"kpt_shape says), got {len(values)}",
+            )
+            return None
+        values, n = values[:5], 4
     if n != 4 and (n < 6 or n % 2):
         log.error(
             file,
