@@ -120,6 +120,25 @@ def test_yolo_data_yaml_folders_outside_the_dataset_are_refused(tmp_path, config
         read_dataset("yolo", root, split="train")
 
 
+def test_yolo_roboflow_split_folders_are_read_inside_the_dataset(tmp_path):
+    """Roboflow's YOLO export: ``train: ../train/images`` beside ``data.yaml`` names ``root/train/images``
+    (Ultralytics' ``check_det_dataset`` drops the ``../`` when that path does not exist): read inside the
+    dataset. A ``../`` folder that is not there inside stays refused (the cases above)."""
+    root = tmp_path / "yolo"
+    for split, name in (("train", "a"), ("valid", "b")):
+        _png(root / split / "images" / f"{name}.png")
+        (root / split / "labels").mkdir()
+        (root / split / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    config = {"train": "../train/images", "val": "../valid/images", "nc": 1, "names": ["a"]}
+    (root / "data.yaml").write_text(yaml.safe_dump(config))
+    for split, name in (("train", "a.png"), ("val", "b.png")):
+        dataset = read_dataset("yolo", root, split=split)
+        assert [im.path for im in dataset.images] == [
+            root / ("valid" if split == "val" else split) / "images" / name
+        ]
+        assert dataset.num_instances == 1 and not dataset.problems
+
+
 def test_yolo_data_yaml_path_to_its_own_folder_is_fine(tmp_path):
     root = tmp_path / "yolo"
     _png(root / "images" / "a.png")

@@ -20,7 +20,8 @@ One row per object, coordinates normalised by the image width and height:
 
 An image without a label file is a background image; a label file without an image is reported (a
 warning) and ignored. The label folder of an image folder is found as Ultralytics does: the last
-``images`` component of its path replaced by ``labels``.
+``images`` component of its path replaced by ``labels``. ``data.yaml``'s split folders stay inside the
+dataset; Roboflow's ``train: ../train/images`` is read as ``train/images``, as Ultralytics reads it.
 
 Writing (:func:`write`, :func:`image_rows`) lives in :mod:`segdet.data.formats.yolo_write` and is
 re-exported here.
@@ -209,7 +210,12 @@ def _folders(
         if entry is None:
             image_dir = root / "images" / split
         elif isinstance(entry, str) and not entry.endswith(".txt"):
-            image_dir = confined(_base(root, config), entry, what=f"data.yaml '{split}' folder", file=root)
+            base = _base(root, config)
+            if entry.startswith("../") and (base / entry[3:]).is_dir():
+                # Roboflow's exports say "train: ../train/images" for root/train/images; Ultralytics
+                # reads them by dropping the "../" (check_det_dataset), and so do we, inside the dataset.
+                entry = entry[3:]
+            image_dir = confined(base, entry, what=f"data.yaml '{split}' folder", file=root)
         else:
             raise DataError(f"'{split}' is {entry!r}; only a single image folder is supported", root)
     else:
