@@ -67,6 +67,11 @@ def test_classes_txt_and_names_list(tmp_path):
     (root / "classes.txt").unlink()
     (root / "data.yaml").write_text("names: [cat, dog]\nnc: 2\n")
     assert yolo.read(root).classes == ["cat", "dog"]
+    (root / "data.yaml").write_text("names: {'1': dog, '0': cat}\n")  # quoted ids, as Ultralytics reads them
+    assert yolo.read(root).classes == ["cat", "dog"]
+    (root / "data.yaml").write_text("names: {'0': cat, 0: dog}\n")  # the same id twice
+    with pytest.raises(DataError, match=r"class ids 0\.\.1"):
+        yolo.read(root)
 
 
 def test_split_folders(tmp_path):

@@ -184,9 +184,20 @@ def _names_from_lines(text: str, path: Path) -> list[str]:
     return lines
 
 
+def _class_id(key: object) -> object:
+    """A ``names`` key as a class id: an int, or a string of decimal digits as its int; else as it is."""
+    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else key
+
+
 def _names_from_yaml(names: object, nc: object, path: Path) -> list[str]:
     """``names`` as a list: a list of names, or a dict ``{id: name}`` with ids exactly ``0..K-1``."""
     if isinstance(names, dict):
+        # Ultralytics' check_class_names takes int(key): quoted ids ('0': person) name class 0 too
+        names = (
+            {_class_id(k): v for k, v in names.items()}
+            if len(set(map(_class_id, names))) == len(names)
+            else names
+        )
         keys = list(names)
         if not all(type(k) is int for k in keys) or sorted(keys) != list(range(len(keys))):
             raise DataError(f"'names' keys must be the class ids 0..{len(keys) - 1}, got {keys[:10]!r}", path)
