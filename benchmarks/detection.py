@@ -46,7 +46,8 @@ alike, medians of ``--repeats``:
   against ours and torchvision's float32, and its accuracy: the R50-FPN models here are untrained, so
   a small model of the same kind (ResNet-18 FPN, narrow heads) is *trained* on synthetic shapes
   (``--ap-steps`` on ``--ap-train-images``) and its COCO AP on ``--ap-images`` held-out shapes images is
-  measured against their true ground truth in float32 and in bf16 (:func:`bf16_ap_change`).
+  measured against their true ground truth in float32 and in bf16
+  (:func:`detection_bf16.bf16_ap_change`).
 
 On CUDA (``--device cuda``) every timing starts and ends on a synchronised device; inference is timed
 at every batch size of ``--infer-batches`` (e.g. ``1,8``), our fused model as ``segdet eval`` runs it there
@@ -74,12 +75,12 @@ from torch import Tensor, nn
 
 from segdet.engine.config import TrainConfig
 from segdet.engine.devices import training_uses_nnpack
-from segdet.engine.inference import Autocast
 from segdet.engine.perf import tune_malloc
 from segdet.models.detection.convert import from_torchvision
 from segdet.ops.nnpack_conv import NNPACKConv2d, use_nnpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from detection_bf16 import bf16_ap_line
 from detection_pairs import (
     KINDS,
     build_pair,
@@ -148,78 +149,6 @@ def train_fn(
 # ---------------------------------------------------------------------------------------- checks
 def count_nnpack(model: nn.Module) -> int:
     return sum(isinstance(m, NNPACKConv2d) for m in model.modules())
-
-
-# Small Mask R-CNN / Faster R-CNN trained by ``bf16_ap_change``: ResNet-18 FPN with the narrow heads of the
-# convergence test (tests/engine/test_detection_convergence.py), anchors scaled to the shapes' sizes.
-SMALL_MODEL = {
-    "backbone": "resnet18",
-    "fpn_channels": 64,
-    "representation_size": 256,
-    "mask_channels": 64,
-    "anchor_sizes": [[8], [16], [32], [64], [128]],
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
-}
-
-
-def bf16_ap_change(kind: str, steps: int, num_train: int, num_val: int, size: int, seed: int) -> dict:
-    """COCO AP of float32 and bf16 inference of one *trained* model against the true ground truth.
-
-    A small model (``SMALL_MODEL``) is trained for ``steps`` AdamW steps (batch 4) on ``num_train``
-    synthetic shapes images of ``size`` px, then fused (:meth:`fuse_for_inference`) and evaluated on
-    ``num_val`` held-out shapes images by our COCO evaluator (equal to pycocotools), once in float32 and
-    once under bf16 autocast. Returns ``{"fp32": metrics, "bf16": metrics}``.
-    """
-    import tempfile
-
-    from torch.utils.data import DataLoader
-
-    from segdet.data import shapes
-    from segdet.data.collate import collate_detection
-    from segdet.engine.config import from_dict
-    from segdet.engine.detection import DetectionTask
-    from segdet.engine.optimizer import build_optimizer
-    from segdet.engine.schedule import build_scheduler
-
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        train_set = shapes.generate(f"{tmp}/train", num_train, seed=seed, size=size)
-        val_set = shapes.generate(f"{tmp}/val", num_val, seed=seed + 1, size=size)
-        model_name = "maskrcnn_resnet50_fpn" if kind == "mask" else "fasterrcnn_resnet50_fpn"
-        cfg = from_dict(
-            {
-                "task": "instance" if kind == "mask" else "detection",
-                "output_dir": f"{tmp}/runs",
-                "model": {"name": model_name, "min_size": size, "max_size": size, **SMALL_MODEL},
-                "data": {"batch_size": 4},
-                "optim": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0001},
-                "schedule": {"name": "cosine", "warmup_steps": 20},
-            }
-        )
-        task = DetectionTask(cfg, splits=(train_set, val_set))
-        net = task.build_model()
-        optimizer = build_optimizer(net, cfg)
-        scheduler = build_scheduler(optimizer, steps, cfg.schedule)
-        train = task.train_dataset()
-        generator = torch.Generator().manual_seed(seed)
-        net.train()
-        for _ in range(steps):
-            picks = torch.randint(len(train), (4,), generator=generator).tolist()
-            batch = task.to_device(collate_detection([train[i] for i in picks]), torch.device("cpu"))
-            loss, _ = task.loss(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        # NNPACK stays out: autocast runs every convolution in bf16 anyway, and bf16 wants channels-last.
-        fused = net.fuse_for_inference(nnpack=False)
-        loader = DataLoader(task.val_dataset(), batch_size=1, collate_fn=task.val_collate)
-        with torch.inference_mode():
-            return {
-                "fp32": task.evaluate(fused, loader, torch.device("cpu")),
-                "bf16": task.evaluate(Autocast(fused, torch.bfloat16, "cpu"), loader, torch.device("cpu")),
-            }
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -307,7 +236,38 @@ def fast_training_row(name, ours, theirs, images, targets, tv_targets, args) -> 
     return name, f"train step b{len(images)} fp32 (segdet train: train.nnpack)", t_fast, t_theirs
 
 
-def main(argv: list[str] | None = None) -> int:
+def training_rows(
+    name: str, ours: nn.Module, theirs: nn.Module, images: list[Tensor], targets: list[dict], args
+) -> list:
+    """Training-step rows of one model on the first ``--train-batch`` images: float32 (and bf16 with
+    ``--bf16``), our NNPACK step where it is chosen, and our channels-last step with
+    ``--train-channels-last``."""
+    device = images[0].device
+    rows = []
+    b = args.train_batch
+    ours.train()
+    theirs.train()
+    tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets[:b]]
+    for low in (False, True) if args.bf16 else (False,):
+        step_ours = train_fn(ours, images[:b], targets[:b], args.seed, autocast=low)
+        step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
+        t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
+        plain = " (plain kernels)" if not low and training_uses_nnpack(TrainConfig(), device, ours) else ""
+        rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}{plain}", t_ours, t_theirs))
+    if training_uses_nnpack(TrainConfig(), device, ours):
+        rows.append(fast_training_row(name, ours, theirs, images[:b], targets[:b], tv_targets, args))
+    if args.train_channels_last:
+        # what ``train.channels_last: true`` does: the weights (and so the activations) NHWC
+        ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+        step_ours = train_fn(ours_cl, images[:b], targets[:b], args.seed)
+        step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed)
+        t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
+        rows.append((name, f"train step b{b} fp32, ours channels-last", t_ours, t_theirs))
+        del ours_cl
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=5)
@@ -333,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     tuned = False if args.no_tune_malloc else tune_malloc()
@@ -361,45 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_infer:
             rows += inference_rows(kind, ours, theirs, images, args)
         if args.bf16 and device.type == "cpu" and kind in ("faster", "mask"):
-            change = bf16_ap_change(
-                kind, args.ap_steps, args.ap_train_images, args.ap_images, args.ap_size, args.seed
-            )
-            keys = ["AP", "AP50", "AP75"] + (["mask_AP", "mask_AP50", "mask_AP75"] if kind == "mask" else [])
-            print(
-                f"{name}: bf16 inference on a trained small model (ResNet-18 FPN, {args.ap_steps} steps "
-                f"on {args.ap_train_images} shapes images, {args.ap_images} held-out images of "
-                f"{args.ap_size} px): "
-                + ", ".join(
-                    f"{k} {change['fp32'][k]:.4f} -> {change['bf16'][k]:.4f} "
-                    f"({change['bf16'][k] - change['fp32'][k]:+.4f})"
-                    for k in keys
-                )
-            )
+            print(bf16_ap_line(kind, name, args))
         if not args.skip_train:
-            b = args.train_batch
-            ours.train()
-            theirs.train()
-            tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets[:b]]
-            for low in (False, True) if args.bf16 else (False,):
-                step_ours = train_fn(ours, images[:b], targets[:b], args.seed, autocast=low)
-                step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed, autocast=low)
-                t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
-                plain = (
-                    " (plain kernels)"
-                    if not low and training_uses_nnpack(TrainConfig(), device, ours)
-                    else ""
-                )
-                rows.append((name, f"train step b{b} {'bf16' if low else 'fp32'}{plain}", t_ours, t_theirs))
-            if training_uses_nnpack(TrainConfig(), device, ours):
-                rows.append(fast_training_row(name, ours, theirs, images[:b], targets[:b], tv_targets, args))
-            if args.train_channels_last:
-                # what ``train.channels_last: true`` does: the weights (and so the activations) NHWC
-                ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
-                step_ours = train_fn(ours_cl, images[:b], targets[:b], args.seed)
-                step_theirs = train_fn(theirs, images[:b], tv_targets, args.seed)
-                t_ours, t_theirs = time_interleaved([step_ours, step_theirs], args.repeats, args.warmup)
-                rows.append((name, f"train step b{b} fp32, ours channels-last", t_ours, t_theirs))
-                del ours_cl
+            rows += training_rows(name, ours, theirs, images, targets, args)
         del ours, theirs
 
     print(f"\n{'model':22} {'mode':48} {'A ms':>9} {'B ms':>9} {'A/B':>6}")
