@@ -135,7 +135,59 @@ def make_pairs(num_classes: int, separable: bool) -> list[tuple[str, nn.Module, 
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def time_inference(
+    name: str,
+    ours: nn.Module,
+    theirs: nn.Module,
+    args,
+    device: torch.device,
+    memory_format: torch.memory_format,
+) -> None:
+    """Inference rows of one pair at every ``--infer-batches`` size (and bf16 with ``--bf16``); with
+    ``--fused`` also ours as ``segdet eval`` / ``predict`` run it."""
+    precisions = [False, True] if args.bf16 else [False]
+    for b in args.infer_batches:
+        x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
+        for low in precisions:
+            tag = "bf16" if low else "fp32"
+            if args.fused:
+                # As segdet eval / predict run it: BatchNorm folded, the layout chosen for the device.
+                fused = prepare_for_inference(
+                    copy.deepcopy(ours), device_type=device.type, precision=tag if low else "fp32"
+                )
+                fns = [_inference_fn(fused, x), _inference_fn(theirs, x, low)]
+                _time_row(name, f"fused b{b} {tag}", fns, args, device)
+            fns = [_inference_fn(ours, x, low), _inference_fn(theirs, x, low)]
+            _time_row(name, f"infer b{b} {tag}", fns, args, device)
+
+
+def time_training(
+    name: str,
+    ours: nn.Module,
+    theirs: nn.Module,
+    args,
+    device: torch.device,
+    memory_format: torch.memory_format,
+) -> None:
+    """Training-step rows of one pair at ``--train-batch`` (and bf16 with ``--bf16``); ours on NNPACK too
+    where ``segdet train`` chooses it."""
+    precisions = [False, True] if args.bf16 else [False]
+    b = args.train_batch
+    x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
+    y = torch.randint(0, args.num_classes, (b, args.size, args.size), device=device)
+    for low in precisions:
+        fns = [_train_fn(ours, x, y, low), _train_fn(theirs, x, y, low)]
+        _time_row(name, f"train b{b} {'bf16' if low else 'fp32'}", fns, args, device)
+    if not args.channels_last and training_uses_nnpack(TrainConfig(), device, ours):
+        # as segdet train runs it here: the wide 3x3 convolutions on NNPACK and Winograd kernels
+        fast = copy.deepcopy(ours)
+        use_nnpack(fast, training=True)
+        fns = [_train_fn(fast, x, y), _train_fn(theirs, x, y)]
+        _time_row(name, f"train b{b} nnpack", fns, args, device)
+        del fast
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument(
@@ -164,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time our model as segdet eval/predict run it (prepare_for_inference: BatchNorm folded)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     # glibc's malloc tuned as segdet's CLI tunes it (both models profit; --no-tune-malloc to compare).
     tuned = False if args.no_tune_malloc else tune_malloc()
@@ -186,34 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         theirs = theirs.to(device, memory_format=memory_format)
         n_ours = sum(p.numel() for p in ours.parameters())
         n_theirs = sum(p.numel() for p in theirs.parameters())
-        precisions = [False, True] if args.bf16 else [False]
-        for b in args.infer_batches:
-            x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
-            for low in precisions:
-                tag = "bf16" if low else "fp32"
-                if args.fused:
-                    # As segdet eval / predict run it: BatchNorm folded, the layout chosen for the device.
-                    fused = prepare_for_inference(
-                        copy.deepcopy(ours), device_type=device.type, precision=tag if low else "fp32"
-                    )
-                    fns = [_inference_fn(fused, x), _inference_fn(theirs, x, low)]
-                    _time_row(name, f"fused b{b} {tag}", fns, args, device)
-                fns = [_inference_fn(ours, x, low), _inference_fn(theirs, x, low)]
-                _time_row(name, f"infer b{b} {tag}", fns, args, device)
+        time_inference(name, ours, theirs, args, device, memory_format)
         if not args.skip_train:
-            b = args.train_batch
-            x = torch.randn(b, 3, args.size, args.size, device=device).to(memory_format=memory_format)
-            y = torch.randint(0, args.num_classes, (b, args.size, args.size), device=device)
-            for low in precisions:
-                fns = [_train_fn(ours, x, y, low), _train_fn(theirs, x, y, low)]
-                _time_row(name, f"train b{b} {'bf16' if low else 'fp32'}", fns, args, device)
-            if not args.channels_last and training_uses_nnpack(TrainConfig(), device, ours):
-                # as segdet train runs it here: the wide 3x3 convolutions on NNPACK and Winograd kernels
-                fast = copy.deepcopy(ours)
-                use_nnpack(fast, training=True)
-                fns = [_train_fn(fast, x, y), _train_fn(theirs, x, y)]
-                _time_row(name, f"train b{b} nnpack", fns, args, device)
-                del fast
+            time_training(name, ours, theirs, args, device, memory_format)
         print(f"{'':28} {'params':>12} {n_ours / 1e6:8.2f}M {n_theirs / 1e6:8.2f}M {n_ours / n_theirs:9.3f}")
     print(
         "Remaining differences: smp's DeepLabV3Plus decoder has one 3x3 conv after the concatenation and"
