@@ -99,6 +99,40 @@ def test_shortest_edge_size(hw, short, max_size, expected):
     assert T.shortest_edge_size(*hw, short, max_size) == expected
 
 
+def _detectron2_output_shape(oldh, oldw, short_edge_length, max_size):
+    """Detectron2's ``ResizeShortestEdge.get_output_shape`` (detectron2/data/transforms/
+    augmentation_impl.py), transcribed verbatim."""
+    h, w = oldh, oldw
+    size = short_edge_length * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        newh, neww = size, scale * w
+    else:
+        newh, neww = scale * h, size
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh = newh * scale
+        neww = neww * scale
+    neww = int(neww + 0.5)
+    newh = int(newh + 0.5)
+    return (newh, neww)
+
+
+def test_shortest_edge_size_matches_detectron2_including_ties():
+    """Exactly Detectron2's get_output_shape (transcribed above; tolerance 0 px) on a grid of sizes and
+    on capped sizes where ``h * max_size / w`` is exactly ``k + 0.5`` (210 x 620: 451.5), where the
+    floating-point order of operations decides the rounding. Sides Detectron2 would make 0 are 1 here
+    (documented)."""
+    cases = [(210, 620, 800, 1333), (216, 688, 800, 1333), (222, 372, 800, 1333), (3, 62, 800, 1333)]
+    cases += [
+        (h, w, s, m) for h in range(1, 160, 3) for w in range(1, 400, 7) for s, m in [(32, 50), (17, 40)]
+    ]
+    for h, w, s, m in cases:
+        expected = tuple(max(1, v) for v in _detectron2_output_shape(h, w, s, m))
+        assert T.shortest_edge_size(h, w, s, m) == expected, (h, w, s, m)
+        assert T.shortest_edge_size(w, h, s, m) == expected[::-1], (w, h, s, m)
+
+
 @pytest.mark.parametrize(("min_size", "max_size"), [(96, 1333), (40, 1333), (100, 120)])
 def test_resize_scales_boxes_exactly_and_masks_follow(min_size, max_size):
     """Boxes scale exactly by (new_w / w, new_h / h); masks (nearest) keep their boxes within 1 px;

@@ -8,9 +8,11 @@ v2 lacks:
 
 * :class:`SemanticMask`, so padding can fill class maps with the ignore index while instance masks get 0
   (defined in :mod:`segdet.data.target_transforms`, re-exported here);
-* :class:`ResizeShortestEdge` (Detectron2's ``ResizeShortestEdge``, torchvision's
-  ``GeneralizedRCNNTransform`` resize), :class:`RandomScale` and :class:`Letterbox` (YOLO's fixed-size
-  input, with :func:`unletterbox_boxes` to map predictions back);
+* :class:`ResizeShortestEdge` (Detectron2's ``ResizeShortestEdge``: sides rounded to nearest, where
+  torchvision's ``GeneralizedRCNNTransform`` floors them, 800 x 1067 against 800 x 1066 for 480 x 640;
+  the detectors' own resize, :mod:`segdet.models.detection.transform`, is torchvision's),
+  :class:`RandomScale` and :class:`Letterbox` (YOLO's fixed-size input, with :func:`unletterbox_boxes`
+  to map predictions back);
 * :func:`random_crop`, with :class:`BoxesFromMasks` and :class:`SanitizeTargets`
   (:mod:`segdet.data.target_transforms`): boxes re-fitted to the cropped masks, then emptied objects
   dropped along with their labels, masks, ``iscrowd`` and ``difficult``.
@@ -90,11 +92,15 @@ def _resize(transform: v2.Transform, inpt: Any, size: tuple[int, int]) -> Any:
 def shortest_edge_size(height: int, width: int, short: int, max_size: int | None) -> tuple[int, int]:
     """Output ``(height, width)`` when the shorter side becomes ``short`` and the longer side stays at
     most ``max_size``: ``s = min(short / min(h, w), max_size / max(h, w))``, sides ``round(h s)``,
-    ``round(w s)`` (Detectron2's ``ResizeShortestEdge.get_output_shape``)."""
-    scale = short / min(height, width)
-    if max_size is not None and max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    ``round(w s)`` (Detectron2's ``ResizeShortestEdge.get_output_shape``, with its order of operations,
+    so that sizes at exact halves round as there; a side is at least 1)."""
+    size = float(short)
+    scale = size / min(height, width)
+    newh, neww = (size, scale * width) if height < width else (scale * height, size)
+    if max_size is not None and max(newh, neww) > max_size:
+        scale = max_size / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 class ResizeShortestEdge(v2.Transform):
