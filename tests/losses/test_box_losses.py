@@ -146,3 +146,44 @@ def test_errors():
         SmoothL1Loss(beta=-1.0)
     with pytest.raises(ValueError, match="reduction"):
         iou_loss(torch.zeros(1, 4), torch.zeros(1, 4), reduction="batchmean")
+
+
+# ---------------------------------------------------------------- half precision
+
+
+def test_half_precision_mean_matches_torch():
+    """fp16 inputs of 70 000 elements (more than fp16's largest value, 65504): the mean equals
+    F.l1_loss / F.smooth_l1_loss on the same fp16 tensors (which accumulate in float32) to rtol 1e-3.
+    An fp16 element count is inf there, and the mean used to be 0."""
+    g = _gen(10)
+    pred = (torch.rand(70_000, generator=g) * 4).half()
+    target = torch.zeros(70_000, dtype=torch.float16)
+    for ours, ref in (
+        (l1_loss(pred, target), F.l1_loss(pred, target)),
+        (smooth_l1_loss(pred, target), F.smooth_l1_loss(pred, target)),
+    ):
+        assert ours.dtype == torch.float32  # reduced in float32
+        torch.testing.assert_close(ours, ref.float(), rtol=1e-3, atol=0)
+    # The sum exceeds 65504 too: it is accumulated (and returned) in float32, not inf.
+    torch.testing.assert_close(l1_loss(pred, target, reduction="sum"), pred.float().sum(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_boxes_match_torchvision(dtype):
+    """Half-precision boxes of a few hundred pixels (areas above fp16's 65504): GIoU equals
+    torchvision.ops.generalized_box_iou_loss, which upcasts fp16 / bf16 boxes to float32, to 1e-6;
+    IoU equals box_iou's diagonal on the float32 copies to 1e-6. fp16 areas used to overflow to NaN."""
+    g = _gen(11)
+    xy = torch.rand(6, 2, generator=g) * 200
+    pred = torch.cat([xy, xy + 260 + torch.rand(6, 2, generator=g) * 100], dim=1).to(dtype)
+    target = (pred.float() + torch.randn(6, 4, generator=g) * 30).to(dtype)
+    target[:, 2:] = torch.maximum(target[:, 2:], target[:, :2] + 1)
+    ours = giou_loss(pred, target, reduction="none")
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, generalized_box_iou_loss(pred, target), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        iou_loss(pred, target, reduction="none"),
+        1 - box_iou(pred.float(), target.float()).diagonal(),
+        rtol=1e-6,
+        atol=1e-6,
+    )

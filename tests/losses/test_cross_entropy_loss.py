@@ -316,3 +316,31 @@ def test_uint8_label_map_is_read_as_class_indices():
     targets = torch.tensor([[156, 3, 0], [199, 156, 7]])
     ours = cross_entropy_loss(logits, targets.to(torch.uint8))
     torch.testing.assert_close(ours, F.cross_entropy(logits, targets), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- half precision
+
+
+def test_half_precision_mean_over_many_elements():
+    """fp16 logits of 90 000 elements (more than fp16's largest value, 65504), some ignored.
+
+    Binary: equals F.binary_cross_entropy_with_logits on the kept fp16 elements (torch accumulates in
+    float32) to rtol 1e-3. Multi-class with weights: equals F.cross_entropy on the float32 copy of the
+    same logits to rtol 1e-3 (torch's own fp16 CPU mean is NaN here). An fp16 count or weight sum is inf,
+    so the mean used to be 0 (or NaN)."""
+    g = _gen(10)
+    logits = (torch.randn(1, 1, 300, 300, generator=g) * 2).half()
+    targets = (torch.rand(1, 1, 300, 300, generator=g) > 0.5).half()
+    targets[0, 0, :10] = 255
+    keep = targets != 255
+    ours = binary_cross_entropy_loss(logits, targets, ignore_index=255)
+    ref = F.binary_cross_entropy_with_logits(logits[keep], targets[keep])
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-3, atol=0)
+
+    logits = (torch.randn(1, 3, 300, 300, generator=g) * 2).half()
+    labels = torch.randint(0, 3, (1, 300, 300), generator=g)
+    labels[0, :10] = 255
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    ours = cross_entropy_loss(logits, labels, weight=weight.half(), ignore_index=255)
+    ref = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=255)
+    torch.testing.assert_close(ours, ref, rtol=1e-3, atol=0)

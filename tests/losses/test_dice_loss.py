@@ -311,3 +311,23 @@ def test_uint8_targets_equal_int64():
     torch.testing.assert_close(
         dice_loss(logits, targets.to(torch.uint8), "multiclass", ignore_index=255), expected
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_half_precision_equals_float32(dtype, mode):
+    """Half-precision logits over 2×200×200 pixels (sums above fp16's largest value, 65504, and far
+    beyond bf16's 8-bit mantissa): equal to the loss of the float32 copy of the same values to 1e-6.
+    The sums used to be taken in the logits' dtype: NaN in fp16, a few 1e-3 off in bf16."""
+    g = _gen(10)
+    c = 1 if mode == "binary" else 3
+    logits = (torch.randn(2, c, 200, 200, generator=g) + 3).to(dtype)
+    if mode == "binary":
+        targets = (torch.rand(2, 1, 200, 200, generator=g) > 0.05).to(dtype)
+    else:
+        targets = torch.where(torch.rand(2, 200, 200, generator=g) > 0.05, 0, 1)
+        logits[:, 0] += 3
+    ours = dice_loss(logits, targets, mode)
+    ref = dice_loss(logits.float(), targets if mode == "multiclass" else targets.float(), mode)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)

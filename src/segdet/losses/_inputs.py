@@ -52,6 +52,15 @@ def check_class_index_inputs(logits: Tensor, targets: Tensor, loss_name: str) ->
         )
 
 
+def float32_if_half(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is fp16 / bf16, else unchanged (the cast keeps the graph).
+
+    For the losses whose sums or products outgrow half precision: fp16 overflows past 65504 (the area
+    of a 256×256 box, a Dice sum over more pixels than that), bf16 keeps about 3 significant digits.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def valid_mask(targets: Tensor, ignore_index: int | float | None) -> Tensor | None:
     """Boolean mask of the elements that count (``targets != ignore_index``); None when nothing is ignored."""
     if ignore_index is None:

@@ -8,6 +8,10 @@ as ``F.cross_entropy`` does).
 One deliberate difference from PyTorch: a mean over nothing (every element ignored, or an empty batch)
 is 0 and keeps its graph (the gradient is 0), where ``F.cross_entropy`` returns NaN. A batch whose
 crops happen to contain only ``ignore_index`` pixels must not poison the weights with NaN.
+
+A half-precision (fp16 / bf16) loss is summed and divided in float32, and its ``"mean"`` and ``"sum"``
+are float32 (as under CUDA autocast, whose ``sum`` is float32): in fp16 a sum or an element count above
+65504 is inf, which made the mean 0 or NaN, and bf16 keeps about 3 significant digits.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ from torch import Tensor
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def accurate_sum(t: Tensor) -> Tensor:
+    """``t.sum()``, accumulated and returned in float32 when ``t`` is fp16 / bf16 (module docstring)."""
+    return t.sum(dtype=torch.float32) if t.dtype in _HALF else t.sum()
 
 
 def check_reduction(reduction: str) -> str:
@@ -37,7 +47,7 @@ def reduce_loss(loss: Tensor, reduction: str, denominator: Tensor | float | None
     check_reduction(reduction)
     if reduction == "none":
         return loss
-    total = loss.sum()
+    total = accurate_sum(loss)
     if reduction == "sum":
         return total
     if denominator is None:

@@ -5,7 +5,9 @@ IoU and GIoU act on *paired* boxes: ``pred[i]`` against ``target[i]``, both ``(.
 ``(x1, y1, x2, y2)`` coordinates with ``x1 ≤ x2``, ``y1 ≤ y2`` (the toolkit's box convention).
 
 The element-wise IoU/GIoU are computed here, not with the ``N×M`` matrix of ``torchvision.ops.box_iou``,
-which would cost ``N²`` for the ``N`` diagonal entries a loss needs.
+which would cost ``N²`` for the ``N`` diagonal entries a loss needs. Half-precision (fp16 / bf16) boxes
+are upcast to float32 first, as torchvision's box losses do: an fp16 area overflows past 65504 (a box of
+256×256 pixels), and IoU and GIoU are then float32.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segdet.losses._inputs import check_non_negative, shape_str
+from segdet.losses._inputs import check_non_negative, float32_if_half, shape_str
 from segdet.losses._reduction import check_reduction, reduce_loss
 
 
@@ -86,6 +88,7 @@ def iou_loss(
     """
     check_reduction(reduction)
     _check_boxes(pred_boxes, target_boxes, "iou_loss")
+    pred_boxes, target_boxes = float32_if_half(pred_boxes), float32_if_half(target_boxes)
     iou, _ = _paired_iou(pred_boxes, target_boxes, eps)
     return reduce_loss(1 - iou, reduction)
 
@@ -101,6 +104,7 @@ def giou_loss(
     """
     check_reduction(reduction)
     _check_boxes(pred_boxes, target_boxes, "giou_loss")
+    pred_boxes, target_boxes = float32_if_half(pred_boxes), float32_if_half(target_boxes)
     iou, union = _paired_iou(pred_boxes, target_boxes, eps)
     px1, py1, px2, py2 = pred_boxes.unbind(-1)
     tx1, ty1, tx2, ty2 = target_boxes.unbind(-1)

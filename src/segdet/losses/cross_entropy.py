@@ -29,7 +29,7 @@ from segdet.losses._inputs import (
     check_unit_interval,
     valid_mask,
 )
-from segdet.losses._reduction import check_reduction, reduce_loss
+from segdet.losses._reduction import accurate_sum, check_reduction, reduce_loss
 
 
 def _masked_elementwise_reduce(
@@ -210,7 +210,7 @@ def cross_entropy_loss(
     if valid is not None:
         loss = torch.where(valid, loss, torch.zeros_like(loss))
         target_weight = torch.where(valid, target_weight, torch.zeros_like(target_weight))
-    return reduce_loss(loss, reduction, target_weight.sum())
+    return reduce_loss(loss, reduction, accurate_sum(target_weight))
 
 
 class BinaryCrossEntropyLoss(nn.Module):

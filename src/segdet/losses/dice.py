@@ -30,6 +30,9 @@ Defaults: ``per_image=False`` (sums over the whole batch), because per-image Dic
 when a class covers a few pixels or none in an image; the batch Dice is the one of V-Net and the default
 of segmentation_models_pytorch. ``smooth=1.0``, negligible against the pixel counts of a batch yet enough
 to make empty classes well defined.
+
+Half-precision (fp16 / bf16) inputs are upcast to float32 before the softmax or sigmoid, and the loss is
+float32: an fp16 sum over more than 65504 pixels is inf (the loss was NaN).
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segdet.losses._inputs import check_class_indices, check_non_negative, shape_str, valid_mask
+from segdet.losses._inputs import (
+    check_class_indices,
+    check_non_negative,
+    float32_if_half,
+    shape_str,
+    valid_mask,
+)
 from segdet.losses._reduction import check_reduction, reduce_loss
 
 
@@ -173,6 +182,8 @@ def dice_loss(
     if not eps > 0:
         raise ValueError(f"dice_loss: eps must be > 0, got {eps!r}")
     check_dice_inputs(logits, targets, mode)
+    # In float32: fp16 sums over more than 65504 pixels overflow, bf16 ones keep ~3 significant digits.
+    logits, targets = float32_if_half(logits), float32_if_half(targets)
     probs, target_map = _probabilities_and_targets(logits, targets, mode, from_logits, ignore_index)
     if classes is not None:
         num_classes = logits.shape[1]
