@@ -5,10 +5,12 @@ section 4.2) and of the VOC devkit's ``VOCevaldet.m`` / ``VOCap.m``:
 
 1. Per class, detections are sorted by descending score and matched greedily: each one is compared with
    the ground-truth objects of its image and class and takes the one of highest IoU. If that IoU is
-   above the threshold (strictly, ``> 0.5`` as in the devkit), the detection is a true positive when the
-   object is not yet matched and a false positive (a duplicate) when it is; below the threshold it is a
-   false positive. A detection whose best object is ``difficult`` is neither: it is dropped, and
-   difficult objects do not count among the positives ``npos``.
+   above the threshold (strictly, ``> 0.5``: the paper's "must exceed 50%" and the Python port of the
+   devkit, ``voc_eval.py``; ``VOCevaldet.m`` tests ``>=``, which differs only at an IoU of exactly 0.5),
+   the detection is a true positive when the object is not yet matched and a false positive (a
+   duplicate) when it is; otherwise it is a false positive. A detection whose best object (above the
+   threshold) is ``difficult`` is neither: it is dropped, and difficult objects do not count among the
+   positives ``npos``.
 2. ``recall = cumsum(TP) / npos`` and ``precision = cumsum(TP) / (cumsum(TP) + cumsum(FP))``.
 3. AP is either the VOC2007 11-point interpolated AP or the VOC2010+ all-point AP (:func:`voc_ap`).
 
