@@ -293,6 +293,8 @@ def test_mask_boxes_matches_bitmap_box():
     got = target_transforms._mask_boxes(masks)
     assert got[:-1].tolist() == [list(bitmap_box(m)) for m in s.masks]
     assert got[-1].tolist() == [0, 0, 0, 0]
+    # on the masks' own device (GPU-side augmentation): "meta" stands in for a GPU here
+    assert target_transforms._mask_boxes(masks.to("meta")).device.type == "meta"
 
 
 def test_segmentation_eval_normalises():

@@ -44,7 +44,7 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     :func:`segdet.data.masks.bitmap_box`); an empty mask gets ``(0, 0, 0, 0)``."""
     _, h, w = masks.shape
     rows, cols = masks.bool().any(dim=2), masks.bool().any(dim=1)
-    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    ar_h, ar_w = torch.arange(h, device=masks.device), torch.arange(w, device=masks.device)
     y1 = torch.where(rows, ar_h, h).amin(dim=1)
     y2 = torch.where(rows, ar_h + 1, 0).amax(dim=1)
     x1 = torch.where(cols, ar_w, w).amin(dim=1)
