@@ -81,3 +81,43 @@ def test_pickles_are_refused(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(SegdetError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_rng_state_loaded_onto_another_device_is_restored(monkeypatch):
+    """A checkpoint read with ``map_location="cuda"`` (``--resume`` on a GPU) holds its RNG states on the
+    GPU: NumPy's keys cannot be read there and a generator state must be a CPU ByteTensor. CUDA states of
+    more GPUs than this machine has (a run moved to a smaller machine) restore the GPUs it has."""
+    import segdet.engine.checkpoint as ckpt
+
+    state = rng_state()
+    restored: list = []
+    monkeypatch.setattr(ckpt.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ckpt.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(ckpt.torch.cuda, "set_rng_state_all", restored.extend)
+    cuda_states = [torch.full((16,), 7, dtype=torch.int64), torch.full((16,), 9, dtype=torch.uint8)]
+    set_rng_state({**state, "cuda": cuda_states})
+    assert len(restored) == 1 and torch.equal(restored[0], torch.full((16,), 7, dtype=torch.uint8))
+    assert restored[0].device.type == "cpu" and restored[0].dtype == torch.uint8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_rng_state_read_onto_cuda_restores_every_generator(tmp_path):
+    save_checkpoint(tmp_path / "rng.safetensors", {"rng": rng_state()})
+    expected = (torch.rand(3), torch.rand(3, device="cuda"), np.random.rand())  # noqa: NPY002
+    set_rng_state(load_checkpoint(tmp_path / "rng.safetensors", map_location="cuda")["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(torch.rand(3, device="cuda"), expected[1])
+    assert np.random.rand() == expected[2]  # noqa: NPY002
+
+
+def test_deeply_nested_metadata_is_one_line(tmp_path):
+    """A crafted checkpoint whose metadata nests deeper than Python's recursion limit is a bad file, not
+    a traceback."""
+    from safetensors.torch import save_file
+
+    depth = 100_000
+    meta = '{"version": 1, "state": ' + "[" * depth + "]" * depth + "}"
+    path = tmp_path / "deep.safetensors"
+    save_file({"w": torch.ones(1)}, str(path), metadata={"segdet": meta})
+    with pytest.raises(SegdetError, match=r"deep\.safetensors: corrupt checkpoint metadata"):
+        load_checkpoint(path)

@@ -170,3 +170,16 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line(tmp_path, monkeypatch)
         checkpoint.save_checkpoint(path, {"w": torch.zeros(3)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_overwrite_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_path):
+    """``kill -9`` while a checkpoint (or a log rewrite) is written leaves ``.last.safetensors.tmp-PID``
+    (the ``finally`` that removes it never runs): ``--overwrite`` deletes it with the run's other files."""
+    from segdet.engine.run_folder import clear_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (".last.safetensors.tmp-123", ".metrics.jsonl.tmp-9", "last.safetensors", "notes.txt"):
+        (run / name).write_text("x")
+    clear_run(run)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

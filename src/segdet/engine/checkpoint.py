@@ -77,7 +77,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         skeleton = json.loads(meta)["state"]
         return _unflatten(skeleton, tensors)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise SegdetError(f"{path}: corrupt checkpoint metadata ({e})") from None
 
 
@@ -138,14 +138,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+    """Restore what :func:`rng_state` returned, wherever its tensors were loaded (a checkpoint read with
+    ``map_location="cuda"`` holds them on the GPU; generator states must be CPU byte tensors). CUDA states
+    of GPUs this machine lacks are dropped."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    keys = n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
+    keys = n["keys"].cpu().numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
     np.random.set_state(  # noqa: NPY002
         ("MT19937", keys.astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
     )
-    torch.set_rng_state(state["torch"].to(torch.uint8))
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.to("cpu", torch.uint8) for s in cuda])

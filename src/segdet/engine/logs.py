@@ -29,7 +29,7 @@ class MetricLog:
         record = {"split": split, "step": step, "epoch": round(epoch, 4), **values}
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
-        new = not self.csv.exists()
+        new = not self.csv.exists() or self.csv.stat().st_size == 0  # empty: a kill before any row
         with open(self.csv, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
@@ -45,17 +45,20 @@ class MetricLog:
     def truncate(self, step: int) -> None:
         """Drop the records logged after optimiser step ``step`` (a resumed run restarts from the
         checkpoint of that step: the steps a killed run logged after it would otherwise appear twice).
+        A torn last line (a kill mid-write: no newline after it) is dropped too.
         Files are rewritten atomically; TensorBoard keeps its events (it shows the latest per step)."""
         if self.jsonl.exists():
-            lines = [x for x in self.jsonl.read_text().splitlines() if x.strip()]
+            text, torn = _complete(self.jsonl.read_text())
+            lines = [x for x in text.splitlines() if x.strip()]
             kept = [x for x in lines if _step_of_json(x) <= step]
-            if len(kept) < len(lines):
+            if torn or len(kept) < len(lines):
                 _replace(self.jsonl, "".join(x + "\n" for x in kept))
         if self.csv.exists():
             with open(self.csv, newline="") as f:
-                rows = list(csv.reader(f))
+                text, torn = _complete(f.read())
+            rows = list(csv.reader(io.StringIO(text, newline="")))
             kept_rows = rows[:1] + [r for r in rows[1:] if _step_of_csv(r) <= step]
-            if len(kept_rows) < len(rows):
+            if torn or len(kept_rows) < len(rows):
                 _replace(self.csv, _csv_text(kept_rows))
 
     def records(self) -> list[dict]:
@@ -77,10 +80,18 @@ def _step_of_json(line: str) -> float:
 
 
 def _step_of_csv(row: list[str]) -> float:
+    if len(row) != 5:  # split, step, epoch, metric, value
+        return math.inf
     try:
         return float(row[1])
-    except (ValueError, IndexError):
+    except ValueError:
         return math.inf
+
+
+def _complete(text: str) -> tuple[str, bool]:
+    """``text`` up to its last newline, and whether a torn last line (no newline) was cut off."""
+    end = text.rfind("\n") + 1
+    return text[:end], end < len(text)
 
 
 def _csv_text(rows: list[list[str]]) -> str:
@@ -90,9 +101,16 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, fsync'ed, renamed."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:

@@ -74,9 +74,12 @@ def _take(folder: Path) -> bool:
 
 
 def clear_run(folder: Path) -> None:
-    """Delete what a run wrote in ``folder`` (checkpoints, logs, curves, synthetic data, the marker)."""
+    """Delete what a run wrote in ``folder`` (checkpoints, logs, curves, synthetic data, the marker, and
+    the temporary files of a write a kill interrupted)."""
     for name in (*RUN_FILES, MARKER):
         (folder / name).unlink(missing_ok=True)
+        for tmp in folder.glob(f".{name}.tmp-*"):  # left by a run killed while writing ``name``
+            tmp.unlink(missing_ok=True)
     for name in RUN_FOLDERS:
         if (folder / name).is_dir():
             shutil.rmtree(folder / name)

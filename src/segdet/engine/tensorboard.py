@@ -10,6 +10,7 @@ few fields by hand avoids depending on TensorFlow, tensorboard or protobuf just 
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
@@ -63,8 +64,17 @@ def _event(wall_time: float, step: int, body: bytes) -> bytes:
     return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
 
 
+def _float32(value: float) -> bytes:
+    """``value`` as a little-endian float32; a finite value beyond float32's range is infinity (as
+    ``torch.float32`` makes it) instead of struct's OverflowError."""
+    try:
+        return struct.pack("<f", value)
+    except OverflowError:
+        return struct.pack("<f", math.copysign(math.inf, value))
+
+
 def _scalar_summary(tag: str, value: float) -> bytes:
-    value_msg = _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
+    value_msg = _field_bytes(1, tag.encode()) + b"\x15" + _float32(value)
     return _field_bytes(5, _field_bytes(1, value_msg))
 
 

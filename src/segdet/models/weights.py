@@ -19,6 +19,7 @@ unexpected and mis-shaped keys with their counts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -74,9 +75,12 @@ def _load_file(path: Path) -> Mapping:
 def _load_url(url: str) -> Mapping:
     name = os.path.basename(urlparse(url).path)
     if name.endswith(".safetensors"):
+        # keyed by the whole URL: Hugging Face / timm name every model's file "model.safetensors", and
+        # a cache keyed by the file name alone would hand one model's weights to the next
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
         directory = Path(torch.hub.get_dir()) / "checkpoints"
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / name
+        target = directory / f"{name[: -len('.safetensors')]}-{key}.safetensors"
         if not target.exists():
             torch.hub.download_url_to_file(url, str(target), progress=True)
         return _load_file(target)
