@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-import segdet.engine.logs as logs
+from segdet.engine import atomic
 from segdet.engine.logs import MetricLog
 from segdet.engine.tensorboard import EventWriter
 
@@ -54,10 +54,10 @@ def test_a_csv_left_empty_by_a_kill_gets_its_header(tmp_path):
 def test_truncation_is_fsynced_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     log = _log(tmp_path, [1, 2, 3])
     synced: list[int] = []
-    real_fsync = logs.os.fsync
-    monkeypatch.setattr(logs.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    real_fsync = atomic.os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     log.truncate(2)
-    assert len(synced) == 2  # both files rewritten, each fsync'ed before its rename
+    assert len(synced) == 4  # both files rewritten: each fsync'ed before its rename, then its folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.jsonl"]
 
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -65,7 +65,7 @@ def test_truncation_is_fsynced_and_leaves_no_temporary_file(tmp_path, monkeypatc
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(logs.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError):
         log.truncate(1)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -183,3 +183,41 @@ def test_overwrite_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_
         (run / name).write_text("x")
     clear_run(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_resume_with_a_model_the_checkpoint_does_not_fit_is_one_line(earlier_run, capsys):
+    """The run's config edited before ``--resume`` (8 channels instead of 4): PyTorch's many-line
+    load_state_dict error became one line naming the checkpoint; the run folder is left as it was."""
+    run, argv = earlier_run
+    before = digest(run)
+    assert main([*argv, "model.base_channels=8", "train.epochs=2", "--resume"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert f"{run / 'last.safetensors'}: cannot resume: the checkpoint's weights do not fit" in err[0]
+    assert "size mismatch" in err[0]
+    assert digest(run) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"task": "detection"}, "the checkpoint's task 'detection' differs from this run's 'segmentation'"),
+        ({"model": "fcn"}, "the checkpoint's model 'fcn' differs from this run's 'unet'"),
+        ({"classes": ["b", "a"]}, "the checkpoint's classes ['b', 'a'] differs from this run's ['a', 'b']"),
+    ],
+)
+def test_resume_from_another_task_model_or_class_list_is_refused(change, message):
+    """Same-count classes renamed or reordered would resume silently with each output meaning another
+    class; another task or model name is refused before any weight is loaded."""
+    from segdet.engine.config import from_dict
+    from segdet.engine.resume import check_resumable
+
+    config = from_dict({"task": "segmentation", "model": {"name": "unet"}})
+    ckpt = {"task": "segmentation", "config": {"model": {"name": "unet"}}, "classes": ["a", "b"]}
+    check_resumable(ckpt, config, ["a", "b"], Path("last.safetensors"))  # the same: fine
+    ckpt = {**ckpt, **{k: v for k, v in change.items() if k != "model"}}
+    if "model" in change:
+        ckpt["config"] = {"model": {"name": change["model"]}}
+    with pytest.raises(SegdetError, match="cannot resume") as info:
+        check_resumable(ckpt, config, ["a", "b"], Path("last.safetensors"))
+    assert message in str(info.value)

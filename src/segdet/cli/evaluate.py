@@ -15,6 +15,7 @@ import time
 from segdet.cli import inference_options
 from segdet.cli.paths import add_overwrite, output_file, path_arg
 from segdet.data.formats import FORMATS
+from segdet.engine.atomic import write_text_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.out:
-        args.out.write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(args.out, json.dumps(metrics, indent=2))
     return 0

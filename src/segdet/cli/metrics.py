@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from segdet.cli.paths import add_overwrite, output_dir, output_file, path_arg
+from segdet.engine.atomic import write_text_atomic
 from segdet.errors import DataError
 
 #: Most classes ``metrics seg`` takes: its confusion matrix has ``N * N`` int64 cells (128 MiB here).
@@ -282,5 +283,5 @@ def _json_safe(obj: object) -> object:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from segdet.cli import inference_options
 from segdet.cli.paths import add_overwrite, output_dir, path_arg
+from segdet.engine.atomic import write_text_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -230,7 +231,7 @@ def predict_detections(
             class_names=trained.classes,
         )
         save_png(picture, args.out / "overlays" / f"{name}.png")
-    (args.out / "predictions.json").write_text(json.dumps(results))
+    write_text_atomic(args.out / "predictions.json", json.dumps(results))
     print(
         f"predicted {skipped.done} images: {len(results)} detections (score >= {written:g}) in "
         f"{args.out / 'predictions.json'}, overlays (score >= {drawn:g}) in "

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from segdet.engine.atomic import fsync_folder
 from segdet.errors import SegdetError
 
 _META_KEY = "segdet"
@@ -47,11 +48,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_folder(path.parent)
     return path
 
 

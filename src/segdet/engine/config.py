@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from segdet.engine.atomic import write_text_atomic
 from segdet.engine.config_ranges import check_values
 from segdet.errors import ConfigError
 
@@ -247,7 +248,7 @@ def to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _build(cls: type, raw: Any, where: str):

@@ -6,11 +6,11 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
+from segdet.engine.atomic import write_text_atomic
 from segdet.engine.tensorboard import EventWriter
 
 
@@ -52,14 +52,14 @@ class MetricLog:
             lines = [x for x in text.splitlines() if x.strip()]
             kept = [x for x in lines if _step_of_json(x) <= step]
             if torn or len(kept) < len(lines):
-                _replace(self.jsonl, "".join(x + "\n" for x in kept))
+                write_text_atomic(self.jsonl, "".join(x + "\n" for x in kept))
         if self.csv.exists():
             with open(self.csv, newline="") as f:
                 text, torn = _complete(f.read())
             rows = list(csv.reader(io.StringIO(text, newline="")))
             kept_rows = rows[:1] + [r for r in rows[1:] if _step_of_csv(r) <= step]
             if torn or len(kept_rows) < len(rows):
-                _replace(self.csv, _csv_text(kept_rows))
+                write_text_atomic(self.csv, _csv_text(kept_rows))
 
     def records(self) -> list[dict]:
         if not self.jsonl.exists():
@@ -98,19 +98,6 @@ def _csv_text(rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, fsync'ed, renamed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:

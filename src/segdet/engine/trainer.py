@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdet.engine import distributed as dist_utils
+from segdet.engine.atomic import write_text_atomic
 from segdet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segdet.engine.config import Config, save_config, to_dict
 from segdet.engine.devices import (
@@ -42,6 +42,7 @@ from segdet.engine.finite import FiniteGuard, StepInfo
 from segdet.engine.loader import EpochTagged, build_loader, sampler_for
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.optimizer import build_optimizer
+from segdet.engine.resume import TrainState, check_resumable, load_model_state
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
 from segdet.ops.nnpack_conv import use_nnpack
@@ -64,16 +65,6 @@ class Task(Protocol):
     def batch_image_ids(self, batch: Any) -> list: ...
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    position: int = 0  # batches of epoch ``epoch`` already trained (a checkpoint inside an epoch)
-    step: int = 0  # optimiser steps done
-    best: float | None = None
-    best_epoch: int | None = None
-    last_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -128,14 +119,16 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.log = MetricLog(self.run_dir, tensorboard=True) if self.dist.is_main else None
         self.guard = FiniteGuard(
             deferred=self.device.type != "cpu",
             distributed=self.dist.enabled,
             checkpoint=str(self.run_dir / "last.safetensors"),
         )
-        if resume:
+        if resume:  # checked and loaded before anything is written to the run folder
             self._load_last()
+        self.log = MetricLog(self.run_dir, tensorboard=True) if self.dist.is_main else None
+        if resume and self.log is not None:  # what a killed run logged after the checkpoint goes
+            self.log.truncate(self.state.step)
 
     # ----------------------------------------------------------------------------------------- setup
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
@@ -197,7 +190,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             plot_curves(MetricLog(self.run_dir, tensorboard=False).records(), self.run_dir / "plots")
         dist_utils.barrier()
         return summary
@@ -373,26 +366,19 @@ class Trainer:
         path = self.run_dir / "last.safetensors"
         if not path.exists():
             raise SegdetError(f"{path}: no checkpoint to resume from")
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model"])
+        # Read onto the CPU: load_state_dict copies each tensor to its parameter's device, and the
+        # optimisers' step counters stay on the CPU, where PyTorch keeps them (on the GPU every step
+        # would read each one back to the host).
+        ckpt = load_checkpoint(path, map_location="cpu")
+        check_resumable(ckpt, self.cfg, list(self.task.classes), path)
+        load_model_state(self.model, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        self.state = TrainState(
-            epoch=ckpt["epoch"],
-            position=int(ckpt.get("position") or 0),
-            step=ckpt["step"],
-            best=ckpt["best"],
-            best_epoch=ckpt["best_epoch"],
-            last_metrics=ckpt.get("last_metrics") or {},
-        )
-        rng = ckpt["rng"]
-        rng["torch"] = rng["torch"].cpu()
-        set_rng_state(rng)
-        if self.log is not None:  # what a killed run logged after this checkpoint is logged again
-            self.log.truncate(self.state.step)
+        self.state = TrainState.from_checkpoint(ckpt)
+        set_rng_state(ckpt["rng"])
         position, epoch = self.state.position, self.state.epoch + 1
         inside = f", batch {position} of epoch {epoch}" if position else ""
         self._print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.step}{inside}")
