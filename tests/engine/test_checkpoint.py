@@ -121,3 +121,21 @@ def test_deeply_nested_metadata_is_one_line(tmp_path):
     save_file({"w": torch.ones(1)}, str(path), metadata={"segdet": meta})
     with pytest.raises(SegdetError, match=r"deep\.safetensors: corrupt checkpoint metadata"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_a_newer_format_or_without_state_is_one_line(tmp_path):
+    """The format version was never read: a newer segdet's checkpoint would be misread. Now it names the
+    format; metadata that is not a mapping with a state is a corrupt file."""
+    from safetensors.torch import save_file
+
+    for name, meta, message in [
+        ("newer", '{"version": 2, "state": {}}', "checkpoint format 2 comes from a newer segdet"),
+        ("list", "[1, 2]", "corrupt checkpoint metadata"),
+        ("stateless", '{"version": 1}', "corrupt checkpoint metadata"),
+    ]:
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"w": torch.ones(1)}, str(path), metadata={"segdet": meta})
+        with pytest.raises(SegdetError, match=message):
+            load_checkpoint(path)
+    save_checkpoint(tmp_path / "ok.safetensors", {"w": torch.ones(1), "step": 3})
+    assert load_checkpoint(tmp_path / "ok.safetensors")["step"] == 3

@@ -72,9 +72,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if meta is None:
         raise SegdetError(f"{path}: a safetensors file without segdet checkpoint metadata")
     try:
-        skeleton = json.loads(meta)["state"]
-        return _unflatten(skeleton, tensors)
-    except (KeyError, TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        document = json.loads(meta)
+        version = document.get("version")
+        if isinstance(version, int) and version > _FORMAT_VERSION:
+            raise SegdetError(
+                f"{path}: checkpoint format {version} comes from a newer segdet; this one reads format "
+                f"{_FORMAT_VERSION} (upgrade segdet)"
+            )
+        return _unflatten(document["state"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:  # Recursion: too deep
         raise SegdetError(f"{path}: corrupt checkpoint metadata ({e})") from None
 
 
