@@ -73,22 +73,29 @@ def _load_file(path: Path) -> Mapping:
 
 
 def _load_url(url: str) -> Mapping:
+    """The state dict at ``url``, downloaded once into torch.hub's cache; a failed download (no network,
+    HTTP 404, a timeout) or an unreadable cached ``.pth`` is one :class:`DataError` naming the URL."""
     name = os.path.basename(urlparse(url).path)
-    if name.endswith(".safetensors"):
-        # keyed by the whole URL: Hugging Face / timm name every model's file "model.safetensors", and
-        # a cache keyed by the file name alone would hand one model's weights to the next
-        key = hashlib.sha256(url.encode()).hexdigest()[:16]
-        directory = Path(torch.hub.get_dir()) / "checkpoints"
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{name[: -len('.safetensors')]}-{key}.safetensors"
-        if not target.exists():
-            torch.hub.download_url_to_file(url, str(target), progress=True)
-        return _load_file(target)
     try:
+        if name.endswith(".safetensors"):
+            # keyed by the whole URL: Hugging Face / timm name every model's file "model.safetensors",
+            # and a cache keyed by the file name alone would hand one model's weights to the next
+            key = hashlib.sha256(url.encode()).hexdigest()[:16]
+            directory = Path(torch.hub.get_dir()) / "checkpoints"
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / f"{name[: -len('.safetensors')]}-{key}.safetensors"
+            if not target.exists():
+                torch.hub.download_url_to_file(url, str(target), progress=True)
+            return _load_file(target)
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise DataError(
             f"refused to load: the file holds objects other than tensors ({e})", file=url
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # urllib's errors are OSErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"cannot download or read the weights ({type(e).__name__}: {reason})", file=url
         ) from None
 
 
