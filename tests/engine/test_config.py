@@ -58,6 +58,22 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_checkpoint_or_binary_file_given_as_config_is_one_line(tmp_path):
+    """``segdet train best.safetensors`` said "unexpected UnicodeDecodeError ... (a bug ...)" without
+    naming the file."""
+    import torch
+
+    from segdet.engine.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "best.safetensors", {"w": torch.full((64,), 0.5), "step": 1})
+    with pytest.raises(ConfigError, match=r"best\.safetensors: not a config: a segdet checkpoint"):
+        load_config(ckpt)
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"photo\.png: not a config: a binary file"):
+        load_config(image)
+
+
 def test_run_dir():
     c = Config(name="x", output_dir="out")
     assert str(c.run_dir) == "out/x"

@@ -221,3 +221,18 @@ def test_resume_from_another_task_model_or_class_list_is_refused(change, message
     with pytest.raises(SegdetError, match="cannot resume") as info:
         check_resumable(ckpt, config, ["a", "b"], Path("last.safetensors"))
     assert message in str(info.value)
+
+
+def test_a_run_that_fails_before_training_gives_its_folder_back(tmp_path, capsys, write_config):
+    """A misspelt model option is found after the run folder was taken and the synthetic images were
+    written into it: the folder stayed, and the corrected run went to ``run-2``. Now the failed run
+    leaves nothing, and the next one gets the name."""
+    config = write_config("run")
+    assert main(["train", config, "model.bse_channels=8"]) != 0
+    assert "bse_channels" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "run").exists()
+    (tmp_path / "runs" / "keep").mkdir(parents=True)
+    (tmp_path / "runs" / "keep" / "notes.txt").write_text("mine")
+    assert main(["train", config, "name=keep", "model.name=unett"]) != 0  # takes keep-2, gives it back
+    assert (tmp_path / "runs" / "keep" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "runs" / "keep-2").exists()

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from segdet.engine import distributed
     from segdet.engine.config import load_config
     from segdet.engine.devices import select_device
-    from segdet.engine.run_folder import claim_run_dir
+    from segdet.engine.run_folder import claim_run_dir, release_run_dir
     from segdet.engine.tasks import build_task
     from segdet.engine.trainer import Trainer
 
@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if dist.is_main:
         claim_run_dir(cfg, resume=args.resume, overwrite=args.overwrite)
     cfg.name = distributed.broadcast_object(cfg.name)
-    trainer = Trainer(cfg, build_task(cfg), resume=args.resume)
+    try:
+        trainer = Trainer(cfg, build_task(cfg), resume=args.resume)
+    except BaseException:  # a wrong data path, an unknown model...: no run happened in the folder
+        if dist.is_main and not args.resume:
+            release_run_dir(cfg.run_dir)
+        raise
     summary = trainer.fit()
     if trainer.dist.is_main:
         best = summary["best"]

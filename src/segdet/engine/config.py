@@ -189,10 +189,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict = {}
     if path is not None:
         path = Path(path)
+        if path.suffix == ".safetensors":
+            raise ConfigError(
+                f"{path}: not a config: a segdet checkpoint (segdet eval, predict and export take it; "
+                "a config is YAML text)"
+            )
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a config: a binary file (a config is YAML text)") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

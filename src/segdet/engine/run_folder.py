@@ -5,11 +5,13 @@ earlier run, the new run takes ``name-2`` (``name-3``...) instead and says so, a
 its ``exp`` folders. Taking a folder is atomic (an ``O_EXCL`` marker file), so two runs started at the
 same moment with the same name get two folders instead of interleaving their logs. ``resume`` continues
 the run in ``output_dir/name``; ``overwrite`` reuses it after deleting the earlier run's outputs (only
-the files and folders a run writes, never anything else the folder holds).
+the files and folders a run writes, never anything else the folder holds). A run that fails before
+training gives its folder back (:func:`release_run_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -83,3 +85,14 @@ def clear_run(folder: Path) -> None:
     for name in RUN_FOLDERS:
         if (folder / name).is_dir():
             shutil.rmtree(folder / name)
+
+
+def release_run_dir(folder: Path) -> None:
+    """Give back a folder :func:`claim_run_dir` took for a run that failed before training (a wrong data
+    path, an unknown model): what the run wrote is deleted (:func:`clear_run`) and so is the folder when
+    nothing else is left in it, so that the next run gets the name instead of ``name-2``."""
+    if not folder.is_dir():
+        return
+    clear_run(folder)
+    with contextlib.suppress(OSError):  # not empty: something else is there, and it stays
+        folder.rmdir()
