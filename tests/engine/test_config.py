@@ -77,3 +77,16 @@ def test_a_checkpoint_or_binary_file_given_as_config_is_one_line(tmp_path):
 def test_run_dir():
     c = Config(name="x", output_dir="out")
     assert str(c.run_dir) == "out/x"
+
+
+def test_exponent_numbers_are_floats_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-4`` without a dot as a string: ``optim.lr: 1e-4`` was refused with
+    "expected float, got str '1e-4'". Float fields take it as Python does; other fields do not."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n  weight_decay: 5E-5\n")
+    cfg = load_config(path, ["train.max_minutes=1e-6"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.max_minutes) == (1e-4, 5e-5, 1e-6)
+    with pytest.raises(ConfigError, match=r"data\.batch_size: expected int, got str '1e2'"):
+        load_config(None, ["data.batch_size=1e2"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected float, got str 'fast'"):
+        load_config(None, ["optim.lr=fast"])

@@ -236,3 +236,15 @@ def test_a_run_that_fails_before_training_gives_its_folder_back(tmp_path, capsys
     assert main(["train", config, "name=keep", "model.name=unett"]) != 0  # takes keep-2, gives it back
     assert (tmp_path / "runs" / "keep" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "runs" / "keep-2").exists()
+
+
+def test_a_run_stopped_inside_an_epoch_names_that_epoch(tmp_path, capsys, write_config):
+    """``train.max_minutes`` ran out inside epoch 1: "epoch 1/3: mIoU ..." was followed by "done: 0 epochs,
+    best mIoU ... (epoch 0)" and summary.json's best_epoch 0. The best is that of epoch 1, and the end
+    line says how far the run got."""
+    assert main(["train", write_config("run"), "train.max_minutes=1e-6", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/3: " in out
+    assert "done: 0 epochs and 1 batches of epoch 1, best mIoU" in out and "(epoch 1)" in out
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    assert (summary["epochs"], summary["position"], summary["best_epoch"]) == (0, 1, 1)

@@ -49,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         best = summary["best"]
         shown = "n/a" if best is None else f"{best:.4f}"
+        inside = summary.get("position", 0)
+        trained = f"{summary['epochs']} epochs" + (
+            f" and {inside} batches of epoch {summary['epochs'] + 1}" if inside else ""
+        )
         print(
-            f"done: {summary['epochs']} epochs, best {cfg.train.best_metric} {shown} "
-            f"(epoch {summary['best_epoch']}); run folder {summary['run_dir']}"
+            f"done: {trained}, best {cfg.train.best_metric} {shown} (epoch {summary['best_epoch']}); "
+            f"run folder {summary['run_dir']}"
         )
         return report_unreadable(trainer.train_set, trainer.val_set)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -315,6 +316,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     elif tp is int:
@@ -329,6 +332,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     else:
         raise TypeError(f"config type {tp} at {where} is not supported")
     raise ConfigError(f"{where}: expected {tp.__name__}, got {_describe(value)}")
+
+
+#: a number in exponent notation as YAML 1.2 and Python read it (``1e-4``, ``5E3``, ``-2.5e-3``)
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _describe(value: Any) -> str:

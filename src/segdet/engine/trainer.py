@@ -321,9 +321,12 @@ class Trainer:
             f"epoch {epoch + 1}/{self.cfg.train.epochs}: "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
         )
-        return self._update_best(metrics)
+        return self._update_best(metrics, epoch + 1)
 
-    def _update_best(self, metrics: dict[str, float]) -> bool:
+    def _update_best(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Keep ``metrics`` as the best when ``train.best_metric`` improved; ``epoch``: the 1-based epoch
+        they were measured in, as printed (a run stopped by ``train.max_minutes`` inside an epoch
+        evaluates that epoch)."""
         key = self.cfg.train.best_metric
         if key not in metrics:
             raise SegdetError(f"train.best_metric={key!r} is not among the metrics {sorted(metrics)}")
@@ -332,7 +335,7 @@ class Trainer:
             value > self.state.best if self.cfg.train.best_mode == "max" else value < self.state.best
         )
         if better:
-            self.state.best, self.state.best_epoch = value, self.state.epoch
+            self.state.best, self.state.best_epoch = value, epoch
         return better
 
     # ----------------------------------------------------------------------------------- checkpoints
