@@ -58,3 +58,21 @@ def test_defaults_keep_the_standard_set_and_a_quarter(tmp_path):
 def test_bad_values_are_named(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         _config(tmp_path, override)
+
+
+def test_records_left_out_while_reading_are_reported_in_one_line(tmp_path, capsys):
+    """Training on a YOLO set with a 4-value row and a box sticking out said nothing (the reader's lines
+    are logged with ``-v`` only): one line on stderr counts what was left out and repaired."""
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.new("RGB", (40, 30)).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n0 0.95 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text("names: [thing]\n")
+    cfg = load_config(None, ["task=detection", "data.format=yolo", f"data.train.path={root}"])
+    train_val_splits(cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"segdet: {root}: 1 records left out as unusable and 1 warnings (boxes clipped, files ignored) "
+        f"while reading; `segdet data check {root}` lists them, data.strict: true refuses the set"
+    ]

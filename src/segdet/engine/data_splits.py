@@ -8,6 +8,8 @@ same ``train.seed``.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,24 @@ def load_split(cfg: Config, which: str) -> AnnotationSet | None:
     if split is None or not split.path:
         return None
     options = {k: getattr(split, k) for k in ("images", "labels", "split") if getattr(split, k) is not None}
-    return read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
+    dataset = read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
+    report_problems(dataset, split.path)
+    return dataset
+
+
+def report_problems(dataset: AnnotationSet, path: str) -> None:
+    """One line on stderr (rank 0) when reading ``dataset`` left records out or repaired them: training
+    goes on without them, and the reader's own lines are logged only with ``segdet -v``."""
+    errors = sum(p.severity == "error" for p in dataset.problems)
+    warnings = len(dataset.problems) - errors
+    if not dataset.problems or os.environ.get("RANK", "0") != "0":
+        return
+    print(
+        f"segdet: {path}: {errors} records left out as unusable and {warnings} warnings (boxes clipped, "
+        f"files ignored) while reading; `segdet data check {path}` lists them, data.strict: true refuses "
+        "the set",
+        file=sys.stderr,
+    )
 
 
 def synthetic_split(cfg: Config, which: str) -> AnnotationSet:
