@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except SegdetError as e:
         return _fail(str(e), args.verbose)
+    except BrokenPipeError:  # `segdet data stats ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell tool killed by the closed pipe returns
     except OSError as e:  # the machine's side: a full disk, a permission, a vanished file
         where = e.filename if e.filename is not None else "segdet"
         return _fail(f"{where}: {e.strerror or e}", args.verbose)
@@ -89,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             "-v prints the traceback)",
             args.verbose,
         )
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not raise the broken pipe again
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _fail(message: str, verbose: bool) -> int:
