@@ -76,3 +76,21 @@ def test_records_left_out_while_reading_are_reported_in_one_line(tmp_path, capsy
         f"segdet: {root}: 1 records left out as unusable and 1 warnings (boxes clipped, files ignored) "
         f"while reading; `segdet data check {root}` lists them, data.strict: true refuses the set"
     ]
+
+
+def test_data_paths_are_made_absolute_from_where_the_run_starts(tmp_path, monkeypatch, capsys):
+    """A config's ``../shared/data/camvid`` is relative to the current folder; the run's saved config kept
+    it so, and ``segdet eval RUN/best.safetensors`` failed from any other folder. ``segdet train`` makes
+    the paths absolute first (so a missing folder is named in full, too)."""
+    from segdet.cli.main import main
+    from segdet.engine.data_splits import absolute_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.train.path=ds", "data.val.path=../v", "data.val.images=img"])
+    absolute_data_paths(cfg)
+    assert cfg.data.train.path == str(tmp_path / "ds") and cfg.data.train.images is None
+    assert (cfg.data.val.path, cfg.data.val.images) == (str(tmp_path.parent / "v"), str(tmp_path / "img"))
+    code = main(
+        ["train", "task=segmentation", "data.format=masks", "data.train.path=nowhere", "output_dir=runs"]
+    )
+    assert code == 1 and str(tmp_path / "nowhere") in capsys.readouterr().err

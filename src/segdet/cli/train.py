@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from segdet.engine import distributed
     from segdet.engine.config import load_config
+    from segdet.engine.data_splits import absolute_data_paths
     from segdet.engine.devices import select_device
     from segdet.engine.run_folder import claim_run_dir, release_run_dir
     from segdet.engine.tasks import build_task
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config:  # only overrides were given
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    absolute_data_paths(cfg)
     # The run folder is chosen once (by rank 0 under torchrun) before anything is written into it.
     dist = distributed.init_distributed(select_device(cfg.train.device))
     if dist.is_main:

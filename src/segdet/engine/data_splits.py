@@ -23,6 +23,19 @@ from segdet.errors import ConfigError
 VAL_SEED_OFFSET = 1_000_003
 
 
+def absolute_data_paths(cfg: Config) -> None:
+    """Make ``data.train`` / ``data.val``'s paths absolute, from the current folder (where the run was
+    started), in place: the config saved with the run and its checkpoints then finds the data from any
+    folder (``segdet eval RUN/best.safetensors`` run elsewhere)."""
+    for split in (cfg.data.train, cfg.data.val):
+        if split is None:
+            continue
+        for key in ("path", "images", "labels"):
+            value = getattr(split, key)
+            if value:
+                setattr(split, key, os.path.abspath(value))
+
+
 def load_split(cfg: Config, which: str) -> AnnotationSet | None:
     """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
     from segdet.data.formats import read_dataset
