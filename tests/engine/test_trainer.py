@@ -187,6 +187,10 @@ def test_outputs_of_a_run(tmp_path):
     ckpt = load_checkpoint(run / "last.safetensors")
     assert ckpt["ema"] is not None and ckpt["epoch"] == 2
     assert ckpt["classes"][0] == "background"
+    # best: the weights (and EMA) with what inference needs, not the optimiser's state (resume: last)
+    best = load_checkpoint(run / "best.safetensors")
+    assert {"optimizer", "scheduler", "scaler", "rng"}.isdisjoint(best) and {"optimizer", "rng"} <= set(ckpt)
+    assert best["ema"] is not None and best["classes"] == ckpt["classes"] and best["config"] == ckpt["config"]
 
 
 def test_nan_loss_is_reported_not_trained_on(tmp_path, capsys):

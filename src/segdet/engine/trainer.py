@@ -339,14 +339,21 @@ class Trainer:
         return better
 
     # ----------------------------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
+    def checkpoint_state(self, *, resumable: bool = True) -> dict[str, Any]:
+        """What a checkpoint holds. ``resumable=False`` (``best.safetensors``: evaluated, predicted with,
+        exported, fine-tuned from; runs resume from ``last``) leaves out the optimiser, schedule, scaler
+        and RNG states: a third of the file for SGD with momentum, two thirds for Adam, as Ultralytics
+        strips its ``best.pt``."""
+        training = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(),
+        }
+        return {
+            "model": self.model.state_dict(),
+            **(training if resumable else {}),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.state.epoch,
             "position": self.state.position,
             "step": self.state.step,
@@ -361,7 +368,7 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.checkpoint_state())
+            save_checkpoint(self.run_dir / name, self.checkpoint_state(resumable=name == "last.safetensors"))
         dist_utils.barrier()
         self._saved_at = time.perf_counter()
 
