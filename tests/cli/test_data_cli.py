@@ -211,3 +211,59 @@ def test_demo_data_part(tmp_path, capsys):
     assert code == 0, out
     assert "0 errors" in out
     assert len(list((tmp_path / "demo" / "annotations").glob("*.png"))) == 2
+
+
+def _yolo_with_stray_label(tmp_path):
+    """A YOLO dataset of one image with one box, and a label file without an image (a warning)."""
+    import yaml
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(root / "images" / "a.png")
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "labels" / "stray.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images", "names": ["a"]}))
+    return root
+
+
+def test_check_missing_path_says_so(tmp_path, capsys):
+    """Item 5: a path that does not exist is named as such (was: cannot tell the format)."""
+    missing = tmp_path / "nope"
+    code, _, err = run_cli(capsys, "data", "check", str(missing))
+    assert code == 1
+    assert err.strip() == f"segdet: error: {missing}: no such file or folder"
+    code, _, err = run_cli(capsys, "data", "stats", str(missing), "--format", "voc")
+    assert code == 1 and err.strip() == f"segdet: error: {missing}: no such file or folder"
+
+
+@pytest.mark.parametrize("name", ["data.yaml", "classes.txt"])
+def test_yolo_config_file_is_detected(tmp_path, capsys, name):
+    """Item 6: YOLO users pass data.yaml (or the classes.txt of the Darknet form): read as YOLO."""
+    root = _yolo_with_stray_label(tmp_path)
+    if name == "classes.txt":
+        (root / "data.yaml").unlink()
+        (root / "classes.txt").write_text("a\n")
+    code, out, err = run_cli(capsys, "data", "check", str(root / name), "--quick")
+    assert code == 0, out + err
+    assert out.splitlines()[-2].startswith(f"yolo dataset {root / name}: 1 images, 1 objects, 1 classes")
+
+
+def test_classes_txt_of_a_mask_folder_asks_for_the_folder(tmp_path, capsys):
+    root = tmp_path / "masks"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("a\n")
+    code, _, err = run_cli(capsys, "data", "check", str(root / "classes.txt"))
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and str(root) in err and "folder" in err
+
+
+def test_stats_says_reading_problems_are_warnings(tmp_path, capsys):
+    """Item 7: stats said '(1 problems while reading ...)': it now says how many are errors and warnings,
+    as check does, and that `segdet data check` lists them."""
+    root = _yolo_with_stray_label(tmp_path)
+    code, out, _ = run_cli(capsys, "data", "stats", str(root))
+    assert code == 0
+    assert "problems while reading" not in out
+    assert "reading found 0 errors, 1 warnings: `segdet data check` lists them" in out

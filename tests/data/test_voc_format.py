@@ -313,3 +313,85 @@ def test_rewrite_read_dataset(voc_root: Path, tmp_path: Path):
             assert np.array_equal(read_label_png(got.semantic), read_label_png(src.semantic))
     objects = back.images[0].instances[0].mask.path
     assert np.array_equal(read_label_png(objects), _objects_img1())
+
+
+def _occluded_dataset(tmp_path: Path) -> AnnotationSet:
+    """One 32x32 image: object 1 (cat) entirely covered by object 2 (dog, written after it), object 3
+    (cat) without a mask, object 4 (dog) visible."""
+    _image(tmp_path / "src" / "a.png", 32, 32, seed=3)
+    hidden = np.zeros((32, 32), dtype=bool)
+    hidden[6:12, 6:12] = True
+    cover = np.zeros((32, 32), dtype=bool)
+    cover[2:20, 2:20] = True
+    last = np.zeros((32, 32), dtype=bool)
+    last[24:30, 24:30] = True
+    objects = [
+        Instance((6.0, 6.0, 12.0, 12.0), 0, hidden),
+        Instance((2.0, 2.0, 20.0, 20.0), 1, cover),
+        Instance((20.0, 0.0, 30.0, 8.0), 0),
+        Instance((24.0, 24.0, 30.0, 30.0), 1, last),
+    ]
+    return AnnotationSet([ImageRecord(1, tmp_path / "src" / "a.png", 32, 32, objects)], ["cat", "dog"])
+
+
+def test_objects_without_pixels_keep_their_box_and_pass_check(tmp_path: Path):
+    """Item 2: an object with no visible pixel (covered by later ones) or without a mask keeps its XML
+    object, marked <segmented>0</segmented>, and value k stays the k-th object for the others; read back,
+    the marked objects have no mask and `check` finds nothing (it reported 'instance values [1] have no
+    pixels'; an object without a mask dropped the whole image's SegmentationObject)."""
+    import xml.etree.ElementTree as ET
+
+    from segdet.data.check import check_dataset
+    from segdet.data.formats.report import WriteReport
+
+    ds = _occluded_dataset(tmp_path)
+    report = WriteReport()
+    root = voc.write(ds, tmp_path / "out", report=report)
+    xml = ET.parse(root / "Annotations" / "a.xml").getroot()
+    flags = [o.findtext("segmented") for o in xml.findall("object")]
+    assert flags == ["0", None, "0", None]
+    ids = read_label_png(root / "SegmentationObject" / "a.png")
+    assert sorted(np.unique(ids).tolist()) == [0, 2, 4]
+    assert np.array_equal(ids == 4, ds.images[0].instances[3].mask)
+    back = voc.read(root)
+    masks = [o.mask for o in back.images[0].instances]
+    assert masks[0] is None and masks[2] is None
+    assert (masks[1].value, masks[3].value) == (2, 4)
+    assert [o.box for o in back.images[0].instances] == [o.box for o in ds.images[0].instances]
+    assert check_dataset(back) == []
+    assert report.objects == 4 and not report.left_out
+    assert dict(report.without_mask) == {"with no visible pixel (covered by objects after it)": 1}
+
+
+def test_unmarked_object_without_pixels_is_still_an_error(tmp_path: Path):
+    """The check accepts an XML object without SegmentationObject pixels only when it is marked
+    <segmented>0</segmented>: in a dataset that does not say so, a missing value is a broken mask."""
+    from segdet.data.check import check_dataset
+
+    root = voc.write(_occluded_dataset(tmp_path), tmp_path / "out")
+    xml = root / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<segmented>0</segmented>", "", 1))
+    problems = check_dataset(voc.read(root))
+    assert [(p.severity, p.message) for p in problems] == [("error", "instance values [1] have no pixels")]
+
+
+def test_semantic_classes_without_background_round_trip(tmp_path: Path):
+    """Item 1: semantic classes that are not 'background' + the object classes (a mask folder's: value 0
+    is a class) are written as they are with segmentation_classes.txt naming the values, and read back
+    with the same names; the reader took value 0 as 'background' and shifted every name by one."""
+    _image(tmp_path / "src" / "a.png", 8, 6)
+    sem = np.zeros((6, 8), dtype=np.int64)
+    sem[:, 4:] = 1
+    sem[0] = 2  # this set's ignore value
+    names = ["Sky", "Road"]
+    record = ImageRecord(1, tmp_path / "src" / "a.png", 8, 6, [], sem)
+    ds = AnnotationSet([record], list(names), semantic_classes=list(names), ignore_index=2)
+    root = voc.write(ds, tmp_path / "out")
+    assert (root / "segmentation_classes.txt").read_text().split() == names
+    back = voc.read(root)
+    assert back.problems == []
+    assert (back.classes, back.semantic_classes, back.ignore_index) == (names, names, 255)
+    assert np.array_equal(read_label_png(back.images[0].semantic), np.where(sem == 2, 255, sem))
+    # VOC's own convention (value 0 = background) needs no such file
+    plain = voc.write(_tiny_dataset(tmp_path), tmp_path / "plain")
+    assert not (plain / "segmentation_classes.txt").exists()

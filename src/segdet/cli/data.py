@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def dataset_args(p: argparse.ArgumentParser, path_name: str = "path") -> None:
         p.add_argument(
-            path_name, type=path_arg, help="dataset: the JSON file for coco, the root folder otherwise"
+            path_name,
+            type=path_arg,
+            help="dataset: the JSON file for coco, the root folder otherwise (for yolo, data.yaml works too)",
         )
         p.add_argument(
             "--format",
@@ -43,7 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=16, help="how many images to draw (0: all)")
     add_overwrite(p)
 
-    p = sub.add_parser("convert", help="convert a dataset to another format")
+    p = sub.add_parser(
+        "convert",
+        help="convert a dataset to another format",
+        description="Convert a dataset to another format. What the output format cannot hold is left out "
+        "and said in one line per kind (crowd regions in voc / yolo / pennfudan, semantic masks in coco / "
+        "yolo / pennfudan, objects in masks); a conversion that would lose every label is refused. YOLO "
+        "keeps only the class names: from YOLO, COCO category ids are 1..K in data.yaml's order, and "
+        "COCO's own ids are not kept through it.",
+    )
     dataset_args(p, "src")
     p.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
     p.add_argument(
@@ -60,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(args: argparse.Namespace, path: Path):
     from segdet.data.formats import detect_format, read_dataset
+    from segdet.errors import DataError
 
+    if not path.exists():
+        raise DataError("no such file or folder", path)
     fmt = args.format or detect_format(path)
     options = {k: getattr(args, k) for k in ("images", "labels", "split") if getattr(args, k) is not None}
     return fmt, read_dataset(fmt, path, **options)
@@ -105,7 +118,12 @@ def _stats(args: argparse.Namespace) -> int:
     for line in dataset_stats(dataset).lines():
         print(line)
     if dataset.problems:
-        print(f"({len(dataset.problems)} problems while reading: run `segdet data check` to list them)")
+        errors = len(dataset.errors)
+        warnings = len(dataset.warnings)
+        line = f"reading found {errors} errors, {warnings} warnings: `segdet data check` lists them"
+        if errors:
+            line += "; the records with errors are left out of these counts"
+        print(line)
     return 0
 
 
@@ -135,17 +153,20 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from segdet.data.formats import write_dataset
+    from segdet.data.formats import check_writable, write_dataset
+    from segdet.data.formats.report import WriteReport
 
     _, dataset = _read(args, args.src)
+    check_writable(args.to, dataset)  # refused before the output folder is made
     sources = dataset_sources(dataset, args.src, args.images, args.labels)
     output_dir(args.out, overwrite=args.overwrite, sources=sources)
     errors = len(dataset.errors)
     if errors:
         print(f"{errors} records could not be read and are left out (run `segdet data check` to list them)")
-    out = write_dataset(args.to, dataset, args.out, link_images=args.link)
+    report = WriteReport()
+    out = write_dataset(args.to, dataset, args.out, link_images=args.link, report=report)
     how = "hard-linked where the file system allows" if args.link else "copied"
-    print(
-        f"wrote {len(dataset.images)} images ({how}), {dataset.num_instances} objects as {args.to} to {out}"
-    )
+    print(f"wrote {len(dataset.images)} images ({how}), {report.objects} objects as {args.to} to {out}")
+    for line in report.lines():
+        print(line)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 
 from segdet.data.formats.image_files import place_image
+from segdet.data.formats.report import WriteReport
 from segdet.data.masks import mask_to_rle, read_label_png
 from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG, Mask
@@ -103,12 +104,15 @@ def write(
     copy_images: bool = True,
     link_images: bool = False,
     json_name: str = "instances.json",
+    report: WriteReport | None = None,
 ) -> Path:
     """Write ``out/annotations/<json_name>`` and (with ``copy_images``) ``out/images/<file_name>``: copies,
     or hard links with ``link_images``. A ``file_name`` leading outside ``images/`` is refused. Returns the
-    JSON path, which :func:`read` takes back."""
+    JSON path, which :func:`read` takes back. Every object is written (counted in ``report``)."""
     out = Path(out)
     data = to_coco_dict(dataset)
+    if report is not None:
+        report.objects += len(data["annotations"])
     if copy_images:
         for im in dataset.images:
             dst = confined(out / "images", im.file_name, what="image file name", record=f"image id={im.id}")

@@ -34,6 +34,7 @@ from segdet.data.formats.layout import (
     read_classes_txt,
     write_classes_txt,
 )
+from segdet.data.formats.report import WriteReport
 from segdet.data.io import image_size
 from segdet.data.masks import read_label_png
 from segdet.data.palette import write_label_png
@@ -203,8 +204,17 @@ def check_label_file(path: Path, width: int, height: int, num_classes: int, igno
     return problems
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
+def write(
+    dataset: AnnotationSet,
+    out: Path,
+    *,
+    copy_images: bool = True,
+    link_images: bool = False,
+    report: WriteReport | None = None,
+) -> Path:
     """Write ``images/``, ``labels/`` (grey PNGs, values kept exactly) and ``classes.txt`` under ``out``.
+    Objects have no form here (:func:`segdet.data.formats.write_dataset` counts them as left out in
+    ``report``).
 
     ``classes.txt`` lists ``semantic_classes``, followed by an ``Unlabelled`` line when ``ignore_index``
     is the value right after them, so that the ignore value reads back (CamVid's form). An ignore value

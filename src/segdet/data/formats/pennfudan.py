@@ -36,6 +36,7 @@ from segdet.data.formats.layout import (
     write_classes_txt,
 )
 from segdet.data.formats.pennfudan_text import PascalText, format_pascal_text, parse_pascal_text
+from segdet.data.formats.report import WriteReport
 from segdet.data.masks import bitmap_box, read_label_png
 from segdet.data.palette import write_label_png
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
@@ -50,6 +51,7 @@ DEFAULT_CLASSES = ["pedestrian"]
 # Annotation boxes and mask boxes of the database agree within a pixel or two (hand-drawn boxes).
 BOX_TOLERANCE = 2.0
 MAX_ANNOTATION_BYTES = 1 << 20
+HIDDEN = "with no visible pixel (covered by objects after it)"
 
 
 def read(
@@ -214,45 +216,61 @@ def _cross_check(text: PascalText, path: Path, values: list[int], size: tuple[in
         )
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
+def write(
+    dataset: AnnotationSet,
+    out: Path,
+    *,
+    copy_images: bool = True,
+    link_images: bool = False,
+    report: WriteReport | None = None,
+) -> Path:
     """Write ``dataset`` in the Penn-Fudan layout at ``out``; returns ``out``.
 
     Object ``k`` of an image becomes value ``k`` of ``PedMasks/X_mask.png`` (8-bit grey, 16-bit beyond
     255 objects); where objects overlap the later one wins, and an object left with no visible pixel is
-    dropped (with a warning) so that the values stay ``1..N``. An object without a mask is written as its
-    box. Crowd regions have no form here and are left out. Boxes in ``Annotation/X.txt`` are the masks'.
-    A label that is no class is refused.
+    dropped so that the values stay ``1..N`` (objects come from the mask in this layout: one without
+    pixels cannot be written). An object without a mask is written as its box. Crowd regions have no
+    form here and are left out. What is left out is counted in ``report`` (and logged). Boxes in
+    ``Annotation/X.txt`` are the masks'. A label that is no class is refused.
     """
     out = Path(out)
     for name in dataset.classes:
         if '"' in name or "\n" in name:
             raise DataError(f"class name {name!r} cannot be written in a Penn-Fudan annotation file")
     check_labels(dataset)  # before anything is written
+    report = report if report is not None else WriteReport()
     for record, stem in zip(dataset.images, output_stems(dataset.images), strict=True):
         image_name = f"{stem}{image_suffix(record)}"
         if copy_images:
             place_image(record.path, out / "PNGImages" / image_name, link=link_images)
-        _write_masks(record, stem, image_name, dataset.classes, out)
+        _write_masks(record, stem, image_name, dataset.classes, out, report)
     if list(dataset.classes) != DEFAULT_CLASSES:
         write_classes_txt(out / "classes.txt", list(dataset.classes))
     return out
 
 
-def _write_masks(record: ImageRecord, stem: str, image_name: str, classes: list[str], out: Path) -> None:
+def _write_masks(
+    record: ImageRecord, stem: str, image_name: str, classes: list[str], out: Path, report: WriteReport
+) -> None:
     instances = [o for o in record.instances if not o.iscrowd]
     if len(instances) < len(record.instances):
         n = len(record.instances) - len(instances)
         logger.warning("%s: %d crowd objects left out (Penn-Fudan has no crowd regions)", record.path, n)
+        report.leave_out("crowd (Penn-Fudan has no crowd regions)", n)
     bitmaps = instance_bitmaps(record, instances)
     for k, (obj, bitmap) in enumerate(zip(instances, bitmaps, strict=True)):
         if bitmap is None:
             logger.warning("%s: object %d has no mask; its box is written as its mask", record.path, k + 1)
+            report.note("objects without a mask have their box written as their mask")
             bitmaps[k] = _box_bitmap(obj.box, record.height, record.width)
     ids, visible = paint_instance_ids(record.height, record.width, bitmaps)
     kept = [k for k, n in enumerate(visible) if n > 0]
+    report.objects += len(kept)
     for k, n in enumerate(visible):
         if n == 0:
-            logger.warning("%s: object %d has no visible pixel left; not written", record.path, k + 1)
+            why = HIDDEN if bitmaps[k].any() else "with an empty mask"
+            logger.warning("%s: object %d %s; not written", record.path, k + 1, why)
+            report.leave_out(why)
     lookup = np.zeros(len(instances) + 1, dtype=np.int64)
     lookup[[k + 1 for k in kept]] = np.arange(1, len(kept) + 1)
     ids = lookup[ids]

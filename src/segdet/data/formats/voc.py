@@ -9,6 +9,9 @@ Layout of a VOC root (the VOC2007 / VOC2012 devkit's)::
     SegmentationClass/<id>.png        palette PNG, value c = class c - 1, 0 = background, 255 = void
     SegmentationObject/<id>.png       palette PNG, value k = the k-th <object> of the XML, 255 = void
     classes.txt                       (not VOC's own) the class list when it is not the 20 VOC classes
+    segmentation_classes.txt          (not VOC's own) names of the SegmentationClass values, line i =
+                                      value i, when they are not "background" + the classes (a mask
+                                      folder's classes written as VOC: value 0 is a class)
 
 Boxes in the XML are 1-based inclusive pixel indices; they are read as continuous ``xyxy``
 (``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``, see :mod:`segdet.data.structures`) and written
@@ -18,6 +21,9 @@ are not kept; ``difficult`` is.
 The VOC devkit (VOCdevkit/devkit_doc.pdf, section "Segmentation") defines the instance masks: pixel
 value ``k`` of ``SegmentationObject/<id>.png`` belongs to the ``k``-th object of ``<id>.xml``. Object
 ``k`` therefore gets ``InstancePNG(SegmentationObject/<id>.png, k)``; the PNG is not decoded on reading.
+An ``<object>`` that says ``<segmented>0</segmented>`` (not VOC's own element: segdet's writer marks so an
+object that has no pixel in the PNG, e.g. one entirely covered by later objects) gets no mask, and value
+``k`` is not expected in the PNG; ``segdet data check`` reports any other object without pixels.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 
 from segdet.data.dataset import SegDetDataset
 from segdet.data.formats.layout import find_image, read_classes_txt, read_text
-from segdet.data.formats.voc_write import write
+from segdet.data.formats.voc_write import SEGMENTATION_CLASSES, write
 from segdet.data.io import image_size
 from segdet.data.paths import confined
 from segdet.data.structures import AnnotationSet, ImageRecord, Instance, InstancePNG
@@ -85,10 +91,14 @@ def read(
         record = _read_one(stem, number, where, folders, label_of, log)
         if record is not None:
             records.append(record)
+    semantic_file = root / SEGMENTATION_CLASSES
+    semantic_classes = (
+        read_classes_txt(semantic_file, log) if semantic_file.is_file() else ["background", *classes]
+    )
     dataset = AnnotationSet(
         records,
         classes,
-        semantic_classes=["background", *classes],
+        semantic_classes=semantic_classes,
         ignore_index=IGNORE_INDEX,
         source=str(root),
     )
@@ -220,8 +230,10 @@ def _read_xml(
     for k, element in enumerate(root.findall("object"), start=1):
         obj = _read_object(element, k, xml_path, width, height, label_of, log)
         if obj is not None:
-            # VOC devkit: value k of SegmentationObject is the k-th <object>, dropped ones included.
-            obj.mask = InstancePNG(instance_png, k) if instance_png is not None else None
+            # VOC devkit: value k of SegmentationObject is the k-th <object>, dropped ones included;
+            # an object marked <segmented>0</segmented> has no value.
+            segmented = _flag(element, "segmented", xml_path, f"object {k}", log, default=True)
+            obj.mask = InstancePNG(instance_png, k) if instance_png is not None and segmented else None
             instances.append(obj)
     return ImageRecord(number, image, width, height, instances, semantic, _relative(image, folders.images))
 
@@ -298,15 +310,19 @@ def _read_object(
     return Instance(box, label_of[name], difficult=_flag(element, "difficult", xml_path, record, log))
 
 
-def _flag(element: ET.Element, key: str, xml_path: Path, record: str, log: ProblemLog) -> bool:
+def _flag(
+    element: ET.Element, key: str, xml_path: Path, record: str, log: ProblemLog, default: bool = False
+) -> bool:
+    """``<key>`` of ``element`` as a 0 / 1 flag; ``default`` when absent, empty or neither (a warning)."""
     text = _text(element, key)
     if text is None or text == "":
-        return False
+        return default
     if text.lower() in ("1", "true"):
         return True
-    if text.lower() not in ("0", "false"):
-        log.warning(xml_path, record, f"<{key}> {text!r} is not 0 or 1; read as 0")
-    return False
+    if text.lower() in ("0", "false"):
+        return False
+    log.warning(xml_path, record, f"<{key}> {text!r} is not 0 or 1; read as {int(default)}")
+    return default
 
 
 def _text(element: ET.Element, path: str) -> str | None:

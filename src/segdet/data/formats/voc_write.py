@@ -6,6 +6,23 @@ the VOC palette: ``SegmentationClass`` from each image's semantic mask (its igno
 255) and ``SegmentationObject`` from the instance masks (value ``k`` = the ``k``-th written object; where
 objects overlap the later one wins). VOC's 255 band around objects is not drawn: it marks pixels the
 annotators left undecided, which a converted dataset does not have.
+
+Semantic values: VOC's ``SegmentationClass`` value 0 is ``background`` and value ``c`` is class ``c - 1``
+(``semantic_classes == ["background", *classes]``, what the reader assumes). A dataset whose semantic
+classes are anything else (a mask folder's, e.g. CamVid's 11 classes, where value 0 is ``Sky``) keeps its
+values as they are, and ``segmentation_classes.txt`` (not VOC's own, like ``classes.txt``) names them, one
+line per value: the reader takes the names from it, so the dataset reads back with the same classes.
+Values are not shifted by one to make room for a background: that would add a class the dataset does
+not have.
+
+Objects without pixels: an object with no visible pixel (entirely covered by objects written after it),
+an object without a mask among objects with masks, and objects after the 254th of an image (a palette PNG
+has values 1..254 for objects) keep their ``<object>`` (their box) but get no ``SegmentationObject``
+value: their ``<object>`` says ``<segmented>0</segmented>`` (not VOC's own element; other readers ignore
+it) and the reader gives them no mask. Value ``k`` stays the ``k``-th ``<object>`` for the others, as the
+devkit defines it. ``segdet data check`` reports an ``<object>`` without pixels as an error unless it is
+marked so. Objects that lose their mask this way are counted in the report (``segdet data convert`` says
+how many).
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from segdet.data.formats.layout import (
     paint_instance_ids,
     write_classes_txt,
 )
+from segdet.data.formats.report import WriteReport
 from segdet.data.masks import read_label_png
 from segdet.data.palette import write_palette_png
 from segdet.data.structures import AnnotationSet, Box, ImageRecord, Instance
@@ -34,6 +52,10 @@ from segdet.errors import DataError
 logger = logging.getLogger("segdet.data")
 
 VOC_IGNORE = 255
+MAX_OBJECT_VALUE = 254  # SegmentationObject values 1..254 are objects; 255 is void
+# Names the semantic values when they are not VOC's "background" + the classes (see the docstring).
+SEGMENTATION_CLASSES = "segmentation_classes.txt"
+HIDDEN = "with no visible pixel (covered by objects after it)"
 
 
 def voc_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -49,27 +71,31 @@ def voc_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     return xmin, ymin, xmax, ymax
 
 
-def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_images: bool = False) -> Path:
+def write(
+    dataset: AnnotationSet,
+    out: Path,
+    *,
+    copy_images: bool = True,
+    link_images: bool = False,
+    report: WriteReport | None = None,
+) -> Path:
     """Write ``dataset`` as a VOC root at ``out``; returns ``out`` (what :func:`voc.read` takes).
 
     Images are copied (``copy_images``; hard-linked with ``link_images``) into ``JPEGImages/``
     under their own extension;
     every image is listed in ``ImageSets/Main/all.txt``, those with masks in
-    ``ImageSets/Segmentation/all.txt``. ``classes.txt`` is written when the classes are not VOC's 20.
-    Crowd objects have no VOC form and are left out (with a warning). A label that is no class is refused.
+    ``ImageSets/Segmentation/all.txt``. ``classes.txt`` is written when the classes are not VOC's 20,
+    ``segmentation_classes.txt`` when the semantic classes are not ``background`` + the classes (module
+    docstring). Crowd objects have no VOC form and are left out; objects without visible pixels are
+    written without a mask (module docstring); both are counted in ``report``. A label that is no class is
+    refused.
     """
     from segdet.data.formats.voc import VOC_CLASSES
 
     check_labels(dataset)  # before anything is written
+    report = report if report is not None else WriteReport()
     out = Path(out)
-    if dataset.semantic_classes != ["background", *dataset.classes] and any(
-        r.semantic is not None for r in dataset.images
-    ):
-        logger.warning(
-            "VOC semantic masks mean value 0 = background and value c = class c - 1; this dataset's "
-            "semantic classes %s are written as they are",
-            dataset.semantic_classes,
-        )
+    any_semantic = any(r.semantic is not None for r in dataset.images)
     stems = output_stems(dataset.images)
     with_masks: list[str] = []
     for record, stem in zip(dataset.images, stems, strict=True):
@@ -80,26 +106,37 @@ def write(dataset: AnnotationSet, out: Path, *, copy_images: bool = True, link_i
         if len(instances) < len(record.instances):
             n = len(record.instances) - len(instances)
             logger.warning("%s: %d crowd objects left out (VOC has no crowd regions)", record.path, n)
+            report.leave_out("crowd (VOC has no crowd regions)", n)
         has_semantic = _write_semantic(
             record, dataset.ignore_index, out / "SegmentationClass" / f"{stem}.png"
         )
-        has_objects = _write_objects(record, instances, out / "SegmentationObject" / f"{stem}.png")
-        if has_semantic or has_objects:
+        segmented = _write_objects(record, instances, out / "SegmentationObject" / f"{stem}.png", report)
+        if has_semantic or segmented is not None:
             with_masks.append(stem)
-        xml = _annotation_xml(record, instances, image_name, dataset.classes, has_semantic or has_objects)
+        xml = _annotation_xml(record, instances, image_name, dataset.classes, has_semantic, segmented)
         _write_xml(xml, out / "Annotations" / f"{stem}.xml")
+        report.objects += len(instances)
 
     _write_list(out / "ImageSets" / "Main" / "all.txt", stems)
     if with_masks:
         _write_list(out / "ImageSets" / "Segmentation" / "all.txt", with_masks)
     if list(dataset.classes) != list(VOC_CLASSES):
         write_classes_txt(out / "classes.txt", list(dataset.classes))
+    if any_semantic and list(dataset.semantic_classes) != ["background", *dataset.classes]:
+        write_classes_txt(out / SEGMENTATION_CLASSES, list(dataset.semantic_classes))
     return out
 
 
 def _annotation_xml(
-    record: ImageRecord, instances: list[Instance], image_name: str, classes: list[str], segmented: bool
+    record: ImageRecord,
+    instances: list[Instance],
+    image_name: str,
+    classes: list[str],
+    has_semantic: bool,
+    segmented: list[bool] | None,
 ) -> ET.Element:
+    """The XML of one image; ``segmented`` (when a SegmentationObject PNG is written) says which objects
+    have a value in it: the others get ``<segmented>0</segmented>``."""
     root = ET.Element("annotation")
     _sub(root, "folder", "VOC")
     _sub(root, "filename", image_name)
@@ -108,13 +145,15 @@ def _annotation_xml(
     _sub(size, "width", str(record.width))
     _sub(size, "height", str(record.height))
     _sub(size, "depth", "3")
-    _sub(root, "segmented", "1" if segmented else "0")
-    for obj in instances:
+    _sub(root, "segmented", "1" if has_semantic or segmented is not None else "0")
+    for k, obj in enumerate(instances):
         element = _sub(root, "object")
         _sub(element, "name", classes[obj.label])
         _sub(element, "pose", "Unspecified")
         _sub(element, "truncated", "0")
         _sub(element, "difficult", "1" if obj.difficult else "0")
+        if segmented is not None and not segmented[k]:
+            _sub(element, "segmented", "0")
         box = _sub(element, "bndbox")
         corners = voc_box(obj.box, record.width, record.height)
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), corners, strict=True):
@@ -136,23 +175,41 @@ def _write_semantic(record: ImageRecord, ignore_index: int, path: Path) -> bool:
     return True
 
 
-def _write_objects(record: ImageRecord, instances: list[Instance], path: Path) -> bool:
-    """SegmentationObject PNG when every object has a mask (with some missing, object ``k`` would no
-    longer be value ``k``); returns whether it was written."""
+def _write_objects(
+    record: ImageRecord, instances: list[Instance], path: Path, report: WriteReport
+) -> list[bool] | None:
+    """The SegmentationObject PNG of an image with at least one visible object mask: object ``k`` is
+    value ``k``. Returns, per object, whether it has pixels in it (None when no PNG is written)."""
     if not instances or all(o.mask is None for o in instances):
-        return False
-    if any(o.mask is None for o in instances):
-        logger.warning("%s: some objects have no mask; SegmentationObject not written", record.path)
-        return False
-    if len(instances) > 254:
-        logger.warning("%s: more than 254 objects do not fit a VOC palette PNG; not written", record.path)
-        return False
-    ids, visible = paint_instance_ids(record.height, record.width, instance_bitmaps(record, instances))
-    for k, n in enumerate(visible, start=1):
-        if n == 0:
-            logger.warning("%s: object %d has no visible pixel in SegmentationObject", record.path, k)
+        return None
+    h, w = record.height, record.width
+    paintable = [o.mask is not None and k < MAX_OBJECT_VALUE for k, o in enumerate(instances)]
+    bitmaps = instance_bitmaps(record, [o for o, p in zip(instances, paintable, strict=True) if p])
+    it = iter(bitmaps)
+    empty = np.zeros((h, w), dtype=bool)
+    per_object = [next(it) if p else empty for p in paintable]
+    ids, visible = paint_instance_ids(h, w, per_object)
+    segmented = [n > 0 for n in visible]
+    for k, (p, n) in enumerate(zip(paintable, visible, strict=True)):
+        if p and n == 0:
+            why = HIDDEN if per_object[k].any() else "with an empty mask"
+            logger.warning("%s: object %d %s: written without a mask", record.path, k + 1, why)
+            report.drop_mask(why)
+        elif not p and instances[k].mask is None:
+            logger.info("%s: object %d has no mask: <segmented>0</segmented>", record.path, k + 1)
+    beyond = sum(o.mask is not None for o in instances[MAX_OBJECT_VALUE:])
+    if beyond:
+        logger.warning(
+            "%s: %d objects after the %dth have no SegmentationObject value; written without a mask",
+            record.path,
+            beyond,
+            MAX_OBJECT_VALUE,
+        )
+        report.drop_mask(f"after the {MAX_OBJECT_VALUE}th object of an image (no palette value left)", beyond)
+    if not any(segmented):
+        return None  # every mask empty: no PNG, and no object needs a mark
     write_palette_png(path, ids)
-    return True
+    return segmented
 
 
 def _write_xml(root: ET.Element, path: Path) -> None:
