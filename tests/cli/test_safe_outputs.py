@@ -211,17 +211,18 @@ def test_nul_bytes_in_path_arguments_are_usage_errors(capsys):
 
 
 def test_predict_never_writes_over_its_inputs(tmp_path, capsys, tiny_segmentation_run):
-    """``--out`` that is, or contains, a folder of input images is refused (``root/labels`` of a mask
-    dataset would be overwritten by ``predict root/images --out root``); a new folder inside the image
-    folder is fine: predict writes only its own sub-folders there."""
+    """``--out`` that is, contains or lies inside a folder of input images is refused (``root/labels`` of
+    a mask dataset would be overwritten by ``predict root/images --out root``; README: refused whatever the
+    flags, a new folder inside the image folder included); a folder beside it is fine."""
     ckpt = tiny_segmentation_run / "last.safetensors"
     images = tmp_path / "root" / "images"
     images.mkdir(parents=True)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "a.png")
-    for out in (images, tmp_path / "root"):
+    for out in (images, tmp_path / "root", images / "pred"):
         code, _, err = run_cli(capsys, "predict", ckpt, images, "--out", out, "--overwrite")
         assert code == 1
         one_line_error(err, "overlaps the input")
-    code, _, _ = run_cli(capsys, "predict", ckpt, images, "--out", images / "pred")
-    assert code == 0 and (images / "pred" / "labels" / "a.png").exists()
-    assert sorted(p.name for p in images.iterdir()) == ["a.png", "pred"]
+    assert sorted(p.name for p in images.iterdir()) == ["a.png"]
+    code, _, _ = run_cli(capsys, "predict", ckpt, images, "--out", tmp_path / "root" / "pred")
+    assert code == 0 and (tmp_path / "root" / "pred" / "labels" / "a.png").exists()
+    assert sorted(p.name for p in images.iterdir()) == ["a.png"]

@@ -4,6 +4,10 @@ Segmentation checkpoints report mIoU, Dice and accuracies; detection checkpoints
 AP for instance segmentation), computed by our COCO evaluator. ``segdet rcnn``'s ``rcnn.safetensors`` is
 a detection checkpoint like the others: without ``--data`` it is evaluated on the run's held-out
 images, which gives the AP of its ``metrics.json``.
+
+``--data`` is read in the format its layout shows (``--format`` says it instead; the run's format where
+the layout says nothing) and must have the checkpoint's classes, else nothing is evaluated. Undefined
+scores (NaN: a class absent from both truth and prediction) are ``null`` in the ``--out`` JSON file.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from segdet.cli import inference_options
+from segdet.cli.metrics import _json_safe
 from segdet.cli.paths import add_overwrite, output_file, path_arg
 from segdet.data.formats import FORMATS
 from segdet.engine.atomic import write_text_atomic
@@ -28,7 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", type=path_arg, help="dataset to evaluate on (default: the run's validation split)"
     )
-    parser.add_argument("--format", choices=list(FORMATS), help="format of --data (default: the run's)")
+    parser.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        help="format of --data (default: recognised from its layout, as `segdet data check` does; the run's "
+        "format where the layout says nothing)",
+    )
     parser.add_argument("--images", type=path_arg, help="image folder, overriding the layout's")
     parser.add_argument("--labels", type=path_arg, help="label folder, overriding the layout's")
     parser.add_argument("--split", help="split name")
@@ -53,6 +64,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 SKIP_BAD_HINT = "metrics over a set that lost records or images would be wrong (--skip-bad leaves them out)"
 
 
+def evaluation_format(data: Path, given: str | None, run_format: str) -> str:
+    """The format ``--data`` is read in: ``--format`` when given, else the one its layout shows
+    (:func:`segdet.data.formats.detect_format`: a COCO JSON, a VOC, Penn-Fudan, YOLO or mask folder),
+    else the run's (a layout no rule recognises, e.g. ``--images`` / ``--labels`` elsewhere)."""
+    from segdet.data.formats import detect_format
+    from segdet.errors import DataError
+
+    if given:
+        return given
+    try:
+        return detect_format(data)
+    except DataError:
+        return run_format
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -69,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
     trained, device = inference_options.load(args)
     cfg = trained.config
     cfg.data.strict = False  # bad records and images are counted here, and refused unless --skip-bad
+    # The metrics' classes are the model's outputs, however many the evaluation set lists (a checkpoint may
+    # list an ignore class that the set leaves out: segdet.engine.segmentation.same_semantic_classes).
+    cfg.model.num_classes = cfg.model.num_classes or len(trained.classes)
     if args.data:
-        cfg.data.format = args.format or cfg.data.format
+        cfg.data.format = evaluation_format(args.data, args.format, cfg.data.format)
         cfg.data.val = DataSplit(
             path=str(args.data),
             images=None if args.images is None else str(args.images),
@@ -109,5 +138,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.out:
-        write_text_atomic(args.out, json.dumps(metrics, indent=2))
+        # undefined scores (a class absent from both truth and prediction) are NaN: null in JSON
+        write_text_atomic(args.out, json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
     return 0

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segdet.cli.inference_options import refuse_detector_options
     from segdet.engine import export
     from segdet.engine.inference import load_trained
     from segdet.errors import SegdetError
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         export.require_onnx()  # before the model is loaded
     if args.size is not None and min(args.size) < 1:
         raise SegdetError(f"--size must be positive, got {args.size[0]} {args.size[1]}")
-    output_file(out, overwrite=args.overwrite, sources=[args.checkpoint, args.image])
     trained = load_trained(args.checkpoint, "cpu")  # the EMA weights where the run kept them, as eval
+    refuse_detector_options({"--image": args.image}, args.checkpoint, trained.task)
+    output_file(out, overwrite=args.overwrite, sources=[args.checkpoint, args.image])
     size = None if args.size is None else (args.size[0], args.size[1])
     if trained.task == "segmentation":
         exported = export.export_segmenter(trained.model, out, size)

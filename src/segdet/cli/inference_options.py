@@ -53,3 +53,16 @@ def timing(num_images: int, seconds: float, device, verb: str) -> str:
     so the time is the device's too)."""
     per = seconds / max(num_images, 1)
     return f"{verb} {num_images} images in {seconds:.2f} s: {per:.4f} s per image on {device}"
+
+
+def refuse_detector_options(options: dict[str, object], checkpoint, task: str) -> None:
+    """A one-line :class:`ConfigError` when a segmentation checkpoint is given options that only detectors
+    use (``options``: each option's name and value, ``None`` when not given), instead of ignoring them."""
+    from segdet.errors import ConfigError
+
+    given = [name for name, value in options.items() if value is not None]
+    if task != "segmentation" or not given:
+        return
+    names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+    verb = "applies" if len(given) == 1 else "apply"
+    raise ConfigError(f"{checkpoint}: {names} {verb} to detectors only; this is a segmentation checkpoint")

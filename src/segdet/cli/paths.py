@@ -6,9 +6,8 @@ Rules every command follows for what it writes:
 * an output folder (``--out DIR``) must be absent or empty, unless ``--overwrite`` is given; an output
   file (``--out FILE.json``) must be absent, unless ``--overwrite``;
 * a folder where a file is expected (or the reverse) is refused, as is an output that is, contains or
-  lies inside one of the command's inputs (a dataset is never written into, whatever the flags; only
-  ``predict``, which writes nothing but its ``labels/`` and ``overlays/`` sub-folders and
-  ``predictions.json``, may put a new output folder inside a folder of input images).
+  lies inside one of the command's inputs, whatever the flags (a dataset or a folder of input images is
+  never written into: ``predict imgs --out imgs/out`` is refused like ``--out imgs``).
 """
 
 from __future__ import annotations
@@ -39,11 +38,11 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "the --out folder
     )
 
 
-def _check_sources(out: Path, sources: Iterable[Path | None], what: str, inside_ok: bool = False) -> None:
+def _check_sources(out: Path, sources: Iterable[Path | None], what: str) -> None:
     for source in sources:
         if source is None:
             continue
-        if is_within(source, out) or (not inside_ok and is_within(out, source)):
+        if is_within(source, out) or is_within(out, source):
             raise SegdetError(
                 f"{out}: {what} overlaps the input {source}; outputs never go into the data they are "
                 "made from: choose another folder"
@@ -56,14 +55,11 @@ def output_dir(
     overwrite: bool,
     sources: Iterable[Path | None] = (),
     what: str = "--out",
-    inside_ok: bool = False,
 ) -> Path:
-    """Create (or accept) the output folder ``out`` under the rules of the module docstring.
-    ``inside_ok``: ``out`` may be a new folder inside one of ``sources`` (for outputs that only add
-    files of their own kinds in sub-folders, never beside the inputs)."""
+    """Create (or accept) the output folder ``out`` under the rules of the module docstring."""
     if out.exists() and not out.is_dir():
         raise SegdetError(f"{out}: {what} is a file; a folder is expected here")
-    _check_sources(out, sources, what, inside_ok)
+    _check_sources(out, sources, what)
     if out.is_dir() and not overwrite and any(out.iterdir()):
         raise SegdetError(
             f"{out}: {what} exists and is not empty; choose another folder or give --overwrite "

@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "segdet rcnn's (OUT/rcnn.safetensors: R-CNN's network, SVMs and box regressors)",
     )
     parser.add_argument("inputs", nargs="+", type=path_arg, help="image files or folders of images")
-    parser.add_argument("--out", type=path_arg, required=True, help="output folder (absent or empty)")
+    parser.add_argument(
+        "--out",
+        type=path_arg,
+        required=True,
+        help="output folder (absent or empty; never an input folder or inside one)",
+    )
     add_overwrite(parser)
     inference_options.add_arguments(parser)
     parser.add_argument(
@@ -42,19 +47,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score-thresh",
         type=float,
-        help="detections drawn: those scoring at least this (default 0.5; R-CNN, whose scores are SVM "
-        "margins: 0)",
+        help="detectors: detections drawn: those scoring at least this (default 0.5; R-CNN, whose scores "
+        "are SVM margins: 0)",
     )
     parser.add_argument(
         "--json-thresh",
         type=float,
-        help="detections in predictions.json: score at least this (default 0.05; R-CNN: all it returns)",
+        help="detectors: detections in predictions.json: score at least this (default 0.05; R-CNN: all it "
+        "returns)",
     )
     parser.add_argument(
         "--coco-gt",
         type=path_arg,
-        help="COCO ground-truth JSON whose image ids (matched by file name) predictions.json uses; "
-        "without it images are numbered 0, 1, ... in the order read",
+        help="detectors: COCO ground-truth JSON whose image ids (matched by file name) predictions.json "
+        "uses; without it images are numbered 0, 1, ... in the order read",
     )
 
 
@@ -79,9 +85,15 @@ def run(args: argparse.Namespace) -> int:
     from segdet.engine.tasks import task_class
 
     images = list_images(args.inputs)
-    output_dir(args.out, overwrite=args.overwrite, sources=args.inputs, inside_ok=True)
-    names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
     trained, device = inference_options.load(args)
+    detector_only = {
+        "--coco-gt": args.coco_gt,
+        "--score-thresh": args.score_thresh,
+        "--json-thresh": args.json_thresh,
+    }
+    inference_options.refuse_detector_options(detector_only, args.checkpoint, trained.config.task)
+    output_dir(args.out, overwrite=args.overwrite, sources=args.inputs)
+    names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
     start = time.perf_counter()
     write = _writers()[task_class(trained.config.task)]
     skipped = write(trained, images, args, device, names)

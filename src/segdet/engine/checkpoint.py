@@ -61,6 +61,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SegdetError(f"{path}: a folder, not a checkpoint file; {inside}")
     if not path.is_file():
         raise SegdetError(f"{path}: checkpoint not found")
+    kind = _not_safetensors(path)
+    if kind is not None:
+        raise SegdetError(
+            f"{path}: not a segdet checkpoint (a .safetensors file written by segdet train); {kind}"
+        )
     try:
         tensors = load_file(str(path), device=str(map_location))
         from safetensors import safe_open
@@ -68,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with safe_open(str(path), framework="pt") as f:
             meta = (f.metadata() or {}).get(_META_KEY)
     except (SafetensorError, OSError, ValueError) as e:
-        raise SegdetError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+        raise SegdetError(f"{path}: a damaged safetensors file, not a readable checkpoint ({e})") from None
     if meta is None:
         raise SegdetError(f"{path}: a safetensors file without segdet checkpoint metadata")
     try:
@@ -82,6 +87,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return _unflatten(document["state"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:  # Recursion: too deep
         raise SegdetError(f"{path}: corrupt checkpoint metadata ({e})") from None
+
+
+# File signatures (their first bytes) of what is given by mistake for a checkpoint.
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _not_safetensors(path: Path) -> str | None:
+    """``None`` when ``path`` starts as a safetensors file does (an 8-byte little-endian header length
+    that fits the file, then the JSON header's ``{``); else what it seems to be, from its first bytes or
+    its suffix, in words ("this is an ONNX graph")."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return None
+    suffix = path.suffix.lower()
+    if not head:
+        return "the file is empty"
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "this is an image"
+    if suffix == ".onnx":
+        return "this is an ONNX graph (segdet export writes them from a checkpoint)"
+    if suffix == ".pt2":
+        return "this is a torch.export program (segdet export writes them from a checkpoint)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        return (
+            "this is a PyTorch file written by torch.save (a config's model.weights takes such weights to "
+            "start a training from)"
+        )
+    if suffix in _IMAGE_SUFFIXES:
+        return "this is an image"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # text cut inside a multi-byte character at byte 512 is still text
+        text = head[: e.start].decode("utf-8") if len(head) == 512 and e.start >= 509 else None
+    if text is None or "\x00" in text:
+        return "its first bytes are not a safetensors header"
+    if suffix in (".yaml", ".yml"):
+        return "this is a YAML file (a config? segdet train takes it)"
+    if suffix == ".json" or text.lstrip()[:1] in ("{", "["):
+        return "this is a JSON file"
+    return "this is a text file"
 
 
 def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

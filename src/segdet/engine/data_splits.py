@@ -36,8 +36,9 @@ def absolute_data_paths(cfg: Config) -> None:
                 setattr(split, key, os.path.abspath(value))
 
 
-def load_split(cfg: Config, which: str) -> AnnotationSet | None:
-    """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given)."""
+def load_split(cfg: Config, which: str, *, report: bool = True) -> AnnotationSet | None:
+    """The annotation set of ``data.train`` / ``data.val`` (``None`` when that split is not given);
+    ``report``: :func:`report_problems` (``segdet eval`` reports them itself, refusing such a set)."""
     from segdet.data.formats import read_dataset
 
     split = getattr(cfg.data, which)
@@ -45,7 +46,8 @@ def load_split(cfg: Config, which: str) -> AnnotationSet | None:
         return None
     options = {k: getattr(split, k) for k in ("images", "labels", "split") if getattr(split, k) is not None}
     dataset = read_dataset(cfg.data.format, Path(split.path), strict=cfg.data.strict, **options)
-    report_problems(dataset, split.path)
+    if report:
+        report_problems(dataset, split.path)
     return dataset
 
 
@@ -105,14 +107,15 @@ def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[Annotat
     return subset(train_idx), subset(val_idx)
 
 
-def train_val_splits(cfg: Config) -> tuple[AnnotationSet, AnnotationSet | None]:
-    """The run's training set and validation set (``None`` when there is none)."""
+def train_val_splits(cfg: Config, *, report: bool = True) -> tuple[AnnotationSet, AnnotationSet | None]:
+    """The run's training set and validation set (``None`` when there is none); ``report`` as
+    :func:`load_split`'s."""
     if cfg.data.synthetic:
         return synthetic_split(cfg, "train"), synthetic_split(cfg, "val")
-    train = load_split(cfg, "train")
+    train = load_split(cfg, "train", report=report)
     if train is None:
         raise ConfigError("data.train.path: no training data given (or set data.synthetic: N)")
-    val = load_split(cfg, "val")
+    val = load_split(cfg, "val", report=report)
     if val is None and cfg.data.val_fraction > 0:
         train, val = holdout(train, cfg.data.val_fraction, cfg.train.seed)
     return train, val

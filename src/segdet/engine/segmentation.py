@@ -40,6 +40,27 @@ def collate_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.
     return images, labels, [t["image_id"] for _, t in batch]
 
 
+def same_semantic_classes(checkpoint: list[str], dataset: list[str], ignore_index: int) -> bool:
+    """Whether a model of the semantic classes ``checkpoint`` can be scored on a set of the semantic
+    classes ``dataset`` whose labels ignore ``ignore_index``: every label value the set scores must be the
+    model's class of that index, by the same name. An ignore class is no class to compare: at the set's
+    ignore value, and past the end of the set's list, the checkpoint may list an ignore class
+    (``Unlabelled``, ``void``, ...: :data:`segdet.data.formats.masks.IGNORE_NAMES`) or nothing. A class
+    the set scores and the model has not (or the reverse) makes them differ, ignore-named or not."""
+    from segdet.data.formats.masks import IGNORE_NAMES
+
+    for value in range(max(len(checkpoint), len(dataset))):
+        model = checkpoint[value] if value < len(checkpoint) else None
+        scored = dataset[value] if value < len(dataset) else None
+        if model == scored:
+            continue
+        if model is None or (scored is not None and value != ignore_index):
+            return False  # the set scores (or lists) a value the model has no output or another class for
+        if model.lower() not in IGNORE_NAMES:
+            return False  # a class of the model that the set does not have
+    return True
+
+
 class SegmentationTask:
     """Plugs semantic segmentation into :class:`segdet.engine.trainer.Trainer`.
 
