@@ -268,6 +268,19 @@ def test_predict_refuses_detector_options_for_a_segmentation_model(
     assert not out.exists()
 
 
+def test_predict_refuses_max_size_for_a_detector(tmp_path, capsys, detection_checkpoint):
+    """The mirror: ``--max-size`` (segmentation only; a detector resizes as its model options say) was
+    silently ignored for a detector."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "a.png")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "predict", detection_checkpoint, images, "--out", out, "--max-size", "64")
+    assert code == 1
+    one_line_error(err, "--max-size applies to segmentation models only", "detection checkpoint")
+    assert not out.exists()
+
+
 def test_export_refuses_image_for_a_segmentation_model(tmp_path, capsys, tiny_segmentation_run):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)

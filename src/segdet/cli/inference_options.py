@@ -66,3 +66,19 @@ def refuse_detector_options(options: dict[str, object], checkpoint, task: str) -
     names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
     verb = "applies" if len(given) == 1 else "apply"
     raise ConfigError(f"{checkpoint}: {names} {verb} to detectors only; this is a segmentation checkpoint")
+
+
+def refuse_segmentation_options(options: dict[str, object], checkpoint, task: str) -> None:
+    """The mirror of :func:`refuse_detector_options`: options only segmentation models use, given with a
+    detector's checkpoint (a detector resizes as its own ``min_size`` / ``max_size`` say)."""
+    from segdet.errors import ConfigError
+
+    given = [name for name, value in options.items() if value is not None]
+    if task == "segmentation" or not given:
+        return
+    names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+    verb = "applies" if len(given) == 1 else "apply"
+    raise ConfigError(
+        f"{checkpoint}: {names} {verb} to segmentation models only; this is a {task} checkpoint (a detector "
+        "resizes as its model.min_size / model.max_size say)"
+    )

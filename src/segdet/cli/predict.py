@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-size",
         type=int,
         help="segmentation: an image whose longer side is above this many pixels is run at that size and "
-        "its label map scaled back (default: the run's data.max_size, 1333); detectors resize as their "
-        "own min_size / max_size options say",
+        "its label map scaled back (default: the run's data.max_size, 1333); detectors, which resize as "
+        "their own min_size / max_size options say, refuse it",
     )
     parser.add_argument(
         "--score-thresh",
@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         "--json-thresh": args.json_thresh,
     }
     inference_options.refuse_detector_options(detector_only, args.checkpoint, trained.config.task)
+    inference_options.refuse_segmentation_options(
+        {"--max-size": args.max_size}, args.checkpoint, trained.config.task
+    )
     output_dir(args.out, overwrite=args.overwrite, sources=args.inputs)
     names = distinct_stems(images)  # a.png and a.jpg must not write the same labels/a.png
     start = time.perf_counter()
