@@ -245,6 +245,6 @@ def test_a_run_stopped_inside_an_epoch_names_that_epoch(tmp_path, capsys, write_
     assert main(["train", write_config("run"), "train.max_minutes=1e-6", "train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "epoch 1/3: " in out
-    assert "done: 0 epochs and 1 batches of epoch 1, best mIoU" in out and "(epoch 1)" in out
+    assert "done: 1 batch of epoch 1, best mIoU" in out and "(epoch 1)" in out
     summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
     assert (summary["epochs"], summary["position"], summary["best_epoch"]) == (0, 1, 1)

@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         best = summary["best"]
         shown = "n/a" if best is None else f"{best:.4f}"
-        inside = summary.get("position", 0)
-        trained = f"{summary['epochs']} epochs" + (
-            f" and {inside} batches of epoch {summary['epochs'] + 1}" if inside else ""
-        )
+        epochs, inside = summary["epochs"], summary.get("position", 0)
+        parts = [f"{epochs} {'epoch' if epochs == 1 else 'epochs'}"] if epochs or not inside else []
+        if inside:  # stopped by train.max_minutes inside an epoch
+            parts.append(f"{inside} {'batch' if inside == 1 else 'batches'} of epoch {epochs + 1}")
+        trained = " and ".join(parts)
         print(
             f"done: {trained}, best {cfg.train.best_metric} {shown} (epoch {summary['best_epoch']}); "
             f"run folder {summary['run_dir']}"

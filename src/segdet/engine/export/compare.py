@@ -56,10 +56,18 @@ def compare_detections(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], wh
     nearest, match = box_distance.min(dim=1)
     box_difference = float(nearest[distinct].max()) if distinct.any() else 0.0
     ok = score_difference <= SCORE_TOLERANCE and box_difference <= BOX_TOLERANCE
+    n_distinct, tied = int(distinct.sum()), ~distinct
+    boxes_said = (
+        f"the {n_distinct} of distinct score at their boxes within {box_difference:.1e} px"
+        if n_distinct
+        else "no box checked: every score ties with another (as an untrained model's do)"
+    )
+    if tied.any():  # said, not required: tied detections may swap boxes at an NMS or cap decision
+        found = int((nearest[tied] <= BOX_TOLERANCE).sum())
+        boxes_said += f"; {found} of the {int(tied.sum())} tied ones at an exported box of their score"
     summary = (
         f"on {where}: {_count(len(scores), 'detection')} as PyTorch, scores within "
-        f"{score_difference:.1e}, the {int(distinct.sum())} of distinct score at their boxes within "
-        f"{box_difference:.1e} px"
+        f"{score_difference:.1e}, {boxes_said}"
     )
     if len(expected) > 3 and distinct.any() and box_difference <= BOX_TOLERANCE:
         masks, got_masks = expected[3][distinct], got[3][match[distinct]]
