@@ -340,3 +340,150 @@ def test_coco_missing_file_one_line(tmp_path, capsys) -> None:
     code = main(["metrics", "coco", "--gt", str(tmp_path / "nope.json"), "--dt", str(tmp_path / "dt.json")])
     assert code == 1
     assert_one_line_error(capsys, "nope.json")
+
+
+# ------------------------------------------------------------------- user test of `segdet metrics`
+
+
+def predict_style(dets: list[dict]) -> list[dict]:
+    """What ``segdet predict`` without --coco-gt writes: images numbered 0, 1, ... and each detection's
+    base file name."""
+    return [{**d, "image_id": d["image_id"] - 1, "file_name": f"{d['image_id']}.jpg"} for d in dets]
+
+
+@pytest.mark.parametrize("kind", ["coco", "voc"])
+def test_ids_that_disagree_with_file_names_are_one_error(tmp_path, capsys, kind: str) -> None:
+    """Ids shifted against the ground truth but file names right: one error line naming the record, both
+    names and the fix, instead of a silent AP of 0."""
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    dets = [d for d in json.loads(dt_path.read_text()) if d["image_id"] >= 2]  # 0 would be unknown
+    dt_path.write_text(json.dumps(predict_style(dets)))
+    extra = ["--format", "coco"] if kind == "voc" else []
+    code = main(["metrics", kind, "--gt", str(gt_path), "--dt", str(dt_path), *extra])
+    assert code == 1
+    assert_one_line_error(
+        capsys,
+        "dt.json: results[0]",
+        "'2.jpg'",
+        "'1.jpg'",
+        "predict with --coco-gt GT.json numbers images as the ground truth does",
+    )
+
+
+@pytest.mark.parametrize("kind", ["coco", "voc"])
+def test_unknown_image_id_with_known_file_name_gets_the_hint(tmp_path, capsys, kind: str) -> None:
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    dets = json.loads(dt_path.read_text())
+    dt_path.write_text(json.dumps([{**dets[0], "image_id": 0, "file_name": "1.jpg"}]))
+    extra = ["--format", "coco"] if kind == "voc" else []
+    code = main(["metrics", kind, "--gt", str(gt_path), "--dt", str(dt_path), *extra])
+    assert code == 1
+    assert_one_line_error(
+        capsys, "image_id 0 is not an image", "'1.jpg' is ground-truth image 1", "--coco-gt"
+    )
+
+
+def test_consistent_file_names_change_nothing(tmp_path, capsys) -> None:
+    """file_name (base name, or the path as the ground truth stores it) is a check only."""
+    from segdet.metrics import coco_eval
+
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    gt = json.loads(gt_path.read_text())
+    for im in gt["images"]:
+        im["file_name"] = f"val/{im['file_name']}"
+    gt_path.write_text(json.dumps(gt))
+    dets = json.loads(dt_path.read_text())
+    named = [
+        {**d, "file_name": f"{d['image_id']}.jpg" if k % 2 else f"val/{d['image_id']}.jpg"}
+        for k, d in enumerate(dets)
+    ]
+    expected = coco_eval.evaluate_coco(gt_path, dets, "bbox")
+    got = coco_eval.evaluate_coco(gt_path, named, "bbox")
+    np.testing.assert_array_equal(got.stats, expected.stats)
+    np.testing.assert_array_equal(got.precision, expected.precision)
+    dt_path.write_text(json.dumps(named))
+    assert main(["metrics", "voc", "--gt", str(gt_path), "--format", "coco", "--dt", str(dt_path)]) == 0
+    assert "note" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ({"score": "0.109"}, "score must be a finite number, got '0.109'"),
+        ({"bbox": [0, 0, -3, 4]}, "negative width or height"),
+        ({"bbox": [0, 0, 3], "score": 0.31}, "bbox must be 4 finite numbers [x, y, w, h], got [0, 0, 3]"),
+        ({"bbox": None}, "bbox must be 4 finite numbers"),
+        ({"image_id": "164"}, "image_id must be an integer"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["coco", "voc"])
+def test_voc_checks_records_as_coco_does(tmp_path, capsys, kind: str, bad: dict, needle: str) -> None:
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    dets = json.loads(dt_path.read_text())
+    dets[1] = {**dets[1], **bad}
+    dets[1].pop("segmentation")
+    dt_path.write_text(json.dumps(dets))
+    extra = ["--format", "coco"] if kind == "voc" else []
+    code = main(["metrics", kind, "--gt", str(gt_path), "--dt", str(dt_path), *extra])
+    assert code == 1
+    err = assert_one_line_error(capsys, "dt.json: results[1]: ", needle)
+    assert "are not numbers" not in err
+
+
+@pytest.mark.parametrize("kind", ["coco", "voc"])
+def test_partial_and_empty_detections_are_noted(tmp_path, capsys, kind: str) -> None:
+    gt_path, dt_path = write_coco_pair(tmp_path)
+    dets = json.loads(dt_path.read_text())
+    extra = ["--format", "coco"] if kind == "voc" else []
+    for subset, note in [
+        (dets, None),
+        ([d for d in dets if d["image_id"] == 2], "note: detections for 1 of 3 ground-truth images"),
+        ([], "note: 0 detections"),
+    ]:
+        dt_path.write_text(json.dumps(subset))
+        code = main(["metrics", kind, "--gt", str(gt_path), "--dt", str(dt_path), *extra])
+        out = capsys.readouterr().out
+        assert code == 0
+        if note is None:
+            assert "note" not in out
+        else:
+            assert out.count("note") == 1 and note in out, out
+
+
+def test_coco_gt_folder_says_a_json_file_is_expected(tmp_path, capsys) -> None:
+    _gt_path, dt_path = write_coco_pair(tmp_path)
+    (tmp_path / "folder").mkdir()
+    code = main(["metrics", "coco", "--gt", str(tmp_path / "folder"), "--dt", str(dt_path)])
+    assert code == 1
+    assert_one_line_error(capsys, "folder: is a folder; a COCO instances JSON file is expected")
+
+
+def test_seg_pairs_a_prediction_by_stem(tmp_path, capsys) -> None:
+    """X.png, else the one prediction X.* (a lossless single-channel TIFF here); numbers as with PNGs."""
+    seg_case(tmp_path)
+    args = [
+        "metrics",
+        "seg",
+        "--gt",
+        str(tmp_path / "gt"),
+        "--pred",
+        str(tmp_path / "pred"),
+        "--num-classes",
+        "4",
+    ]
+    assert main(args) == 0
+    expected = capsys.readouterr().out
+    Image.open(tmp_path / "pred" / "im1.png").save(tmp_path / "pred" / "im1.tif")
+    (tmp_path / "pred" / "im1.png").unlink()
+    assert main(args) == 0
+    assert capsys.readouterr().out == expected
+    Image.open(tmp_path / "pred" / "im1.tif").save(tmp_path / "pred" / "im1.bmp")
+    assert main(args) == 1
+    assert_one_line_error(capsys, "im1.png", "several predictions", "im1.bmp, im1.tif")
+
+
+def test_metric_07_help_names_the_thresholds(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["metrics", "voc", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exact recall thresholds k/10" in out and "np.arange(0, 1.1, 0.1)" in out

@@ -286,22 +286,100 @@ def test_iou_continuous_coordinates() -> None:
     np.testing.assert_allclose(iou, [1 / 3, 0, 0])
 
 
+def _det(**changes) -> dict:
+    return {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1, **changes}
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "image_id 99"),
-        ({"image_id": 1, "category_id": 42, "bbox": [0, 0, 1, 1], "score": 1}, "category_id 42"),
-        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}, "score"),
-        ({"image_id": 1, "category_id": 1, "bbox": ["a", 0, 1, 1], "score": 1}, "not numbers"),
-        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 1}, "not numbers"),
-        ({"image_id": [1], "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "image_id"),
-        ({"image_id": 1, "category_id": {}, "bbox": [0, 0, 1, 1], "score": 1}, "category_id"),
-        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")}, "not finite"),
+        (_det(image_id=99), "image_id 99 is not an image of the ground truth"),
+        (_det(category_id=42), "category_id 42 is not a category of the ground truth"),
+        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}, "missing key 'score'"),
+        (_det(bbox=["a", 0, 1, 1]), "bbox must be 4 finite numbers"),
+        (_det(bbox=[0, 0, 1], score=0.31), r"bbox must be 4 finite numbers \[x, y, w, h\], got \[0, 0, 1\]$"),
+        (_det(bbox=None, score=0.31), "bbox must be 4 finite numbers .*got None$"),
+        (_det(bbox=[0, 0, -1, 1]), "negative width or height"),
+        (_det(score="0.109"), "score must be a finite number, got '0.109'"),
+        (_det(image_id=[1]), r"image_id must be an integer, got \[1\]"),
+        (_det(image_id="164"), "image_id must be an integer .*got '164'"),
+        (_det(image_id=True), "image_id must be an integer, got True"),
+        (_det(category_id={}), "category_id must be an integer or a class name"),
+        (_det(score=float("nan")), "score must be a finite number, got nan"),
     ],
 )
 def test_malformed_detections_raise_data_error(bad: dict, message: str) -> None:
-    """Malformed results name the detection and the problem in a DataError."""
+    """Malformed results name the record (``results[N]``, as ``metrics coco`` does) and the problem in a
+    one-line DataError."""
     gt = AnnotationSet(images=[ImageRecord(id=1, path="a.jpg", width=8, height=8)], classes=["x"])
     with pytest.raises(DataError, match=message) as err:
-        evaluate_voc(gt, [bad])
-    assert "detection 0" in str(err.value) and "\n" not in str(err.value)
+        evaluate_voc(gt, [_det(), bad])
+    assert err.value.record == "results[1]" and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _det(score="0.109"),
+        _det(bbox=[0, 0, -1, 1]),
+        _det(bbox=[0, 0, 1]),
+        _det(bbox=None),
+        _det(score=float("inf")),
+        _det(image_id=[1]),
+        _det(image_id=99),
+        _det(category_id=42),
+        {"image_id": 1, "category_id": 1, "score": 1},
+        _det(image_id=7, file_name="a.jpg"),
+        _det(file_name="other.jpg"),
+    ],
+)
+def test_voc_and_coco_refuse_the_same_records_with_the_same_message(bad: dict) -> None:
+    """The VOC path applies the COCO detections reader's per-record checks, worded the same."""
+    from segdet.metrics.coco_eval import evaluate_coco
+
+    gt = AnnotationSet(images=[ImageRecord(id=1, path="a.jpg", width=8, height=8)], classes=["x"])
+    coco_gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [],
+    }
+    with pytest.raises(DataError) as voc_err:
+        evaluate_voc(gt, [_det(), bad])
+    with pytest.raises(DataError) as coco_err:
+        evaluate_coco(coco_gt, [_det(), bad])
+    assert str(voc_err.value) == str(coco_err.value)
+    assert voc_err.value.record == "results[1]"
+
+
+def test_file_name_must_agree_with_the_ground_truth() -> None:
+    """A detection's file_name must name the ground-truth image of its image_id (base names compared, as
+    segdet predict writes them); a mismatch says how to get matching ids."""
+    gt = AnnotationSet(
+        images=[
+            ImageRecord(id=7, path="imgs/a.jpg", file_name="sub/a.jpg", width=8, height=8),
+            ImageRecord(id=9, path="imgs/b.jpg", file_name="sub/b.jpg", width=8, height=8),
+        ],
+        classes=["x"],
+        category_ids=[1],
+    )
+    ok = [_det(image_id=7, file_name="a.jpg"), _det(image_id=9, file_name="sub/b.jpg"), _det(image_id=9)]
+    assert evaluate_voc(gt, ok).ap == evaluate_voc(gt, [{**d, "file_name": None} for d in ok]).ap
+    with pytest.raises(DataError) as err:
+        evaluate_voc(gt, [*ok, _det(image_id=7, file_name="b.jpg")])
+    message = str(err.value)
+    assert err.value.record == "results[3]" and "\n" not in message
+    assert "'b.jpg'" in message and "'sub/a.jpg'" in message
+    assert "predict with --coco-gt GT.json numbers images as the ground truth does" in message
+    with pytest.raises(DataError) as err:  # segdet predict without --coco-gt: ids 0, 1, ...
+        evaluate_voc(gt, [_det(image_id=0, file_name="a.jpg")])
+    message = str(err.value)
+    assert "image_id 0 is not an image of the ground truth" in message
+    assert "'a.jpg' is ground-truth image 7" in message and "--coco-gt GT.json" in message
+
+
+def test_images_with_detections_are_counted() -> None:
+    gt = AnnotationSet(
+        images=[ImageRecord(id=k, path=f"{k}.jpg", width=8, height=8) for k in (1, 2, 3)], classes=["x"]
+    )
+    result = evaluate_voc(gt, [_det(), _det(image_id=3), _det(image_id=3)])
+    assert (result.num_images, result.num_images_with_detections) == (3, 2)

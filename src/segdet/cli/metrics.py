@@ -5,7 +5,7 @@
 * ``segdet metrics voc --gt ROOT [--format voc] --dt DT.json [--metric 07|10]`` -- Pascal VOC AP per
   class and mAP; detections in COCO results form (``image_id`` may also be the image's file stem).
 * ``segdet metrics seg --gt DIR --pred DIR --num-classes N`` -- IoU, Dice and accuracies of label PNGs
-  paired by file stem.
+  paired by file stem (``X.png``, else the one prediction ``X.*``).
 
 Each takes ``--out FILE.json`` (the numbers as JSON) and ``--plots DIR`` (PNG figures). Heavy imports
 (torch, pycocotools, matplotlib) happen inside the commands so ``segdet metrics --help`` stays fast.
@@ -45,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     voc.add_argument("--format", default="voc", help="format of --gt: voc, coco, yolo, ... (default voc)")
     voc.add_argument("--dt", type=path_arg, required=True, help="detections, COCO results JSON")
     voc.add_argument(
-        "--metric", choices=("07", "10"), default="10", help="07: 11-point AP, 10: all-point AP (default)"
+        "--metric",
+        choices=("07", "10"),
+        default="10",
+        help="07: VOC2007 11-point AP at exact recall thresholds k/10 (the devkit's MATLAB VOCap); the "
+        "Python voc_eval.py's np.arange(0, 1.1, 0.1) thresholds differ by float rounding, which can change "
+        "the result (e.g. 0.626 vs 0.621 mAP on one set). 10: all-point AP (default)",
     )
     voc.add_argument("--iou-threshold", type=float, default=0.5, help="match when IoU > this (default 0.5)")
     _add_outputs(voc)
@@ -53,7 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seg = sub.add_parser("seg", help="semantic segmentation IoU / Dice / accuracy of label PNGs")
     seg.add_argument("--gt", type=path_arg, required=True, help="folder of ground-truth label PNGs")
     seg.add_argument(
-        "--pred", type=path_arg, required=True, help="folder of predicted label PNGs (same stems)"
+        "--pred",
+        type=path_arg,
+        required=True,
+        help="folder of predicted label images, paired with the ground truth by file stem: X.png, else the "
+        "one file named X.* (several are an error)",
     )
     seg.add_argument("--num-classes", type=int, required=True)
     seg.add_argument("--ignore", type=int, default=255, help="ground-truth value not counted (default 255)")
@@ -83,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_coco(args: argparse.Namespace) -> int:
     from segdet.metrics.coco_eval import evaluate_coco
 
-    for path in (args.gt, args.dt):
+    for path, kind in ((args.gt, "COCO instances"), (args.dt, "COCO results")):
+        if path.is_dir():
+            raise DataError(f"is a folder; a {kind} JSON file is expected", path)
         if not path.is_file():
             raise DataError("no such file", path)
     result = evaluate_coco(args.gt, args.dt, args.iou_type)
     print(result.summary())
+    _print_coverage(result.num_detections, result.num_images_with_detections, result.num_images)
     if args.out:
         _write_json(args.out, result.as_dict())
     if args.plots:
@@ -119,6 +131,7 @@ def _run_voc(args: argparse.Namespace) -> int:
     except DataError as e:
         raise DataError(e.problem, args.dt, e.record) from None
     print(format_voc_table(result))
+    _print_coverage(len(detections), result.num_images_with_detections, result.num_images)
     if args.out:
         _write_json(args.out, result.as_dict())
     if args.plots:
@@ -130,6 +143,14 @@ def _run_voc(args: argparse.Namespace) -> int:
         )
         print(f"wrote {out}")
     return 0
+
+
+def _print_coverage(num_detections: int, images_with_detections: int, num_images: int) -> None:
+    """A note (not an error) when there are no detections or they cover only some ground-truth images."""
+    if num_detections == 0:
+        print("note: 0 detections")
+    elif images_with_detections < num_images:
+        print(f"note: detections for {images_with_detections} of {num_images} ground-truth images")
 
 
 def format_voc_table(result) -> str:
@@ -214,7 +235,8 @@ def format_seg_table(metrics, names: Sequence[str]) -> str:
 
 
 def _pair_label_pngs(gt_dir: Path, pred_dir: Path) -> list[tuple[Path, Path]]:
-    """Ground-truth and prediction PNGs paired by file stem; a file without its pair is an error."""
+    """Ground-truth PNGs and their predictions, paired by file stem: ``X.png``, else the one file
+    ``X.*`` of the prediction folder (several are an error); a file without its pair is an error."""
     for folder in (gt_dir, pred_dir):
         if not folder.is_dir():
             raise DataError("not a folder", folder)
@@ -222,9 +244,20 @@ def _pair_label_pngs(gt_dir: Path, pred_dir: Path) -> list[tuple[Path, Path]]:
     pred = {p.stem: p for p in sorted(pred_dir.glob("*.png"))}
     if not gt:
         raise DataError("no .png label images in the folder", gt_dir)
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(pred_dir.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            by_stem.setdefault(p.stem, []).append(p)
     for stem, path in gt.items():
-        if stem not in pred:
-            raise DataError(f"no prediction {stem}.png for it in {pred_dir}", path)
+        if stem in pred:
+            continue
+        found = by_stem.get(stem, [])
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise DataError(f"several predictions for it in {pred_dir} ({names}); keep one", path)
+        if not found:
+            raise DataError(f"no prediction {stem}.png (or other {stem}.*) for it in {pred_dir}", path)
+        pred[stem] = found[0]
     for stem, path in pred.items():
         if stem not in gt:
             raise DataError(f"no ground truth {stem}.png for it in {gt_dir}", path)

@@ -9,6 +9,7 @@ that fails is it walked record by record, to name the first bad record (``what[i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,8 +41,12 @@ def _numeric_types(types: set) -> bool:
 
 def int_array(values: list, file: str | None, what: str, key: str) -> np.ndarray:
     """(N,) int64 from a list of integers; DataError naming the first non-integer (bools included)."""
-    arr = np.asarray(values) if values else np.zeros(0, np.int64)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+    try:
+        arr = np.asarray(values) if values else np.zeros(0, np.int64)
+        ok = arr.ndim == 1 and arr.dtype.kind in "iu"
+    except (ValueError, TypeError, OverflowError):  # ragged lists such as [1, [1]]
+        ok = False
+    if not ok:
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise DataError(f"{key} must be an integer, got {v!r}", file, f"{what}[{i}]")
@@ -89,15 +94,26 @@ def box_array(boxes: list, file: str | None, what: str) -> np.ndarray:
     return flat
 
 
-def index_of(ids: np.ndarray, table: np.ndarray, file: str | None, what: str, key: str) -> np.ndarray:
-    """Positions of ``ids`` in the sorted ``table``; DataError naming the first id not in it."""
+def index_of(
+    ids: np.ndarray,
+    table: np.ndarray,
+    file: str | None,
+    what: str,
+    key: str,
+    hint: Callable[[int], str] | None = None,
+) -> np.ndarray:
+    """Positions of ``ids`` in the sorted ``table``; DataError naming the first id not in it (with
+    ``hint(i)`` appended, if given, for record ``i``)."""
     pos = np.searchsorted(table, ids)
     pos_c = np.minimum(pos, max(len(table) - 1, 0))
     bad = (pos >= len(table)) | (table[pos_c] != ids) if len(table) else np.ones(len(ids), bool)
     if bad.any():
         i = int(np.argmax(bad))
         target = "an image" if key == "image_id" else "a category"
-        raise DataError(f"{key} {int(ids[i])} is not {target} of the ground truth", file, f"{what}[{i}]")
+        extra = hint(i) if hint else ""
+        raise DataError(
+            f"{key} {int(ids[i])} is not {target} of the ground truth{extra}", file, f"{what}[{i}]"
+        )
     return pos
 
 
@@ -121,7 +137,75 @@ def record_list(data: object, key: str, file: str | None) -> list:
     return data[key]
 
 
-def index_column(records: list, key: str, table: np.ndarray, file: str | None, what: str) -> np.ndarray:
+def index_column(
+    records: list,
+    key: str,
+    table: np.ndarray,
+    file: str | None,
+    what: str,
+    hint: Callable[[int], str] | None = None,
+) -> np.ndarray:
     """(N,) positions in the sorted id ``table`` of the integer ids ``records[i][key]``; DataError naming
     the first record without the key, with a non-integer id or with an id not in ``table``."""
-    return index_of(int_array(column(records, key, file, what), file, what, key), table, file, what, key)
+    ids = int_array(column(records, key, file, what), file, what, key)
+    return index_of(ids, table, file, what, key, hint)
+
+
+#: How to get detections whose image ids are the ground truth's (``segdet predict`` numbers images 0, 1, ...
+#: in its read order unless it is given the ground truth).
+PREDICT_HINT = "predict with --coco-gt GT.json numbers images as the ground truth does"
+
+
+def base_name(name: str) -> str:
+    """The last component of a file name written with ``/`` or ``\\`` separators."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def check_file_names(
+    records: list,
+    image_pos: Sequence[int],
+    gt_names: Sequence[str | None],
+    file: str | None,
+    what: str,
+) -> None:
+    """Where a detection record carries a string ``file_name`` and the ground truth has a file name for its
+    image (``gt_names[image_pos[i]]``), the two must name the same file: equal base names (``segdet
+    predict`` writes the image's base name; the ground truth may store it under a folder). DataError
+    naming the first record that disagrees. A check only: pycocotools ignores ``file_name``."""
+    for i, r in enumerate(records):
+        name = r.get("file_name")
+        if not isinstance(name, str):
+            continue
+        expected = gt_names[image_pos[i]]
+        if isinstance(expected, str) and base_name(name) != base_name(expected):
+            raise DataError(
+                f"file_name {name!r} is not the ground truth's {expected!r} for image_id "
+                f"{r['image_id']!r} ({PREDICT_HINT})",
+                file,
+                f"{what}[{i}]",
+            )
+
+
+def file_name_hint(records: list, ids_by_name: Mapping[str, object]) -> Callable[[int], str]:
+    """``hint(i)`` for :func:`index_of`: when record ``i``'s image_id is unknown but its ``file_name``
+    (base name) is a ground-truth image's, say which and how to get matching ids."""
+
+    def hint(i: int) -> str:
+        name = records[i].get("file_name") if isinstance(records[i], dict) else None
+        if isinstance(name, str) and base_name(name) in ids_by_name:
+            return (
+                f"; its file_name {name!r} is ground-truth image {ids_by_name[base_name(name)]!r} "
+                f"({PREDICT_HINT})"
+            )
+        return ""
+
+    return hint
+
+
+def ids_by_base_name(ids: Sequence[object], names: Sequence[str | None]) -> dict[str, object]:
+    """``{base name: id}`` of the ground-truth images that have a file name (the first id per name)."""
+    out: dict[str, object] = {}
+    for image_id, name in zip(ids, names, strict=True):
+        if isinstance(name, str):
+            out.setdefault(base_name(name), image_id)
+    return out

@@ -37,8 +37,11 @@ from pycocotools import mask as mask_utils
 from segdet.errors import DataError
 from segdet.metrics.coco_columns import (
     box_array,
+    check_file_names,
     column,
+    file_name_hint,
     float_array,
+    ids_by_base_name,
     index_column,
     int_array,
     record_list,
@@ -63,6 +66,7 @@ class CocoGroundTruth:
     rles: list[dict] | None  # compressed RLEs, segm evaluation only
     heights: np.ndarray | None  # (I,) image heights, segm only
     widths: np.ndarray | None
+    file_names: tuple[str | None, ...] = ()  # (I,) each image's file_name (None where absent), id order
 
 
 @dataclass(frozen=True)
@@ -220,8 +224,15 @@ def read_ground_truth(source: dict | str | PathLike, iou_type: str) -> CocoGroun
         None,
         heights,
         widths,
+        _file_names(images, img_order),
     )
     return _with_shapes(gt, anns, iou_type)
+
+
+def _file_names(images: list, img_order: np.ndarray) -> tuple[str | None, ...]:
+    """Each image's ``file_name`` (None where it is absent or not a string), in id order."""
+    names = [im.get("file_name") for im in images]
+    return tuple(names[i] if isinstance(names[i], str) else None for i in img_order.tolist())
 
 
 def _categories(cats: list, file: str | None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -280,7 +291,10 @@ def read_detections(source: list | str | PathLike, gt: CocoGroundTruth, iou_type
         raise DataError("results must be a JSON list of detections", file)
     what = "results"
     n = len(data)
-    image = index_column(data, "image_id", gt.image_ids, file, what)
+    names = gt.file_names or (None,) * len(gt.image_ids)
+    hint = file_name_hint(data, ids_by_base_name(gt.image_ids.tolist(), names))
+    image = index_column(data, "image_id", gt.image_ids, file, what, hint)
+    check_file_names(data, image.tolist(), names, file, what)
     category = index_column(data, "category_id", gt.category_ids, file, what)
     score = float_array(column(data, "score", file, what), file, what, "score")
     if n == 0:

@@ -85,6 +85,9 @@ class CocoEvalResult:
     iou_thrs: np.ndarray
     area_labels: tuple[str, ...]
     max_dets: tuple[int, ...]
+    num_images: int = 0  # ground-truth images
+    num_images_with_detections: int = 0
+    num_detections: int = 0
 
     def summary(self) -> str:
         """The 12 lines ``COCOeval.summarize`` prints, in the same layout."""
@@ -183,6 +186,9 @@ def evaluate_coco(
         thrs,
         tuple(labels),
         tuple(max_list),
+        len(truth.image_ids),
+        len(np.unique(dets.image)),
+        len(dets.image),
     )
 
 

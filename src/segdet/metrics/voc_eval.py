@@ -27,13 +27,21 @@ has no crowd annotations and ignoring detections on them is the closest equivale
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from segdet.data.structures import AnnotationSet, ImageRecord
 from segdet.errors import DataError
+from segdet.metrics.coco_columns import (
+    box_array,
+    check_file_names,
+    column,
+    file_name_hint,
+    float_array,
+    ids_by_base_name,
+)
 
 
 def voc_ap(
@@ -80,6 +88,8 @@ class VocResult:
     use_07_metric: bool = False
     iou_threshold: float = 0.5
     num_detections: dict[str, int] = field(default_factory=dict)
+    num_images: int = 0  # ground-truth images
+    num_images_with_detections: int = 0
 
     def as_dict(self) -> dict:
         """JSON-ready form (NaN as ``None``)."""
@@ -118,37 +128,62 @@ def _image_index(ground_truth: AnnotationSet) -> dict[object, int]:
 
 
 def _detections_from_results(ground_truth: AnnotationSet, results: Sequence[Mapping]) -> list[_Detection]:
-    """Parse COCO results dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
+    """Parse COCO results dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``), checked record by
+    record as ``segdet metrics coco`` checks them (:mod:`segdet.metrics.coco_columns`, same messages, the
+    record named ``results[i]``); ``image_id`` may also be an image's file name or stem and
+    ``category_id`` a class name."""
+    what = "results"
+    records = results if isinstance(results, list) else list(results)
+    images = _image_index(ground_truth)
+    gt_ids = [im.id for im in ground_truth.images]
+    gt_names = [im.file_name for im in ground_truth.images]
+    hint = file_name_hint(records, ids_by_base_name(gt_ids, gt_names))
+    image = [_image_of(v, images, hint, i) for i, v in enumerate(column(records, "image_id", None, what))]
+    position = {image_id: k for k, image_id in enumerate(gt_ids)}
+    check_file_names(records, [position[v] for v in image], gt_names, None, what)
     label_of = ground_truth.label_of_category()
     label_of_name = {name: i for i, name in enumerate(ground_truth.classes)}
-    images = _image_index(ground_truth)
-    out: list[_Detection] = []
-    for i, r in enumerate(results):
-        where = f"detection {i}"
-        if not isinstance(r, Mapping):
-            raise DataError(f"expected an object, got {type(r).__name__}", record=where)
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
-        if missing:
-            raise DataError(f"missing key(s) {', '.join(missing)}", record=where)
-        image_id, cat = r["image_id"], r["category_id"]
-        if not isinstance(image_id, int | str) or image_id not in images:
-            raise DataError(f"image_id {image_id!r} is not in the ground truth", record=where)
-        if not isinstance(cat, int | str):
-            raise DataError(f"category_id {cat!r} is not an id or a class name", record=where)
-        label = label_of_name.get(cat) if isinstance(cat, str) else label_of.get(cat)
-        if label is None:
-            raise DataError(f"category_id {cat!r} is not a ground-truth category", record=where)
-        try:
-            x, y, w, h = (float(v) for v in r["bbox"])
-            score = float(r["score"])
-        except (TypeError, ValueError):
-            raise DataError(
-                f"bbox {r['bbox']!r} / score {r['score']!r} are not numbers", record=where
-            ) from None
-        if not all(math.isfinite(v) for v in (x, y, w, h, score)):
-            raise DataError("bbox or score is not finite", record=where)
-        out.append((images[image_id], label, score, (x, y, x + w, y + h)))
-    return out
+    label = [
+        _label_of(v, label_of, label_of_name, f"{what}[{i}]")
+        for i, v in enumerate(column(records, "category_id", None, what))
+    ]
+    score = float_array(column(records, "score", None, what), None, what, "score").tolist()
+    box = box_array(column(records, "bbox", None, what), None, what)
+    xyxy = np.concatenate([box[:, :2], box[:, :2] + box[:, 2:]], axis=1).tolist()
+    return [(im, lb, sc, tuple(b)) for im, lb, sc, b in zip(image, label, score, xyxy, strict=True)]
+
+
+def _image_of(value: object, images: Mapping[object, int], hint: Callable[[int], str], i: int) -> int:
+    """The ground-truth image id that result ``i``'s ``image_id`` (an id, file name or file stem) names."""
+    record = f"results[{i}]"
+    if isinstance(value, str):
+        if value in images:
+            return images[value]
+        raise DataError(
+            f"image_id must be an integer (or a ground-truth image's file name or stem), got {value!r}",
+            record=record,
+        )
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"image_id must be an integer, got {value!r}", record=record)
+    if int(value) not in images:
+        raise DataError(f"image_id {int(value)} is not an image of the ground truth{hint(i)}", record=record)
+    return images[int(value)]
+
+
+def _label_of(
+    value: object, label_of: Mapping[int, int], label_of_name: Mapping[str, int], record: str
+) -> int:
+    """The label of a result's ``category_id`` (a ground-truth category id or class name)."""
+    if isinstance(value, str):
+        if value in label_of_name:
+            return label_of_name[value]
+        raise DataError(f"category_id {value!r} is not a ground-truth class name", record=record)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"category_id must be an integer or a class name, got {value!r}", record=record)
+    label = label_of.get(int(value))
+    if label is None:
+        raise DataError(f"category_id {int(value)} is not a category of the ground truth", record=record)
+    return label
 
 
 def _detections_from_set(ground_truth: AnnotationSet, detections: AnnotationSet) -> list[_Detection]:
@@ -255,6 +290,8 @@ def evaluate_voc(
         npos={},
         use_07_metric=use_07_metric,
         iou_threshold=iou_threshold,
+        num_images=len(ground_truth.images),
+        num_images_with_detections=len({d[0] for d in dets}),
     )
     for label, name in enumerate(ground_truth.classes):
         gt = _class_gt(ground_truth.images, label)
