@@ -52,6 +52,25 @@ def seg_case(tmp_path, seed=0):
     return cm
 
 
+def test_seg_takes_a_classes_txt_that_names_the_ignore_value(tmp_path, capsys) -> None:
+    """CamVid's own classes.txt: 11 classes, then ``Unlabelled`` for value 11, its ignore value. With
+    ``--num-classes 11 --ignore 11`` it was refused as "12 class names for --num-classes 11"; here 4
+    classes and ``void`` for value 4. Another extra line (not an ignore name, or not at the ignore
+    value) is still refused."""
+    labels = np.array([[0, 1, 2, 3], [3, 2, 1, 4]])  # 4: the ignore value
+    write_labels(tmp_path / "gt", {"a": labels})
+    write_labels(tmp_path / "pred", {"a": np.where(labels == 4, 0, labels)})
+    args = ["metrics", "seg", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
+    names = tmp_path / "classes.txt"
+    names.write_text("bg\ncat\ndog\nbird\nvoid\n")
+    assert main([*args, "--num-classes", "4", "--ignore", "4", "--class-names", str(names)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^bird\s", out, re.M) and not re.search(r"^void\s", out, re.M), out
+    names.write_text("bg\ncat\ndog\nbird\nhorse\n")  # the extra line is not an ignore name
+    assert main([*args, "--num-classes", "4", "--ignore", "4", "--class-names", str(names)]) == 1
+    assert "5 class names for --num-classes 4" in capsys.readouterr().err
+
+
 def test_seg_prints_library_numbers_and_writes_json(tmp_path, capsys) -> None:
     """Printed per-class IoU/Dice/Acc and means equal ConfusionMatrix.compute() on the same arrays."""
     cm = seg_case(tmp_path)

@@ -178,7 +178,7 @@ def _run_seg(args: argparse.Namespace) -> int:
             f"--num-classes must be in [1, {MAX_SEG_CLASSES}], got {args.num_classes} (the confusion matrix "
             f"has num_classes**2 cells: {args.num_classes**2 * 8 / 2**30:.3g} GiB)"
         )
-    names = _class_names(args.class_names, args.num_classes)
+    names = _class_names(args.class_names, args.num_classes, args.ignore)
     pairs = _pair_label_pngs(args.gt, args.pred)
     cm = ConfusionMatrix(args.num_classes, ignore_index=args.ignore)
     for gt_path, pred_path in pairs:
@@ -269,13 +269,19 @@ def _first_out_of_range(values: np.ndarray, num_classes: int) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def _class_names(path: Path | None, num_classes: int) -> list[str]:
+def _class_names(path: Path | None, num_classes: int, ignore: int) -> list[str]:
+    """The names of ``--class-names``, one per class; a last line naming the ignore value (CamVid's
+    ``classes.txt``: 11 classes, then ``Unlabelled`` for value 11 with ``--ignore 11``) is dropped."""
+    from segdet.data.formats.masks import IGNORE_NAMES
+
     if path is None:
         return [str(i) for i in range(num_classes)]
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read class names ({e})", path) from None
+    if len(names) == num_classes + 1 and ignore == num_classes and names[-1].lower() in IGNORE_NAMES:
+        names = names[:-1]
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names for --num-classes {num_classes}", path)
     return names
