@@ -53,6 +53,8 @@ def test_defaults_keep_the_standard_set_and_a_quarter(tmp_path):
     [
         ("data.synthetic_difficulty=hard", "data.synthetic_difficulty: 'hard' must be standard or easy"),
         ("data.synthetic_val=-1", "data.synthetic_val: -1 must be 0"),
+        ("data.fraction=0", r"data.fraction: 0.0 must be in \(0, 1\]"),
+        ("data.fraction=1.5", r"data.fraction: 1.5 must be in \(0, 1\]"),
     ],
 )
 def test_bad_values_are_named(tmp_path, override, message):
@@ -94,3 +96,20 @@ def test_data_paths_are_made_absolute_from_where_the_run_starts(tmp_path, monkey
         ["train", "task=segmentation", "data.format=masks", "data.train.path=nowhere", "output_dir=runs"]
     )
     assert code == 1 and str(tmp_path / "nowhere") in capsys.readouterr().err
+
+
+def test_fraction_keeps_part_of_the_training_images_and_the_whole_validation_set(tmp_path):
+    """``data.fraction=0.25`` of 40 files held out at 0.2: 8 validation images as without it, and 8 of
+    the 32 training images, a seeded choice (the same on every run) in the set's order."""
+    from segdet.data.formats import write_dataset
+
+    source = write_dataset("coco", shapes.generate(tmp_path / "s", 40, seed=0, size=32), tmp_path / "c")
+    base = [f"output_dir={tmp_path}", "data.format=coco", f"data.train.path={source}"]
+    base.append("data.val_fraction=0.2")
+    full_train, full_val = train_val_splits(load_config(None, base))
+    train, val = train_val_splits(load_config(None, [*base, "data.fraction=0.25"]))
+    again, _ = train_val_splits(load_config(None, [*base, "data.fraction=0.25"]))
+    assert [im.id for im in val.images] == [im.id for im in full_val.images]
+    ids = [im.id for im in train.images]
+    assert len(ids) == 8 and ids == sorted(ids) and ids == [im.id for im in again.images]
+    assert set(ids) <= {im.id for im in full_train.images}

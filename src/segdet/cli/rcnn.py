@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-fraction", type=float, default=0.2, help="without --val: images held out for validation"
     )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="train on this fraction of the training images (a seeded choice; a quick try: selective "
+        "search then runs on fewer images)",
+    )
     parser.add_argument("--synthetic", type=int, default=0, help="train on N synthetic shapes images")
     parser.add_argument("--synthetic-size", type=int, default=96)
     parser.add_argument("--out", type=path_arg, required=True, help="output folder (absent or empty)")
@@ -66,7 +73,9 @@ def run_config(args: argparse.Namespace, options: dict):
     if args.path is None and not args.synthetic:
         raise ConfigError("give a training dataset PATH or --synthetic N")
     out = args.out.resolve()
-    data = DataConfig(synthetic=args.synthetic, synthetic_size=args.synthetic_size)
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
+    data = DataConfig(synthetic=args.synthetic, synthetic_size=args.synthetic_size, fraction=args.fraction)
     if not args.synthetic:
         data.format = args.format or detect_format(args.path)
         data.train = DataSplit(path=str(args.path.resolve()))
@@ -119,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--steps, --positives, --proposals, --input-size, --pool-size and --svm-c must be > 0"
         )
-    output_dir(args.out, overwrite=args.overwrite, sources=[args.path, args.val])
     options = _model_options(args)
-    cfg = run_config(args, options)
+    cfg = run_config(args, options)  # checked before the output folder is made
+    output_dir(args.out, overwrite=args.overwrite, sources=[args.path, args.val])
     train, val = train_val_splits(cfg)
     torch.manual_seed(args.seed)
     model = rcnn_resnet_c4(len(train.classes), **options)

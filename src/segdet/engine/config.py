@@ -45,6 +45,9 @@ class DataConfig:
     val: DataSplit | None = None
     # When ``val`` is not given, this fraction of the training images is held out (deterministically).
     val_fraction: float = 0.0
+    # Train on this fraction of the training images (a seeded choice, after the hold-out above; 1: all),
+    # for a quick try on part of a set, as Ultralytics' ``fraction``. The validation set is unchanged.
+    fraction: float = 1.0
     # Synthetic shapes instead of files: number of training images (0 = use ``train``).
     synthetic: int = 0
     synthetic_size: int = 128

@@ -31,6 +31,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "output_dir": (bool, "must not be empty"),
     "model.num_classes": (lambda v: v >= 1, "must be at least 1"),
     "data.val_fraction": (_unit, "must be in [0, 1)"),
+    "data.fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]: the fraction of the training images"),
     "data.synthetic": (lambda v: v >= 0, "must be 0 (files) or a number of images"),
     "data.synthetic_size": (lambda v: 16 <= v <= 4096, "must be in [16, 4096] pixels"),
     "data.synthetic_val": (lambda v: v >= 0, "must be 0 (a quarter of data.synthetic) or a number of images"),

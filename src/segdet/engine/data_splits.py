@@ -3,7 +3,7 @@
 ``data.synthetic: N`` draws the built-in shapes set; otherwise ``data.train`` (and ``data.val``) are
 read with the format reader ``data.format``. Without ``data.val``, ``data.val_fraction`` of the
 training images is held out by a seeded permutation, so the split is the same on every run with the
-same ``train.seed``.
+same ``train.seed``. ``data.fraction`` then keeps that fraction of the training images, for a quick try.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from segdet.errors import ConfigError
 # The synthetic validation set's seed is ``train.seed + VAL_SEED_OFFSET``: image i of seed s is drawn
 # from ``default_rng([s, i])`` alone, so no validation image repeats a training image.
 VAL_SEED_OFFSET = 1_000_003
+# ``data.fraction``'s choice is drawn from ``default_rng([train.seed, FRACTION_SEED])``: a stream of its
+# own, so the held-out validation images do not depend on it.
+FRACTION_SEED = 7
 
 
 def absolute_data_paths(cfg: Config) -> None:
@@ -91,31 +94,41 @@ def holdout(dataset: AnnotationSet, fraction: float, seed: int) -> tuple[Annotat
     """Split off ``fraction`` of the images, chosen by a seeded permutation, as a validation set."""
     order = np.random.default_rng(seed).permutation(len(dataset.images))
     n_val = max(1, round(fraction * len(order)))
-    val_idx, train_idx = set(order[:n_val].tolist()), order[n_val:]
+    return _subset(dataset, order[n_val:]), _subset(dataset, order[:n_val])
 
-    def subset(indices) -> AnnotationSet:
-        return AnnotationSet(
-            [dataset.images[i] for i in sorted(indices)],
-            dataset.classes,
-            dataset.category_ids,
-            dataset.semantic_classes,
-            dataset.ignore_index,
-            [],
-            dataset.source,
-        )
 
-    return subset(train_idx), subset(val_idx)
+def keep_fraction(dataset: AnnotationSet, fraction: float, seed: int) -> AnnotationSet:
+    """``fraction`` of the images (at least one), chosen by a seeded permutation of their own seed, in
+    their order: ``data.fraction``, a quick try on part of a set (Ultralytics' ``fraction``)."""
+    if fraction >= 1.0:
+        return dataset
+    order = np.random.default_rng([seed, FRACTION_SEED]).permutation(len(dataset.images))
+    return _subset(dataset, order[: max(1, round(fraction * len(order)))])
+
+
+def _subset(dataset: AnnotationSet, indices) -> AnnotationSet:
+    """The images of ``dataset`` at ``indices``, in the dataset's order; no problems carried over."""
+    return AnnotationSet(
+        [dataset.images[i] for i in sorted(int(i) for i in indices)],
+        dataset.classes,
+        dataset.category_ids,
+        dataset.semantic_classes,
+        dataset.ignore_index,
+        [],
+        dataset.source,
+    )
 
 
 def train_val_splits(cfg: Config, *, report: bool = True) -> tuple[AnnotationSet, AnnotationSet | None]:
     """The run's training set and validation set (``None`` when there is none); ``report`` as
     :func:`load_split`'s."""
     if cfg.data.synthetic:
-        return synthetic_split(cfg, "train"), synthetic_split(cfg, "val")
+        train, val = synthetic_split(cfg, "train"), synthetic_split(cfg, "val")
+        return keep_fraction(train, cfg.data.fraction, cfg.train.seed), val
     train = load_split(cfg, "train", report=report)
     if train is None:
         raise ConfigError("data.train.path: no training data given (or set data.synthetic: N)")
     val = load_split(cfg, "val", report=report)
     if val is None and cfg.data.val_fraction > 0:
         train, val = holdout(train, cfg.data.val_fraction, cfg.train.seed)
-    return train, val
+    return keep_fraction(train, cfg.data.fraction, cfg.train.seed), val
