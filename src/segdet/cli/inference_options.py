@@ -58,27 +58,29 @@ def timing(num_images: int, seconds: float, device, verb: str) -> str:
 def refuse_detector_options(options: dict[str, object], checkpoint, task: str) -> None:
     """A one-line :class:`ConfigError` when a segmentation checkpoint is given options that only detectors
     use (``options``: each option's name and value, ``None`` when not given), instead of ignoring them."""
-    from segdet.errors import ConfigError
-
-    given = [name for name, value in options.items() if value is not None]
-    if task != "segmentation" or not given:
-        return
-    names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
-    verb = "applies" if len(given) == 1 else "apply"
-    raise ConfigError(f"{checkpoint}: {names} {verb} to detectors only; this is a segmentation checkpoint")
+    if task == "segmentation":
+        _refuse_given(options, checkpoint, "detectors only; this is a segmentation checkpoint")
 
 
 def refuse_segmentation_options(options: dict[str, object], checkpoint, task: str) -> None:
     """The mirror of :func:`refuse_detector_options`: options only segmentation models use, given with a
     detector's checkpoint (a detector resizes as its own ``min_size`` / ``max_size`` say)."""
+    if task != "segmentation":
+        _refuse_given(
+            options,
+            checkpoint,
+            f"segmentation models only; this is a {task} checkpoint (a detector resizes as its "
+            "model.min_size / model.max_size say)",
+        )
+
+
+def _refuse_given(options: dict[str, object], checkpoint, applies_to: str) -> None:
+    """Raise "<checkpoint>: --a and --b apply to <applies_to>" for the options given (value not None)."""
     from segdet.errors import ConfigError
 
     given = [name for name, value in options.items() if value is not None]
-    if task == "segmentation" or not given:
+    if not given:
         return
     names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
     verb = "applies" if len(given) == 1 else "apply"
-    raise ConfigError(
-        f"{checkpoint}: {names} {verb} to segmentation models only; this is a {task} checkpoint (a detector "
-        "resizes as its model.min_size / model.max_size say)"
-    )
+    raise ConfigError(f"{checkpoint}: {names} {verb} to {applies_to}")

@@ -172,12 +172,13 @@ def check_file_names(
     image (``gt_names[image_pos[i]]``), the two must name the same file: equal base names (``segdet
     predict`` writes the image's base name; the ground truth may store it under a folder). DataError
     naming the first record that disagrees. A check only: pycocotools ignores ``file_name``."""
+    gt_base = [base_name(n) if isinstance(n, str) else None for n in gt_names]  # once per image
     for i, r in enumerate(records):
         name = r.get("file_name")
         if not isinstance(name, str):
             continue
         expected = gt_names[image_pos[i]]
-        if isinstance(expected, str) and base_name(name) != base_name(expected):
+        if gt_base[image_pos[i]] is not None and base_name(name) != gt_base[image_pos[i]]:
             raise DataError(
                 f"file_name {name!r} is not the ground truth's {expected!r} for image_id "
                 f"{r['image_id']!r} ({PREDICT_HINT})",
