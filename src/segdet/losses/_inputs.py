@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: the half-precision dtypes whose sums and products the losses take in float32
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 
 def shape_str(t: Tensor) -> str:
     """``(2, 3, 8, 8) float32``: how error messages show a tensor."""
@@ -58,7 +61,7 @@ def float32_if_half(t: Tensor) -> Tensor:
     For the losses whose sums or products outgrow half precision: fp16 overflows past 65504 (the area
     of a 256×256 box, a Dice sum over more pixels than that), bf16 keeps about 3 significant digits.
     """
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    return t.float() if t.dtype in HALF_DTYPES else t
 
 
 def valid_mask(targets: Tensor, ignore_index: int | float | None) -> Tensor | None:

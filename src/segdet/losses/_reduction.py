@@ -21,14 +21,15 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from segdet.losses._inputs import HALF_DTYPES
+
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def accurate_sum(t: Tensor) -> Tensor:
     """``t.sum()``, accumulated and returned in float32 when ``t`` is fp16 / bf16 (module docstring)."""
-    return t.sum(dtype=torch.float32) if t.dtype in _HALF else t.sum()
+    return t.sum(dtype=torch.float32) if t.dtype in HALF_DTYPES else t.sum()
 
 
 def check_reduction(reduction: str) -> str:
