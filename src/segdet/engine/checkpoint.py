@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from segdet.data.formats.layout import IMAGE_EXTENSIONS
 from segdet.engine.atomic import fsync_folder
 from segdet.errors import SegdetError
 
@@ -91,7 +92,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 # File signatures (their first bytes) of what is given by mistake for a checkpoint.
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _not_safetensors(path: Path) -> str | None:
@@ -117,7 +117,7 @@ def _not_safetensors(path: Path) -> str | None:
             "this is a PyTorch file written by torch.save (a config's model.weights takes such weights to "
             "start a training from)"
         )
-    if suffix in _IMAGE_SUFFIXES:
+    if suffix in IMAGE_EXTENSIONS:  # an image whose first bytes are not one of the signatures above
         return "this is an image"
     try:
         text = head.decode("utf-8")
