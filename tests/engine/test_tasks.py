@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typing
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,37 @@ def test_detection_training_samples_only_flip(tmp_path):
     mirrored = torch.stack([48 - boxes[:, 2], boxes[:, 1], 48 - boxes[:, 0], boxes[:, 3]], dim=1)
     assert torch.allclose(target["boxes"].as_subclass(torch.Tensor), mirrored)
     assert target["masks"].shape[0] == len(record.instances)
+
+
+class _HalfExtraClass(torch.nn.Module):
+    """Predicts class 0 on the left half and the model's last class (one the set never scores) on the
+    right half."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], self.num_classes, *x.shape[-2:])
+        half = x.shape[-1] // 2
+        logits[:, 0, :, :half] = 1
+        logits[:, -1, :, half:] = 1
+        return logits
+
+
+def test_segmentation_means_average_over_the_sets_classes_only(tmp_path):
+    """A model with an output the set never scores (here one class past the set's list, as a model
+    trained with an ``Unlabelled`` class has): its pixels are errors of the true class, but its own
+    IoU (0) is no class of the set, so mIoU / mDice are the means of the per-class scores reported,
+    as mmsegmentation averages over the dataset's classes only."""
+    from torch.utils.data import DataLoader
+
+    cfg = _cfg(tmp_path, "segmentation")
+    task = SegmentationTask(cfg)
+    task.num_classes = len(task.classes) + 1
+    loader = DataLoader(task.val_dataset(), batch_size=2, collate_fn=task.val_collate)
+    out = task.evaluate(_HalfExtraClass(task.num_classes), loader, torch.device("cpu"))
+    per_class = [out[f"IoU/{name}"] for name in task.classes]
+    expected = float(np.nanmean(per_class))
+    assert out["mIoU"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < out["mIoU"] < 1 and out["pixel_acc"] < 1

@@ -198,3 +198,21 @@ def test_all_reduce_with_two_gloo_processes(tmp_path) -> None:
         expected.merge(part)
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), expected.matrix.numpy())
+
+
+def test_means_leave_out_an_ignored_class_and_unscored_outputs() -> None:
+    """An ignore value inside 0..C-1 (an ``ignore`` class kept in the middle of classes.txt) never has
+    truth; a prediction of it is an error of the true class (its FN) but its own IoU 0 is no class of
+    the set, so the means average over the other classes, as mmsegmentation's do; ``scored`` names the
+    averaged classes explicitly. Reference: the hand-computed counts below, exactly."""
+    cm = ConfusionMatrix(3, ignore_index=1)
+    # truth 0,0,2,2,1 ; predicted 0,1,2,0,2 -> class 0: TP 1 FN 1 FP 1; class 2: TP 1 FN 1
+    cm.update(torch.tensor([0, 1, 2, 0, 2]), torch.tensor([0, 0, 2, 2, 1]))
+    m = cm.compute()
+    assert m.iou[1] == 0.0  # predicted once, never true: kept in the per-class array
+    assert m.mean_iou == pytest.approx((1 / 3 + 1 / 2) / 2, abs=1e-12)
+    assert m.mean_class_accuracy == pytest.approx(0.5, abs=1e-12)
+    assert cm.compute(scored=[0]).mean_iou == pytest.approx(1 / 3, abs=1e-12)
+    assert cm.compute(scored=[0, 1, 2]).mean_iou == pytest.approx((1 / 3 + 0 + 1 / 2) / 3, abs=1e-12)
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+        cm.compute(scored=[3])

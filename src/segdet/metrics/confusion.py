@@ -193,8 +193,21 @@ class ConfusionMatrix:
             dist.all_reduce(self._matrix, op=dist.ReduceOp.SUM, group=group)
         return self
 
-    def compute(self) -> SegMetrics:
-        """The scores of the counts so far (formulas in the module docstring)."""
+    def compute(self, scored: Sequence[int] | None = None) -> SegMetrics:
+        """The scores of the counts so far (formulas in the module docstring).
+
+        ``scored``: the classes the means average over; default every class but ``ignore_index``. A
+        model may have outputs that the set never scores: an ignore class kept in the middle of the
+        class list, or one it was trained with past the set's classes. Their pixels are still errors
+        of the true class (its false negatives), but their own IoU (0 when predicted, NaN when not) is
+        no class of the set, so it stays out of the means, as in mmsegmentation, whose ignored label is
+        no class at all. The per-class arrays keep every class.
+        """
+        if scored is None:
+            scored = [c for c in range(self.num_classes) if c != self.ignore_index]
+        scored = np.asarray(list(scored), dtype=np.int64)
+        if scored.size and (scored.min() < 0 or scored.max() >= self.num_classes):
+            raise ValueError(f"scored classes {scored.tolist()} outside 0..{self.num_classes - 1}")
         m = self._matrix.detach().cpu().numpy().astype(np.float64)
         tp = np.diag(m)
         truth = m.sum(axis=1)  # TP + FN
@@ -214,9 +227,9 @@ class ConfusionMatrix:
             dice=dice,
             class_accuracy=class_accuracy,
             pixel_accuracy=pixel_accuracy,
-            mean_iou=_nanmean(iou),
-            mean_dice=_nanmean(dice),
-            mean_class_accuracy=_nanmean(class_accuracy),
+            mean_iou=_nanmean(iou[scored]),
+            mean_dice=_nanmean(dice[scored]),
+            mean_class_accuracy=_nanmean(class_accuracy[scored]),
             fw_iou=fw_iou,
         )
 
