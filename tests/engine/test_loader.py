@@ -110,3 +110,22 @@ def test_immediate_guard_stops_at_once():
     guard.observe(torch.tensor(1.0), _where(0))
     with pytest.raises(SegdetError, match=r"became inf at step 1 .*were not updated"):
         guard.observe(torch.tensor(float("inf")), _where(1))
+
+
+@pytest.mark.parametrize(("size", "world"), [(5, 2), (7, 3), (2, 4), (8, 2)])
+def test_evaluation_shares_score_every_image_once(size, world):
+    """Under DDP each process evaluates a share of the validation set; together they are the set, each
+    image once (``DistributedSampler`` repeats images to even out the shares, and a summed confusion
+    matrix would count them twice). Reference: Detectron2's ``InferenceSampler``; exact."""
+    from segdet.engine.distributed import DistInfo
+    from segdet.engine.loader import sampler_for
+
+    dataset = list(range(size))
+    shares = [list(sampler_for(dataset, DistInfo(rank, world), 0, train=False)) for rank in range(world)]
+    assert sorted(i for share in shares for i in share) == dataset
+    assert [len(share) for share in shares] == [
+        len(sampler_for(dataset, DistInfo(r, world), 0, train=False)) for r in range(world)
+    ]
+    # training keeps DistributedSampler: equal shares, so every process takes the same number of steps
+    train = [len(sampler_for(dataset, DistInfo(rank, world), 0, train=True)) for rank in range(world)]
+    assert len(set(train)) == 1

@@ -114,7 +114,8 @@ def coco_metrics(gt: dict, results: list[dict], *, masks: bool) -> dict[str, flo
 
 def gather_results(results: dict[int, list[dict]]) -> dict[int, list[dict]]:
     """Every process's ``{image_id: results}`` merged, on every process (identity without DDP).
-    ``DistributedSampler`` repeats a few images to even out the shares; keyed by image they count once."""
+    Each image is evaluated on one process (:class:`segdet.engine.loader.ShardSampler`); keying by
+    image would also count a repeated one once."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):

@@ -95,13 +95,34 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+class ShardSampler(Sampler[int]):
+    """Process ``rank``'s share of ``0..size-1`` for evaluation in a DDP group: every ``world_size``-th
+    index from ``rank``, each index on exactly one process. Unlike ``DistributedSampler`` it does not
+    repeat images to even out the shares (shares differ by at most one): metrics summed over processes
+    (a segmentation confusion matrix) would count a repeated image twice. Detectron2's
+    ``InferenceSampler`` does the same. Evaluation runs the unwrapped model, so the unequal numbers of
+    batches meet no collective before the final reduction."""
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
 def sampler_for(dataset: Dataset, dist: DistInfo, seed: int, *, train: bool) -> Sampler[int]:
-    """The order of ``dataset``: in a DDP group each process's share (``DistributedSampler``, shuffled
-    for training); alone, :class:`EpochSampler` for training and the dataset's order for evaluation."""
-    if dist.enabled:
+    """The order of ``dataset``: in a DDP group each process's share (``DistributedSampler``, shuffled,
+    for training; :class:`ShardSampler`, each image once, for evaluation); alone, :class:`EpochSampler`
+    for training and the dataset's order for evaluation."""
+    if dist.enabled and train:
         return DistributedSampler(
-            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=train, seed=seed, drop_last=False
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
         )
+    if dist.enabled:
+        return ShardSampler(len(dataset), dist.rank, dist.world_size)
     return EpochSampler(len(dataset), seed) if train else SequentialSampler(dataset)
 
 
