@@ -93,3 +93,26 @@ def test_rois_of_the_wrong_shape_are_refused():
     rois = _rois(100, 1, 10.0)[:, 1:]  # 4 columns: not the [K, 5] layout
     with pytest.raises(ValueError, match=r"\[K, 5\]"):
         threaded.roi_align(features, rois, 2, 1.0, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_rois", [10, 100])
+def test_low_precision_features_with_float32_rois_at_any_roi_count(two_threads, dtype, num_rois):
+    """Half / bfloat16 features with float32 RoIs (a ``model.half()`` R-CNN: the RPN's proposals stay
+    float32) pool the same with few RoIs (torchvision's path) as with many (the threaded one).
+
+    Reference: torchvision's autocast rule, ``roi_align(x.float(), rois.float()).to(x.dtype)``; equal
+    (torch.equal), the gradient to 1e-3 in ``dtype``. Before the fix the few-RoI path called
+    torchvision's CPU kernel directly, which refuses RoIs of another dtype than the features and has
+    no bfloat16 kernel.
+    """
+    features = torch.randn(2, 4, 20, 24).to(dtype).requires_grad_()
+    rois = _rois(num_rois, 2, 80.0)
+    got = threaded.roi_align(features, rois, 7, 0.25, 2)
+    expected = torchvision.ops.roi_align(features.detach().float(), rois, 7, 0.25, 2).to(dtype)
+    assert got.dtype == dtype
+    assert torch.equal(got, expected)
+    got.float().sum().backward()
+    reference = features.detach().float().requires_grad_()
+    torchvision.ops.roi_align(reference, rois, 7, 0.25, 2).sum().backward()
+    torch.testing.assert_close(features.grad.float(), reference.grad, atol=1e-3, rtol=1e-2)

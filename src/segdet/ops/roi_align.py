@@ -115,5 +115,10 @@ def roi_align(
     # Exported graphs (segdet export) hold torchvision's op itself: the threads are this process's
     chunks = 1 if torch.compiler.is_exporting() else _num_chunks(input, rois)
     if chunks == 1:
-        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+        # The same dtypes as the threaded path: torchvision's kernels refuse rois of another dtype than
+        # the input and have no bfloat16 CPU kernel (a half-precision model's float32 proposals).
+        low = input.dtype not in (torch.float32, torch.float64)
+        x = input.float() if low else input
+        out = tv_roi_align(x, rois.to(x.dtype), output_size, spatial_scale, sampling_ratio, aligned)
+        return out.to(input.dtype) if low else out
     return _RoIAlign.apply(input, rois, spatial_scale, _pair(output_size), sampling_ratio, aligned, chunks)
