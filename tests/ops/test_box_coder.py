@@ -139,3 +139,19 @@ def test_box_coder_on_cuda_equals_cpu():
     torch.testing.assert_close(targets.cpu(), coder.encode(gt, anchors), rtol=1e-12, atol=1e-12)
     decoded = coder.decode(targets, [anchors[:20].cuda(), anchors[20:].cuda()])
     torch.testing.assert_close(decoded.cpu(), coder.decode(targets.cpu(), anchors), rtol=1e-12, atol=1e-12)
+
+
+def test_integer_boxes_encode_against_float_anchors():
+    """Integer ground-truth boxes (pixel-aligned annotations) encode against float anchors as their
+    float values do.
+
+    Reference: torchvision's ``BoxCoder.encode_single``, whose arithmetic promotes int boxes with float
+    anchors to float; rtol 1e-5. Before the fix the anchors were cast to the boxes' int64 dtype, i.e.
+    truncated (``t_x`` 1.667 instead of 1.457 below).
+    """
+    gt = torch.tensor([[10, 10, 50, 50], [0, 3, 7, 90]])
+    anchors = torch.tensor([[10.5, 10.5, 40.7, 45.3], [0.25, 2.5, 9.75, 60.5]])
+    got = BoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(gt, anchors)
+    expected = TVBoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(gt.float(), anchors)
+    assert got.dtype == torch.float32
+    close(got, expected, torch.float32)

@@ -63,8 +63,13 @@ class BoxCoder:
                 ``reference_boxes``; they must have positive width and height.
 
         Returns:
-            ``[..., 4]`` in ``reference_boxes``' dtype.
+            ``[..., 4]`` in ``reference_boxes``' dtype; integer boxes give the anchors' float dtype
+            (float32 if both are integers).
         """
+        if not reference_boxes.is_floating_point():
+            # Casting the anchors to an integer dtype would truncate them (torchvision promotes to float).
+            float_dtype = proposals.dtype if proposals.is_floating_point() else torch.float32
+            reference_boxes = reference_boxes.to(float_dtype)
         proposals = proposals.to(reference_boxes.dtype)
         wx, wy, ww, wh = self._weights(reference_boxes).unbind()
 
