@@ -110,3 +110,24 @@ def test_rejects_integer_images():
     """Images must be float in [0, 1] (as torchvision)."""
     with pytest.raises(TypeError):
         DetectionTransform(64, 100)([torch.zeros(3, 10, 10, dtype=torch.uint8)])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_extreme_aspect_ratio_keeps_one_pixel(batched):
+    """A 1 x 5000 image (longer side over ``max_size`` times the shorter) resizes to 1 x 1333, not to
+    0 x 1333, which ``F.interpolate`` refuses (torchvision's transform raises there: a crash on a valid
+    image). Reference: the resize rule ``s = 1333 / 5000`` on the long side, exact sizes; the box's x
+    scales by ``1333 / 5000`` (float32, to 1e-6) and its y by 1, and a mask follows the image."""
+    ours = DetectionTransform(800, 1333, IMAGENET_MEAN, IMAGENET_STD, 32).train()
+    image = torch.rand(3, 1, 5000)
+    target = {
+        "boxes": torch.tensor([[1000.0, 0.0, 3000.0, 1.0]]),
+        "labels": torch.tensor([0]),
+        "masks": torch.ones(1, 1, 5000, dtype=torch.uint8),
+    }
+    batch, targets = ours(image[None] if batched else [image], [target])
+    assert batch.image_sizes == [(1, 1333)]
+    assert tuple(batch.tensors.shape) == (1, 3, 32, 1344)
+    expected = torch.tensor([[1000.0 * 1333 / 5000, 0.0, 3000.0 * 1333 / 5000, 1.0]])
+    torch.testing.assert_close(targets[0]["boxes"], expected, rtol=1e-6, atol=1e-4)
+    assert tuple(targets[0]["masks"].shape) == (1, 1, 1333)

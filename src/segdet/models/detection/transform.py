@@ -145,7 +145,14 @@ class DetectionTransform(nn.Module):
         """The resize of an image of ``size``: a factor, or the fixed ``(H, W)``."""
         if self.fixed_size is not None:
             return self.fixed_size
-        return resize_scale(*size, self._choose_min_size(generator), self.max_size)
+        scale = resize_scale(*size, self._choose_min_size(generator), self.max_size)
+        if not torch.compiler.is_exporting():
+            # A side longer than max_size times the other floors that other to 0 pixels, which
+            # F.interpolate refuses: keep one (the same sizes and pixels as the factor's otherwise).
+            new = (int(size[0] * scale), int(size[1] * scale))
+            if min(new) < 1:
+                return (max(new[0], 1), max(new[1], 1))
+        return scale
 
     def _choose_min_size(self, generator: torch.Generator | None) -> float:
         if not self.training or len(self.min_size) == 1:
