@@ -62,6 +62,27 @@ def test_settings_validate_and_key():
     assert SelectiveSearchSettings().key() != SelectiveSearchSettings(seed=1).key()
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((64, 64), 2.0),
+        ((1000, 800), 0.5),
+        ((300, 400), 1.0),
+        ((100, 1000), 1.28),
+        ((4, 2000), 500 / 8000**0.5),
+    ],
+)
+def test_search_scale_upscales_small_images_within_a_pixel_budget(size, expected):
+    """The resize of the module docstring, hand-computed: the longer side at most 500, the shorter at
+    least 128 (which wins) -- but never past 500² pixels, so a 4 x 2000 strip is not made 128 x 64000.
+    Exact to 1e-12."""
+    from segdet.models.detection.proposals.selective_search import search_scale
+
+    scale = search_scale(*size, SelectiveSearchSettings())
+    assert scale == pytest.approx(expected, abs=1e-12)
+    assert size[0] * size[1] * scale**2 <= 500**2 * (1 + 1e-12)
+
+
 def test_recall_hand_computed():
     """Two objects; the first proposal hits object 0 at IoU 0.6, the second object 1 at IoU 1."""
     gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=np.float64)]
