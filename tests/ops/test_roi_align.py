@@ -116,3 +116,15 @@ def test_low_precision_features_with_float32_rois_at_any_roi_count(two_threads, 
     reference = features.detach().float().requires_grad_()
     torchvision.ops.roi_align(reference, rois, 7, 0.25, 2).sum().backward()
     torch.testing.assert_close(features.grad.float(), reference.grad, atol=1e-3, rtol=1e-2)
+
+
+def test_per_image_box_lists_as_torchvision():
+    """A list of per-image ``[L_i, 4]`` boxes gives torchvision's output for the same list (exact)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    boxes = [
+        torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.5, 1.0, 15.0, 9.0]]),
+        torch.tensor([[4.0, 4.0, 12.0, 14.0]]),
+    ]
+    ours = threaded.roi_align(x, boxes, (3, 3), 0.5, 2, True)
+    assert torch.equal(ours, torchvision.ops.roi_align(x, boxes, (3, 3), 0.5, 2, True))

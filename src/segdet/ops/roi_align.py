@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
+from segdet.ops.roi_pool import boxes_to_rois
+
 T = TypeVar("T")
 
 # Below this many RoIs per thread, starting threads costs more than it saves.
@@ -104,14 +106,17 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
 
 def roi_align(
     input: Tensor,
-    rois: Tensor,
+    rois: Tensor | list[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
     """``torchvision.ops.roi_align`` (He et al., "Mask R-CNN", 2017) on every CPU thread; see the module
-    docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``."""
+    docstring. ``rois``: ``[K, 5]`` rows ``(batch index, x1, y1, x2, y2)``, or a list of per-image
+    ``[L_i, 4]`` boxes (as torchvision and :func:`segdet.ops.roi_pool.roi_pool` take)."""
+    if not isinstance(rois, Tensor):
+        rois = boxes_to_rois(rois)
     # Exported graphs (segdet export) hold torchvision's op itself: the threads are this process's
     chunks = 1 if torch.compiler.is_exporting() else _num_chunks(input, rois)
     if chunks == 1:
