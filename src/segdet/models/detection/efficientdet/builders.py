@@ -30,7 +30,9 @@ P3 ... 512 on P7) x the aspect pairs ``(1, 1), (1.4, 0.7), (0.7, 1.4)``, centred
 ``h_δ`` of the deltas, ``δ = 0.1``, weighted by 50 and averaged over the ``4 F`` coordinates of the
 ``F`` foreground anchors. Since ``h_δ(x) = δ · smoothL1_β=δ(x)``, that is ``50 δ / 4 = 1.25`` times
 RetinaNet's smooth-L1 loss with ``β = 0.1`` summed over the coordinates and divided by ``F``:
-``box_loss="smooth_l1"``, ``smooth_l1_beta=0.1``, ``box_loss_weight=1.25``.
+``box_loss="smooth_l1"``, ``smooth_l1_beta=0.1``, ``box_loss_weight=1.25``. Matching (its
+``AnchorLabeler``): an anchor of IoU ``>= 0.5`` with an object is foreground, every other one background
+(``bg_iou_thresh=0.5``: no ignored 0.4-0.5 band, whose anchors RetinaNet's 0.4 leaves out of the loss).
 
 **BatchNorm** in the BiFPN and the head: ``eps = 0.001`` (the paper's code, TensorFlow's default;
 the EfficientNet keeps torchvision's); momentum PyTorch's 0.1 rather than the paper's 0.01 (TensorFlow's
@@ -105,6 +107,7 @@ def _builder(phi: str):
         box_loss="smooth_l1",
         smooth_l1_beta=0.1,
         box_loss_weight=1.25,
+        bg_iou_thresh=0.5,
         detections_per_img=100,
         topk_per="image",
         topk_candidates=5000,
