@@ -164,6 +164,60 @@ def test_ddp_two_processes_equal_one(tmp_path):
         assert va[key] == pytest.approx(vb[key], abs=1e-6), key
 
 
+DDP_BUFFERS = """
+import json, sys
+import torch, torch.distributed as dist
+from segdet.engine.config import load_config
+from segdet.engine.tasks import build_task
+from segdet.engine.trainer import Trainer
+
+cfg = load_config(sys.argv[1])
+task = build_task(cfg)
+seen = []
+def evaluate(model, loader, device):  # what the task evaluates with: the model's buffers
+    seen.append(torch.cat([b.detach().flatten().double() for b in model.buffers()]))
+    return {"mIoU": 0.0}
+task.evaluate = evaluate
+trainer = Trainer(cfg, task)
+if trainer.dist.rank == 1:  # as after a last training step on this process's own batch
+    for b in trainer.model.buffers():
+        b.add_(1)
+saved = torch.cat([b.detach().flatten().double() for b in trainer.model.buffers()])
+trainer.evaluate()
+parts = [None, None]
+dist.all_gather_object(parts, (saved, seen[0]))
+if trainer.dist.rank == 0:
+    (rank0, _), (_, evaluated1) = parts
+    json.dump({"differed": not torch.equal(parts[0][0], parts[1][0]),
+               "same": torch.equal(rank0, evaluated1)}, open(sys.argv[2], "w"))
+"""
+
+
+def test_ddp_validation_scores_rank_0s_statistics(tmp_path):
+    """With BatchNorm, each DDP process ends an epoch with its own running statistics (DDP copies rank
+    0's only at each training forward), and rank 0's are the ones its checkpoint saves: every process
+    must evaluate with rank 0's buffers, so the logged metrics (and ``best``) are the saved model's.
+    Reference: rank 0's buffers, exactly (rank 1's are made to differ first)."""
+    cfg = write_config(tmp_path, "bn", model={**TINY["model"], "norm": True})
+    script, result = tmp_path / "buffers.py", tmp_path / "result.json"
+    script.write_text(DDP_BUFFERS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+    ]
+    run = subprocess.run(
+        [*command, str(script), str(cfg), str(result)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(result.read_text()) == {"differed": True, "same": True}
+
+
 def test_outputs_of_a_run(tmp_path):
     from segdet.cli.main import main
 

@@ -63,6 +63,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every process, in place (no-op alone).
+
+    DDP copies them from rank 0 only at the start of each training forward; the last step then
+    updates each process's copy with its own batch (and an EMA averages each process's copy), so
+    before evaluation they differ. Rank 0's are the ones its checkpoint saves: evaluating every share
+    of the validation set with them makes the logged metrics (and the choice of ``best``) those of the
+    model on disk."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(value):
     """Rank 0's ``value`` on every process."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -306,6 +306,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         model = self.ema.module if self.ema is not None else self.model
+        dist_utils.broadcast_buffers(model)  # DDP: every process scores with rank 0's (saved) statistics
         model.eval()
         with torch.no_grad():
             return self.task.evaluate(model, self.val_loader, self.device)
