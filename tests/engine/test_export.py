@@ -198,6 +198,7 @@ def test_trained_mask_rcnn_exports_its_detections_and_masks(trained_detector, tm
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "masks float32 D x 1 x m x m" in printed and "mask probabilities within" in printed
+    assert "load it after `import segdet.ops`" in printed  # the program calls segdet::nms
     assert "float32 1 x 3 x 64 x 64," in printed
     blank = r"on a blank image: (no detections, as PyTorch|\d+ detections? as PyTorch)"
     assert re.search(blank, printed), printed
@@ -292,3 +293,14 @@ def test_missing_onnx_packages_are_named(tiny_segmentation_run, tmp_path, capsys
         == 1
     )
     assert "needs onnxscript: pip install 'segdet[export]'" in capsys.readouterr().err
+
+
+def test_the_command_says_how_to_use_other_sizes(tiny_segmentation_run, tmp_path, capsys):
+    """A segmenter exported for any size takes only multiples of 32 (a runtime refuses other sides with
+    a shape error from deep in the graph): the command says how to run other sizes."""
+    out = tmp_path / "unet.pt2"
+    assert main(["export", str(tiny_segmentation_run / "last.safetensors"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "H and W multiples of 32" in printed
+    assert "other sizes: pad the image (e.g. zeros at the bottom and right) to multiples of 32" in printed
+    assert "import segdet.ops" not in printed  # no segdet operator in a segmentation graph

@@ -84,6 +84,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({exported.format}): {classes} {trained.classes}")
     print(f"  input  images: float32 {batch} x 3 x {sides}, RGB in [0, 1] (normalised inside)")
     print(f"  output {outputs}")
+    if trained.task == "segmentation" and not size:
+        # A runtime refuses other sides with a shape error from deep inside the graph (a Concat).
+        print(
+            f"  other sizes: pad the image (e.g. zeros at the bottom and right) to multiples of "
+            f"{exported.divisor} and crop the outputs, or export one size with --size H W"
+        )
     for check in exported.checks:
         print(f"  checked against PyTorch {check.summary}")
+    if exported.format == "pt2" and trained.task != "segmentation":
+        # The program calls segdet's NMS operator, which only exists once segdet.ops is imported.
+        print("  load it after `import segdet.ops` (the graph holds segdet's NMS operator)")
     return 0
