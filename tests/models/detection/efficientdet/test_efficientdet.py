@@ -12,6 +12,7 @@ from torch import nn
 from segdet.models import MODELS, build
 from segdet.models.detection.efficientdet import SCALES, EfficientDetHead
 from segdet.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
+from segdet.models.detection.retinanet import RetinaNetSettings
 from segdet.models.detection.retinanet.loss import retinanet_loss
 from segdet.models.necks import BiFPN
 from segdet.ops import BoxCoder
@@ -82,9 +83,10 @@ def test_head_equals_its_definition():
 
 
 def test_box_loss_is_efficientdets_huber_loss():
-    """The settings EfficientDet's builders give RetinaNet's loss (smooth L1, β = 0.1, weight 1.25) equal
-    the paper's code's box loss: 50 x the Huber loss (δ = 0.1) of the deltas, summed over the foreground
-    anchors' coordinates and divided by 4 x their count (torch.nn.functional.huber_loss; 1e-6)."""
+    """The settings EfficientDet's builders give RetinaNet's loss (smooth L1, β = 0.1, weight 1.25, the
+    batch normaliser) equal the paper's code's box loss: 50 x the Huber loss (δ = 0.1) of the deltas,
+    summed over the batch's foreground anchors' coordinates and divided by 4 x (their count + 1)
+    (torch.nn.functional.huber_loss; 1e-6). Against effdet itself: ``test_effdet_loss.py``."""
     torch.manual_seed(0)
     anchors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 25, 25], [20, 20, 60, 60], [0, 30, 30, 50]])
     targets = [
@@ -106,6 +108,7 @@ def test_box_loss_is_efficientdets_huber_loss():
         box_loss="smooth_l1",
         smooth_l1_beta=0.1,
         box_weight=1.25,
+        normalizer="batch",
     )
     expected = []
     for image, pairs in enumerate([[(0, 0), (2, 1)], [(3, 0)]]):
@@ -113,8 +116,10 @@ def test_box_loss_is_efficientdets_huber_loss():
         boxes = targets[image]["boxes"][[o for _, o in pairs]]
         encoded = coder.encode_single(boxes, anchors[anchor])
         huber = F.huber_loss(deltas[image, anchor], encoded, delta=0.1, reduction="sum")
-        expected.append(50 * huber / (4 * len(pairs)))
-    torch.testing.assert_close(losses["bbox_regression"], torch.stack(expected).mean(), rtol=0, atol=1e-6)
+        expected.append(50 * huber / (4 * (3 + 1)))  # 3 foreground anchors in the batch
+    torch.testing.assert_close(losses["bbox_regression"], torch.stack(expected).sum(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="normalizer"):
+        retinanet_loss(logits, deltas, anchors, matched, targets, coder, normalizer="images")
 
 
 def test_efficientdet_trains_every_parameter(smoke_train):
@@ -127,6 +132,7 @@ def test_efficientdet_trains_every_parameter(smoke_train):
     model = build("efficientdet_d0", 3, **SMALL)
     s = model.settings
     assert (s.focal_gamma, s.box_loss, s.smooth_l1_beta, s.box_loss_weight) == (1.5, "smooth_l1", 0.1, 1.25)
+    assert s.loss_normalizer == "batch" and RetinaNetSettings().loss_normalizer == "image"
     assert s.detections_per_img == 100 and model.transform.size_divisible == 128
     losses = smoke_train(model, 3)
     assert float(losses["bbox_regression"]) == 0.0

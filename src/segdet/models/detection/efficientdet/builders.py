@@ -26,13 +26,22 @@ D7    B6          384   8        5        1536
 **Anchors**: the paper's code's (:mod:`.anchors`): per level 3 octave scales of ``4 x stride`` (32 px on
 P3 ... 512 on P7) x the aspect pairs ``(1, 1), (1.4, 0.7), (0.7, 1.4)``, centred on the cells.
 
-**Loss** (the paper's code): the focal loss with ``α = 0.25``, ``γ = 1.5`` (not 2); the Huber loss
-``h_δ`` of the deltas, ``δ = 0.1``, weighted by 50 and averaged over the ``4 F`` coordinates of the
-``F`` foreground anchors. Since ``h_δ(x) = δ · smoothL1_β=δ(x)``, that is ``50 δ / 4 = 1.25`` times
-RetinaNet's smooth-L1 loss with ``β = 0.1`` summed over the coordinates and divided by ``F``:
-``box_loss="smooth_l1"``, ``smooth_l1_beta=0.1``, ``box_loss_weight=1.25``. Matching (its
-``AnchorLabeler``): an anchor of IoU ``>= 0.5`` with an object is foreground, every other one background
-(``bg_iou_thresh=0.5``: no ignored 0.4-0.5 band, whose anchors RetinaNet's 0.4 leaves out of the loss).
+**Loss** (the paper's code, google/automl's ``detection_loss``, as rwightman's ``effdet``
+``DetectionLoss``): the focal loss with ``α = 0.25``, ``γ = 1.5`` (not 2) and the Huber loss ``h_δ`` of
+the deltas, ``δ = 0.1``, weighted by 50, both summed over the batch and normalised by its
+``P = Σ_i F_i + 1`` (``num_positives_sum``; ``F_i`` the foreground anchors of image ``i``)::
+
+    L_cls = Σ_{i, a, k} FL(σ(x_iak), y_iak) / P          L_box = 50 Σ_{i, a fg, c} h_δ(t_iac - t*_iac) / (4 P)
+
+(``loss_normalizer="batch"``, not RetinaNet's per-image average). Since ``h_δ(x) = δ ·
+smoothL1_β=δ(x)``, ``L_box`` is ``50 δ / 4 = 1.25`` times RetinaNet's smooth-L1 loss with ``β = 0.1``
+summed over the coordinates and divided by the same ``P``: ``box_loss="smooth_l1"``,
+``smooth_l1_beta=0.1``, ``box_loss_weight=1.25``. Matching (its ``AnchorLabeler``): an anchor of IoU
+``>= 0.5`` with an object is foreground, every other one background (``bg_iou_thresh=0.5``: no ignored
+0.4-0.5 band, whose anchors RetinaNet's 0.4 leaves out of the loss). Equal to effdet's losses (tested,
+1e-5) but for two corner cases: an object whose best IoU is below 0.5 and shared by several anchors
+keeps all of them here (effdet forces one), and effdet drops a box-target coordinate that is exactly 0
+(an object centred on an anchor, or of its width or height).
 
 **BatchNorm** in the BiFPN and the head: ``eps = 0.001`` (the paper's code, TensorFlow's default;
 the EfficientNet keeps torchvision's); momentum PyTorch's 0.1 rather than the paper's 0.01 (TensorFlow's
@@ -107,6 +116,7 @@ def _builder(phi: str):
         box_loss="smooth_l1",
         smooth_l1_beta=0.1,
         box_loss_weight=1.25,
+        loss_normalizer="batch",
         bg_iou_thresh=0.5,
         detections_per_img=100,
         topk_per="image",

@@ -6,23 +6,31 @@ also keeps the anchor(s) it overlaps most, whatever their IoU (low-quality match
 oddly shaped objects are never left without a positive anchor; torchvision's and Detectron2's rule).
 An image without objects has every anchor background.
 
-**Loss**, per image ``i`` with ``F_i`` foreground anchors::
+**Loss**, per image ``i`` with ``F_i`` foreground anchors, ``normalizer="image"`` (the default;
+torchvision's, the paper's per-image count averaged over the ``N`` images)::
 
-    L_cls,i = Σ_{a not ignored} Σ_k FL(σ(x_ak), 1[k = class of a's object])  /  max(1, F_i)
-    L_box,i = Σ_{a foreground} ℓ(a)  /  max(1, F_i)
+    L_cls = 1/N Σ_i Σ_{a of i not ignored} Σ_k FL(σ(x_ak), 1[k = class of a's object])  /  max(1, F_i)
+    L_box = 1/N Σ_i Σ_{a of i foreground} ℓ(a)  /  max(1, F_i)
+
+or ``normalizer="batch"`` (EfficientDet's code, google/automl's ``detection_loss`` and rwightman's
+``effdet``: the batch's sums divided by its ``num_positives_sum``)::
+
+    L_cls = Σ_i Σ_{a of i not ignored} Σ_k FL(...)  /  (Σ_i F_i + 1)
+    L_box = Σ_i Σ_{a of i foreground} ℓ(a)  /  (Σ_i F_i + 1)
 
 with the sigmoid focal loss ``FL`` (α = 0.25, γ = 2; :func:`segdet.losses.sigmoid_focal_loss`, here
 evaluated by :func:`~.focal.one_hot_focal_loss`) over all ``K`` classes of every non-ignored anchor,
 and the box loss ``ℓ`` either the L1 (torchvision's v1) or smooth L1 (the paper's, β = 0.11 as
 Detectron's) distance between predicted and encoded target deltas (BoxCoder weights ``(1, 1, 1, 1)``)
 summed over the four coordinates, or the GIoU loss ``1 - GIoU`` of the decoded box and the object's box
-(torchvision's v2). Normalising by the foreground count (not the anchor count) is the paper's: the
-~100k background anchors contribute little after the focal term. Both are averaged over the batch's
-images (torchvision's normalisation per image, the paper's over the batch: equal for one image),
-reported as ``classification`` and ``bbox_regression``.
+(torchvision's v2), times ``box_weight``. Normalising by the foreground count (not the anchor count) is
+the paper's: the ~100k background anchors contribute little after the focal term. The two rules differ
+when the images hold different numbers of objects (and by the ``+ 1`` even for one image); reported as
+``classification`` and ``bbox_regression``.
 
-The same numbers as torchvision's ``RetinaNet.compute_loss`` (tested to 1e-5), computed for the whole
-batch at once instead of per image.
+With the default normaliser, the same numbers as torchvision's ``RetinaNet.compute_loss`` (tested to
+1e-5), computed for the whole batch at once instead of per image; with ``"batch"`` and EfficientDet's
+settings, effdet's ``DetectionLoss`` (tested to 1e-5).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from segdet.models.detection.retinanet.focal import one_hot_focal_loss
 from segdet.ops import BoxCoder
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
+LOSS_NORMALIZERS = ("image", "batch")
 
 
 def retinanet_loss(
@@ -53,6 +62,7 @@ def retinanet_loss(
     box_loss: str = "l1",
     smooth_l1_beta: float = 0.11,
     box_weight: float = 1.0,
+    normalizer: str = "image",
 ) -> dict[str, Tensor]:
     """The two losses of the module docstring.
 
@@ -66,19 +76,26 @@ def retinanet_loss(
         alpha, gamma: of the focal loss.
         box_loss: ``"l1"``, ``"smooth_l1"`` (with ``smooth_l1_beta``) or ``"giou"``.
         box_weight: the factor of the box loss (EfficientDet's, :mod:`..efficientdet.builders`).
+        normalizer: ``"image"`` (each image's sums over ``max(1, F_i)``, averaged) or ``"batch"`` (the
+            batch's sums over ``Σ_i F_i + 1``); module docstring.
 
     Returns:
         ``{"classification", "bbox_regression"}``.
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+    if normalizer not in LOSS_NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {LOSS_NORMALIZERS}, got {normalizer!r}")
     num_images = logits.shape[0]
-    num_foreground = (matched >= 0).sum(dim=1).clamp(min=1).to(logits.dtype)  # [N]
+    num_foreground = (matched >= 0).sum(dim=1).to(logits.dtype)  # [N]
+    if normalizer == "image":
+        image_weight = 1.0 / (num_foreground.clamp(min=1) * num_images)
+    else:
+        image_weight = (1.0 / (num_foreground.sum() + 1)).expand(num_images)
     image, anchor, gt_boxes, gt_labels = matched_objects(matched, targets)
     gt_boxes = gt_boxes.to(deltas.dtype)
 
     ignored = torch.nonzero(matched == BETWEEN_THRESHOLDS, as_tuple=True)
-    image_weight = 1.0 / (num_foreground * num_images)
     classification = one_hot_focal_loss(
         logits, image_weight, (image, anchor, gt_labels), ignored, alpha=alpha, gamma=gamma
     )
@@ -97,5 +114,5 @@ def retinanet_loss(
     )
     return {
         "classification": classification,
-        "bbox_regression": box_weight * (per_image / num_foreground).sum() / num_images,
+        "bbox_regression": box_weight * (per_image * image_weight).sum(),
     }

@@ -39,7 +39,7 @@ from segdet.models.detection.postprocess import (
     topk_per_level,
 )
 from segdet.models.detection.retinanet.head import RetinaNetHead
-from segdet.models.detection.retinanet.loss import BOX_LOSSES, retinanet_loss
+from segdet.models.detection.retinanet.loss import BOX_LOSSES, LOSS_NORMALIZERS, retinanet_loss
 from segdet.models.detection.settings import TransformSettings
 from segdet.models.detection.transform import DetectionTransform
 from segdet.ops import BoxCoder
@@ -51,8 +51,10 @@ class RetinaNetSettings(TransformSettings):
     (``score_thresh``, ``topk_candidates`` per level or per image (``topk_per`` ``"level"`` / ``"image"``),
     ``nms_thresh``, ``detections_per_img``) and training
     (``fg_iou_thresh``, ``bg_iou_thresh``, the focal loss's ``focal_alpha``, ``focal_gamma``, and
-    ``box_loss`` ``"l1"`` / ``"smooth_l1"`` (``smooth_l1_beta``) / ``"giou"``, and ``box_loss_weight``,
-    the factor of ``bbox_regression``) settings; torchvision's names and defaults."""
+    ``box_loss`` ``"l1"`` / ``"smooth_l1"`` (``smooth_l1_beta``) / ``"giou"``, ``box_loss_weight``, the
+    factor of ``bbox_regression``, and ``loss_normalizer``, ``"image"`` (torchvision's: each image's
+    losses over its foreground count, averaged) or ``"batch"`` (EfficientDet's code: the batch's over its
+    foreground count + 1), :mod:`.loss`) settings; torchvision's names and defaults."""
 
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
@@ -66,10 +68,15 @@ class RetinaNetSettings(TransformSettings):
     box_loss: str = "l1"
     smooth_l1_beta: float = 0.11
     box_loss_weight: float = 1.0
+    loss_normalizer: str = "image"
 
     def __post_init__(self) -> None:
         if self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
+        if self.loss_normalizer not in LOSS_NORMALIZERS:
+            raise ValueError(
+                f"loss_normalizer must be one of {LOSS_NORMALIZERS}, got {self.loss_normalizer!r}"
+            )
         if self.topk_per not in ("level", "image"):
             raise ValueError(f"topk_per must be 'level' or 'image', got {self.topk_per!r}")
 
@@ -133,6 +140,7 @@ class RetinaNet(Detector):
                 box_loss=s.box_loss,
                 smooth_l1_beta=s.smooth_l1_beta,
                 box_weight=s.box_loss_weight,
+                normalizer=s.loss_normalizer,
             )
             return [], losses
         return self.postprocess(logits, deltas, anchors, level_sizes, batch.image_sizes), {}
