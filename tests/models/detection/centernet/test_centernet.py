@@ -44,26 +44,48 @@ def test_heatmap_targets_hand_computed():
     """An 8 x 8 map at stride 4; box (4, 4, 24, 20) of class 0 -> (1, 1, 6, 5) on the map: centre
     (3.5, 3), pixel (3, 3), offset (0.5, 0), size (5, 4). Radius of a 4 x 5 box: correct 0.3625 -> 0,
     a single 1 at (3, 3); official 1.2160 -> 1, σ = 3/6: 1 at the centre, exp(-2) = 0.135335 beside it,
-    exp(-4) = 0.018316 on the diagonals, 0 elsewhere. A class-1 box (16, 16, 32, 32) only in channel 1;
-    the image without objects is all 0. Tolerance 1e-6."""
+    exp(-4) = 0.018316 on the diagonals, 0 elsewhere. A class-1 box (12, 12, 28, 28) -> (3, 3, 7, 7)
+    (within the map: not clipped): centre pixel (5, 5), offset 0, size (4, 4), only in channel 1; the
+    image without objects is all 0. Tolerance 1e-6."""
     targets = [
-        {"boxes": torch.tensor([[4.0, 4, 24, 20], [16, 16, 32, 32]]), "labels": torch.tensor([0, 1])},
+        {"boxes": torch.tensor([[4.0, 4, 24, 20], [12, 12, 28, 28]]), "labels": torch.tensor([0, 1])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
     correct = center_targets(targets, 2, (8, 8), 4)
     official = center_targets(targets, 2, (8, 8), 4, radius_rule="official")
     for t in (correct, official):
-        assert t.image.tolist() == [0, 0] and t.y.tolist() == [3, 6] and t.x.tolist() == [3, 6]
+        assert t.image.tolist() == [0, 0] and t.y.tolist() == [3, 5] and t.x.tolist() == [3, 5]
         torch.testing.assert_close(t.offset, torch.tensor([[0.5, 0.0], [0.0, 0.0]]), atol=1e-6, rtol=0)
         torch.testing.assert_close(t.size, torch.tensor([[5.0, 4.0], [4.0, 4.0]]), atol=1e-6, rtol=0)
         assert float(t.heatmap[1].abs().sum()) == 0.0
-        assert float(t.heatmap[0, 1, 3, 3]) == 0.0 and float(t.heatmap[0, 1, 6, 6]) == 1.0
+        assert float(t.heatmap[0, 1, 3, 3]) == 0.0 and float(t.heatmap[0, 1, 5, 5]) == 1.0
     expected = torch.zeros(8, 8)
     expected[3, 3] = 1.0
     torch.testing.assert_close(correct.heatmap[0, 0], expected, atol=1e-6, rtol=0)
     e1, e2 = math.exp(-2), math.exp(-4)
     expected[2:5, 2:5] = torch.tensor([[e2, e1, e2], [e1, 1.0, e1], [e2, e1, e2]])
     torch.testing.assert_close(official.heatmap[0, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_boxes_reaching_outside_the_map_are_clipped_as_the_official_code():
+    """The official ``ctdet.py`` clips each box on the output map to ``[0, W - 1] x [0, H - 1]``
+    (``np.clip(bbox[[0, 2]], 0, output_w - 1)``) before its centre, size and offset, and skips boxes left
+    without width or height. 8 x 8 map, stride 4: (-40, 0, 10, 20) -> (-10, 0, 2.5, 5) -> (0, 0, 2.5, 5):
+    centre (1.25, 2.5), pixel (1, 2), offset (0.25, 0.5) (unclipped: -3.75 in x), size (2.5, 5); (40, 4,
+    60, 20) lies right of the map -> (7, 1, 7, 5), no width: no target, its class-1 channel empty;
+    (16, 16, 32, 32) -> (4, 4, 8, 8) -> (4, 4, 7, 7): centre (5.5, 5.5), pixel (5, 5), size (3, 3). Every
+    offset in [0, 1). Tolerance 1e-6."""
+    targets = [
+        {"boxes": torch.tensor([[-40.0, 0, 10, 20], [40, 4, 60, 20]]), "labels": torch.tensor([0, 1])},
+        {"boxes": torch.tensor([[16.0, 16, 32, 32]]), "labels": torch.tensor([1])},
+    ]
+    t = center_targets(targets, 2, (8, 8), 4)
+    assert t.image.tolist() == [0, 1] and t.x.tolist() == [1, 5] and t.y.tolist() == [2, 5]
+    torch.testing.assert_close(t.offset, torch.tensor([[0.25, 0.5], [0.5, 0.5]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(t.size, torch.tensor([[2.5, 5.0], [3.0, 3.0]]), atol=1e-6, rtol=0)
+    assert float(t.heatmap[0, 1].abs().sum()) == 0.0
+    assert float(t.heatmap[0, 0, 2, 1]) == 1.0 and float(t.heatmap[1, 1, 5, 5]) == 1.0
+    assert int((t.heatmap == 1).sum()) == 2
 
 
 def test_penalty_reduced_focal_loss_hand_computed():

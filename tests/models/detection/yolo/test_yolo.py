@@ -41,6 +41,34 @@ def test_assign_cells_hand_computed():
     torch.testing.assert_close(cells.encoded, expected, atol=1e-6, rtol=0)
 
 
+def test_assign_cells_clips_boxes_to_the_image_as_darknet():
+    """Darknet (``correct_boxes``, then ``fill_truth_region``) clips every box to the image before its
+    centre and size, and skips boxes left without width or height. 448 x 448, S = 7: (-100, 0, 20, 64)
+    -> (0, 0, 20, 64): centre (10, 32), cell (0, 0), x = 10/64 (unclipped: -40/64), y = 0.5,
+    sqrt(20/448), sqrt(64/448); (300, 200, 600, 264) -> (300, 200, 448, 264): centre (374, 232), cell
+    (3, 5), x = 374/64 - 5, y = 232/64 - 3; (-50, 300, -10, 340) lies left of the image: no target; a
+    box wider than the image -> sqrt(w / W) = 1. Every target in [0, 1]. Tolerance 1e-6."""
+    targets = [
+        {
+            "boxes": torch.tensor([[-100.0, 0, 20, 64], [300, 200, 600, 264], [-50, 300, -10, 340]]),
+            "labels": torch.tensor([0, 1, 2]),
+        },
+        {"boxes": torch.tensor([[-10.0, 100, 460, 150]]), "labels": torch.tensor([3])},
+    ]
+    cells = assign_cells(targets, 7, (448, 448))
+    assert cells.image.tolist() == [0, 0, 1] and cells.labels.tolist() == [0, 1, 3]
+    assert cells.row.tolist() == [0, 3, 1] and cells.col.tolist() == [0, 5, 3]
+    expected = torch.tensor(
+        [
+            [10 / 64, 0.5, math.sqrt(20 / 448), math.sqrt(64 / 448)],
+            [374 / 64 - 5, 232 / 64 - 3, math.sqrt(148 / 448), math.sqrt(64 / 448)],
+            [0.5, 125 / 64 - 1, 1.0, math.sqrt(50 / 448)],
+        ]
+    )
+    torch.testing.assert_close(cells.encoded, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cells.boxes[0], torch.tensor([0.0, 0, 20, 64]), atol=1e-6, rtol=0)
+
+
 def test_responsible_predictor_hand_computed():
     """Object (64, 64, 128, 128). Predictions (64, 64, 96, 128): IoU 0.5; (70, 70, 128, 128): IoU
     58² / 64² = 0.821289; (0, 0, 32, 32): IoU 0 -> the second is responsible. When every IoU is 0, the

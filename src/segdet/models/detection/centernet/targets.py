@@ -1,8 +1,14 @@
 """CenterNet's training targets (Zhou, Wang, Krähenbühl, "Objects as Points", 2019, sec. 3): a
 Gaussian heatmap of object centres per class, and each object's size and sub-pixel offset at its centre.
 
-For an object of box ``(x1, y1, x2, y2)`` in the input and output stride ``R`` (4):
+For an object of box ``(x1, y1, x2, y2)`` in the input and output stride ``R`` (4), on an ``H x W``
+output map:
 
+* the box is taken to the map, ``/ R``, and clipped to ``[0, W - 1] x [0, H - 1]`` (the official code's
+  ``ctdet.py``: ``np.clip(bbox[[0, 2]], 0, output_w - 1)``, likewise in y; so an object reaching
+  outside the image has its centre, size and offset those of its visible part, and one touching the
+  right or bottom edge loses up to one map pixel); a box left without width or height (outside the
+  map, or degenerate) gets no target, as there;
 * centre ``p = ((x1 + x2) / 2, (y1 + y2) / 2) / R`` on the output map, its pixel ``p̃ = floor(p)``;
 * heatmap ``Y_xyc = exp(-((x - p̃_x)² + (y - p̃_y)²) / (2 σ²))`` for ``|x - p̃_x|, |y - p̃_y| <= r``
   (0 outside), ``σ = (2r + 1) / 6`` with the radius ``r`` of :func:`gaussian_radius` from the box's
@@ -83,17 +89,21 @@ def center_targets(
     radius_rule: str = "correct",
 ) -> CenterTargets:
     """The targets of the module docstring for ``targets`` (per image ``boxes`` xyxy input pixels and
-    ``labels``) on output maps of ``map_size`` ``(H, W)`` at ``stride``."""
+    ``labels``) on output maps of ``map_size`` ``(H, W)`` at ``stride``; the objects left without a
+    target (outside the map) are not in the per-object fields."""
     height, width = int(map_size[0]), int(map_size[1])
     boxes = torch.cat([t["boxes"] for t in targets]).float() / stride
     labels = torch.cat([t["labels"] for t in targets])
     device = boxes.device
     counts = torch.tensor([len(t["boxes"]) for t in targets], device=device)
     image = torch.repeat_interleave(torch.arange(len(targets), device=device), counts)
-    center = (boxes[:, :2] + boxes[:, 2:]) / 2
-    limit = torch.tensor([width - 1, height - 1], device=device, dtype=center.dtype)
-    pixel = torch.minimum(center.floor().clamp(min=0), limit)
+    limit = torch.tensor([width - 1, height - 1], device=device, dtype=boxes.dtype)
+    boxes = torch.minimum(boxes.clamp(min=0), limit.repeat(2))  # the official code's clipping
     size = boxes[:, 2:] - boxes[:, :2]
+    kept = (size > 0).all(dim=1)
+    boxes, labels, image, size = boxes[kept], labels[kept], image[kept], size[kept]
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2
+    pixel = center.floor()  # within the map: the box is
     radius = torch.tensor(
         [
             max(0, int(gaussian_radius(math.ceil(h), math.ceil(w), min_overlap, radius_rule)))

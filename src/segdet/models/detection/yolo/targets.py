@@ -1,6 +1,11 @@
 """YOLO v1's training targets (Redmon et al. 2016, sec. 2 and 2.2): which cell and which of its ``B``
 predictors is responsible for each object, and what it should predict.
 
+**Boxes** are first clipped to the image, and those left without width or height (outside the image,
+or degenerate) get no target: Darknet's ``correct_boxes`` (``constrain(0, 1, ...)`` on the edges) and
+``fill_truth_region`` (which also skips boxes under 0.005 of the image wide or high; kept here). So an
+object reaching outside the image is its visible part, and every target below lies in ``[0, 1]``.
+
 **Cell.** "If the center of an object falls into a grid cell, that grid cell is responsible for
 detecting that object": for an object of centre ``(c_x, c_y)`` in an ``H x W`` image divided into
 ``S x S`` cells, column ``floor(c_x S / W)`` and row ``floor(c_y S / H)`` (clamped to ``S - 1``). The cell
@@ -60,7 +65,7 @@ def assign_cells(
     targets: Sequence[dict[str, Tensor]], grid_size: int, image_size: Sequence[int]
 ) -> CellTargets:
     """The cell of every object of ``targets`` (per image ``boxes`` xyxy in the ``(H, W)`` image and
-    ``labels``), one object per cell (module docstring), and its encoded box."""
+    ``labels``), one object per cell (module docstring), and its encoded (clipped) box."""
     s = grid_size
     height, width = float(image_size[0]), float(image_size[1])
     boxes = torch.cat([t["boxes"] for t in targets])
@@ -70,6 +75,10 @@ def assign_cells(
         torch.arange(len(targets), device=device),
         torch.tensor([len(t["boxes"]) for t in targets], device=device),
     )
+    limit = torch.tensor([width, height], device=device, dtype=boxes.dtype).repeat(2)
+    boxes = torch.minimum(boxes.clamp(min=0), limit)  # Darknet's correct_boxes
+    kept = (boxes[:, 2:] > boxes[:, :2]).all(dim=1)
+    boxes, labels, image = boxes[kept], labels[kept], image[kept]
     gx = (boxes[:, 0] + boxes[:, 2]) * (0.5 * s / width)  # centre in cell units
     gy = (boxes[:, 1] + boxes[:, 3]) * (0.5 * s / height)
     col = gx.floor().long().clamp(0, s - 1)
