@@ -20,8 +20,11 @@ SSD300 (torchvision's, from the SSD authors' Caffe model) gives the scales expli
 Order of an image's boxes: level, then location (row-major), then the box of the location (square
 ``s_k``, square ``s'_k``, then per ratio the ``(w, h)`` and ``(h, w)`` pair); the heads' outputs are
 flattened the same way (:mod:`segdet.models.detection.head_outputs`). Boxes are returned as absolute
-xyxy pixels of the (fixed-size) batch, computed in float32 as torchvision's ``DefaultBoxGenerator``
-(bit-identical).
+xyxy pixels of the (fixed-size) batch, bit-identical to torchvision's ``DefaultBoxGenerator``: the
+relative centres and sizes in float32, taken to pixels in the feature maps' dtype when that is float64
+(torchvision's promotion of its float32 sizes with centres in the maps' dtype), else in float32 (for
+bfloat16 / float16 maps torchvision rounds the centres to that dtype first; here they stay float32, as
+the losses and decoding run in float32, :func:`~segdet.models.detection.head_outputs.in_float32`).
 """
 
 from __future__ import annotations
@@ -117,16 +120,22 @@ class DefaultBoxGenerator(nn.Module):
         return torch.cat(boxes)
 
     def grid_boxes(
-        self, grid_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], device: torch.device
+        self,
+        grid_sizes: Sequence[tuple[int, int]],
+        image_size: tuple[int, int],
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """``[M, 4]`` absolute xyxy default boxes of an ``image_size`` ``(H, W)`` batch (cached, except
-        in a graph that ``torch.export`` traces, which computes them)."""
-        key = None if torch.compiler.is_exporting() else (tuple(grid_sizes), tuple(image_size), device)
+        """``[M, 4]`` absolute xyxy default boxes of an ``image_size`` ``(H, W)`` batch, in ``dtype``
+        (float32 or float64; module docstring) (cached, except in a graph that ``torch.export`` traces,
+        which computes them)."""
+        key = (tuple(grid_sizes), tuple(image_size), device, dtype)
+        key = None if torch.compiler.is_exporting() else key
         boxes = None if key is None else self._cache.get(key)
         if boxes is not None:
             self._cache.move_to_end(key)
             return boxes
-        relative = self._relative_boxes(grid_sizes, image_size)
+        relative = self._relative_boxes(grid_sizes, image_size).to(dtype)
         size = torch.tensor([image_size[1], image_size[0]], device="cpu")
         boxes = torch.cat(
             (
@@ -147,4 +156,5 @@ class DefaultBoxGenerator(nn.Module):
             raise ValueError(f"{len(feature_maps)} feature maps for {len(self.aspect_ratios)} levels")
         grid_sizes = [(as_size(f.shape[-2]), as_size(f.shape[-1])) for f in feature_maps]
         height, width = image_list.tensors.shape[-2:]
-        return self.grid_boxes(grid_sizes, (as_size(height), as_size(width)), feature_maps[0].device)
+        dtype = torch.promote_types(feature_maps[0].dtype, torch.float32)  # float64 stays, bf16 -> float32
+        return self.grid_boxes(grid_sizes, (as_size(height), as_size(width)), feature_maps[0].device, dtype)
