@@ -30,6 +30,12 @@ def _backbone(
     frozen_bn: bool,
 ) -> Backbone:
     if isinstance(backbone, Backbone):
+        # Options that only take effect while building would be silently dropped (the pretrained
+        # weights never loaded): refuse them, as build_backbone does.
+        given = {"backbone_weights": weights, "frozen_stages": frozen_stages, "frozen_bn": frozen_bn}
+        if any(given.values()):
+            set_options = sorted(k for k, v in given.items() if v)
+            raise SegdetError(f"backbone options {set_options} given with an already built backbone")
         return backbone
     return build_backbone(
         backbone,
