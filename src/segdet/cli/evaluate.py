@@ -6,7 +6,8 @@ a detection checkpoint like the others: without ``--data`` it is evaluated on th
 images, which gives the AP of its ``metrics.json``.
 
 ``--data`` is read in the format its layout shows (``--format`` says it instead; the run's format where
-the layout says nothing) and must have the checkpoint's classes, else nothing is evaluated. Undefined
+the layout says nothing) and must have the checkpoint's classes, else nothing is evaluated. ``--format``,
+``--images``, ``--labels`` and ``--split`` describe ``--data``: without it they are refused. Undefined
 scores (NaN: a class absent from both truth and prediction) are ``null`` in the ``--out`` JSON file.
 """
 
@@ -88,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
     from segdet.engine.tasks import evaluation_task
     from segdet.errors import ConfigError, DataError
 
+    # read only with --data: without it they would be ignored, and the run's split evaluated as if obeyed
+    inference_options.refuse_without(
+        {"--format": args.format, "--images": args.images, "--labels": args.labels, "--split": args.split},
+        "--data",
+        args.data is not None,
+        "without it the run's validation split is evaluated, read as the run reads it",
+    )
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out:

@@ -74,13 +74,33 @@ def refuse_segmentation_options(options: dict[str, object], checkpoint, task: st
         )
 
 
+def refuse_without(options: dict[str, object], needed: str, present: bool, why: str) -> None:
+    """A one-line :class:`ConfigError` "--a and --b need <needed> (<why>)" when option ``needed`` is
+    absent and options that only act on it are given (``options`` as for :func:`refuse_detector_options`),
+    instead of ignoring them."""
+    from segdet.errors import ConfigError
+
+    given = _given(options)
+    if given and not present:
+        verb = "needs" if len(given) == 1 else "need"
+        raise ConfigError(f"{_names(given)} {verb} {needed} ({why})")
+
+
 def _refuse_given(options: dict[str, object], checkpoint, applies_to: str) -> None:
     """Raise "<checkpoint>: --a and --b apply to <applies_to>" for the options given (value not None)."""
     from segdet.errors import ConfigError
 
-    given = [name for name, value in options.items() if value is not None]
+    given = _given(options)
     if not given:
         return
-    names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
     verb = "applies" if len(given) == 1 else "apply"
-    raise ConfigError(f"{checkpoint}: {names} {verb} to {applies_to}")
+    raise ConfigError(f"{checkpoint}: {_names(given)} {verb} to {applies_to}")
+
+
+def _given(options: dict[str, object]) -> list[str]:
+    return [name for name, value in options.items() if value is not None]
+
+
+def _names(given: list[str]) -> str:
+    """``--a``, ``--a and --b``, ``--a, --b and --c``."""
+    return given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
