@@ -198,12 +198,27 @@ def test_resume_with_a_model_the_checkpoint_does_not_fit_is_one_line(earlier_run
     assert digest(run) == before
 
 
+def test_resume_with_edited_settings_says_what_they_do(earlier_run, capsys):
+    """A longer run (``train.epochs``) is a usual resume, but its schedule is rebuilt, so the rate may
+    jump; an edited ``optim`` has no effect (PyTorch's ``load_state_dict`` restores the optimiser's and
+    the scheduler's saved rates): each is one warning line, and the run goes on. Checked: the resumed
+    run's scheduler still holds the checkpoint's base rate."""
+    run, argv = earlier_run
+    base = load_checkpoint(run / "last.safetensors")["scheduler"]["base_lrs"]
+    assert main([*argv, "train.epochs=2", "optim.lr=0.5", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "segdet: warning: resuming with train.epochs 1 -> 2: the learning-rate schedule is rebuilt" in err
+    assert "resuming with optim.lr" in err and "-> 0.5: no effect" in err
+    assert load_checkpoint(run / "last.safetensors")["scheduler"]["base_lrs"] == base != [0.5]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"task": "detection"}, "the checkpoint's task 'detection' differs from this run's 'segmentation'"),
         ({"model": "fcn"}, "the checkpoint's model 'fcn' differs from this run's 'unet'"),
         ({"classes": ["b", "a"]}, "the checkpoint's classes ['b', 'a'] differs from this run's ['a', 'b']"),
+        ({"optim": "adamw"}, "the checkpoint's optimiser 'adamw' differs from this run's 'sgd'"),
     ],
 )
 def test_resume_from_another_task_model_or_class_list_is_refused(change, message):
@@ -215,9 +230,11 @@ def test_resume_from_another_task_model_or_class_list_is_refused(change, message
     config = from_dict({"task": "segmentation", "model": {"name": "unet"}})
     ckpt = {"task": "segmentation", "config": {"model": {"name": "unet"}}, "classes": ["a", "b"]}
     check_resumable(ckpt, config, ["a", "b"], Path("last.safetensors"))  # the same: fine
-    ckpt = {**ckpt, **{k: v for k, v in change.items() if k != "model"}}
+    ckpt = {**ckpt, **{k: v for k, v in change.items() if k not in ("model", "optim")}}
     if "model" in change:
         ckpt["config"] = {"model": {"name": change["model"]}}
+    if "optim" in change:
+        ckpt["config"] = {"model": {"name": "unet"}, "optim": {"name": change["optim"]}}
     with pytest.raises(SegdetError, match="cannot resume") as info:
         check_resumable(ckpt, config, ["a", "b"], Path("last.safetensors"))
     assert message in str(info.value)

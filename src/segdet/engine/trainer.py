@@ -42,7 +42,7 @@ from segdet.engine.finite import FiniteGuard, StepInfo
 from segdet.engine.loader import EpochTagged, build_loader, sampler_for
 from segdet.engine.logs import MetricLog, Progress, plot_curves
 from segdet.engine.optimizer import build_optimizer
-from segdet.engine.resume import TrainState, check_resumable, load_model_state
+from segdet.engine.resume import TrainState, check_resumable, load_model_state, warn_resume_changes
 from segdet.engine.schedule import build_scheduler
 from segdet.errors import SegdetError
 from segdet.ops.nnpack_conv import use_nnpack
@@ -383,6 +383,7 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location="cpu")
         check_resumable(ckpt, self.cfg, list(self.task.classes), path)
         load_model_state(self.model, ckpt["model"], path)
+        warn_resume_changes(ckpt, self.cfg, self.dist.is_main)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
