@@ -506,3 +506,15 @@ def test_metric_07_help_names_the_thresholds(capsys) -> None:
         main(["metrics", "voc", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "exact recall thresholds k/10" in out and "np.arange(0, 1.1, 0.1)" in out
+
+
+@pytest.mark.parametrize(("count", "why"), [("0", False), ("5000", True)])
+def test_seg_class_count_out_of_range(tmp_path, capsys, count, why) -> None:
+    """--num-classes outside [1, 4096] is one line; the confusion matrix's size is named only where it is
+    the reason (a large count), not for 0."""
+    seg_case(tmp_path)
+    args = ["metrics", "seg", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
+    assert main([*args, "--num-classes", count]) == 1
+    err = capsys.readouterr().err
+    assert f"--num-classes must be in [1, 4096], got {count}" in err
+    assert ("GiB" in err) == why

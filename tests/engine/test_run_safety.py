@@ -198,6 +198,29 @@ def test_resume_with_a_model_the_checkpoint_does_not_fit_is_one_line(earlier_run
     assert digest(run) == before
 
 
+def test_a_run_folder_resumes_wherever_it_is(earlier_run, tmp_path, capsys):
+    """``segdet train RUN --resume`` continues the run of that folder from its config.yaml, even moved
+    elsewhere (its saved output_dir names the old place); without --resume, or without any config, it is
+    one line saying what to give."""
+    import shutil
+
+    run, _ = earlier_run
+    moved = tmp_path / "elsewhere" / "tiny2"
+    shutil.copytree(run, moved)
+    before = (run / "last.safetensors").read_bytes()
+    assert main(["train", str(moved), "train.epochs=2", "--resume"]) == 0
+    assert load_checkpoint(moved / "last.safetensors")["epoch"] == 2
+    assert (run / "last.safetensors").read_bytes() == before  # the old place is not touched
+    capsys.readouterr()
+    for argv, message in (
+        (["train", "--resume"], "--resume needs the run: its folder"),
+        (["train", str(moved)], "a run folder; to continue it add --resume"),
+    ):
+        assert main(argv) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
 def test_resume_with_edited_settings_says_what_they_do(earlier_run, capsys):
     """A longer run (``train.epochs``) is a usual resume, but its schedule is rebuilt, so the rate may
     jump; an edited ``optim`` has no effect (PyTorch's ``load_state_dict`` restores the optimiser's and

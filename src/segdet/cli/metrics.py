@@ -174,10 +174,9 @@ def _run_seg(args: argparse.Namespace) -> int:
     from segdet.metrics.confusion import ConfusionMatrix
 
     if not 1 <= args.num_classes <= MAX_SEG_CLASSES:
-        raise DataError(
-            f"--num-classes must be in [1, {MAX_SEG_CLASSES}], got {args.num_classes} (the confusion matrix "
-            f"has num_classes**2 cells: {args.num_classes**2 * 8 / 2**30:.3g} GiB)"
-        )
+        size = f"{args.num_classes**2 * 8 / 2**30:.3g} GiB"
+        why = f" (the confusion matrix has num_classes**2 cells: {size})" if args.num_classes > 1 else ""
+        raise DataError(f"--num-classes must be in [1, {MAX_SEG_CLASSES}], got {args.num_classes}{why}")
     names = _class_names(args.class_names, args.num_classes, args.ignore)
     pairs = _pair_label_pngs(args.gt, args.pred)
     cm = ConfusionMatrix(args.num_classes, ignore_index=args.ignore)

@@ -6,7 +6,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (see configs/); omit to use only overrides")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config (see configs/), or with --resume a run folder (its config.yaml); omit to use "
+        "only overrides",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -34,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # only overrides were given
         config, overrides = None, [config, *overrides]
+    config, overrides = _resumed_config(config, overrides, args.resume)
     cfg = load_config(config, overrides)
     absolute_data_paths(cfg)
     # The run folder is chosen once (by rank 0 under torchrun) before anything is written into it.
@@ -78,3 +84,27 @@ def report_unreadable(*datasets) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _resumed_config(config: str | None, overrides: list[str], resume: bool) -> tuple[str | None, list[str]]:
+    """The config and overrides to read: as given, or with ``--resume`` a run folder's ``config.yaml``
+    (the run's settings as resolved, paths absolute) placed in that folder wherever it now is. Without a
+    config ``--resume`` cannot know which run."""
+    from pathlib import Path
+
+    from segdet.errors import ConfigError
+
+    if config is not None and Path(config).is_dir():
+        folder = Path(config).resolve()
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError(f"{config}: a folder without config.yaml (give a YAML config, or a run folder)")
+        if not resume:
+            raise ConfigError(f"{config}: a run folder; to continue it add --resume, else give a YAML config")
+        # the user's overrides come last and win
+        return str(folder / "config.yaml"), [f"output_dir={folder.parent}", f"name={folder.name}", *overrides]
+    if config is None and resume:
+        raise ConfigError(
+            "--resume needs the run: its folder (segdet train runs/NAME --resume) or the config and "
+            "overrides it was started with"
+        )
+    return config, overrides
