@@ -5,7 +5,7 @@
 # Here, first (from the project root, with the venv active):
 #   ../shared/tools/offline-bundle.sh pennfudan,camvid,coco128
 #   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .offline/whl \
-#       segmentation-models-pytorch==0.6.0 effdet==0.4.1 omegaconf==2.4.0
+#       segmentation-models-pytorch==0.6.0 effdet==0.4.1 omegaconf==2.4.0 pytest-xdist execnet
 # (smp and effdet are the references of segdet[dev]; timm is on the machine; omegaconf 2.4 needs no antlr4)
 # then, through the device tool: run `bash benchmarks/gpu_checks.sh` with carry [".offline"].
 # Outputs (at most 8 files) go to $OUT (default ./gpu-checks): pytest.log, agreement.log, pennfudan.log,
@@ -56,8 +56,10 @@ fi
 # would drop the summary line). 2 threads per xdist worker: 8 workers x 16 threads would oversubscribe the
 # 16 cores. The selective-search tests skip there (tests/conftest.py): the image's OpenCV has no contrib
 # modules and the contrib wheel (69 MB) is over what travels.
+# Without pytest-xdist (not in .offline/whl unless downloaded with it) the suite runs in one process.
+XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 8)
 stage pytest 170 env OMP_NUM_THREADS=2 SEGDET_TESTS_OPENCV_CONTRIB=optional \
-  $PY -m pytest -n 8 -rs -p no:cacheprovider "${TESTS[@]}"
+  $PY -m pytest ${XDIST[@]+"${XDIST[@]}"} -rs -p no:cacheprovider ${TESTS[@]+"${TESTS[@]}"}
 
 # 2. Fused vs torchvision with TF32 on and off (the cause of the disagreement).
 stage agreement 40 $PY benchmarks/fused_agreement.py --device "$DEVICE" --size "$SIZE"
