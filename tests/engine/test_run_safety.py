@@ -208,7 +208,7 @@ def test_a_run_folder_resumes_wherever_it_is(earlier_run, tmp_path, capsys):
     moved = tmp_path / "elsewhere" / "tiny2"
     shutil.copytree(run, moved)
     before = (run / "last.safetensors").read_bytes()
-    assert main(["train", str(moved), "train.epochs=2", "--resume"]) == 0
+    assert main(["train", str(moved), "--resume", "train.epochs=2"]) == 0  # overrides after --resume too
     assert load_checkpoint(moved / "last.safetensors")["epoch"] == 2
     assert (run / "last.safetensors").read_bytes() == before  # the old place is not touched
     capsys.readouterr()
