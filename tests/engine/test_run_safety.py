@@ -288,3 +288,16 @@ def test_a_run_stopped_inside_an_epoch_names_that_epoch(tmp_path, capsys, write_
     assert "done: 1 batch of epoch 1, best mIoU" in out and "(epoch 1)" in out
     summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
     assert (summary["epochs"], summary["position"], summary["best_epoch"]) == (0, 1, 1)
+
+
+@pytest.mark.parametrize(("rank", "said"), [("0", True), ("1", False), (None, True)])
+def test_a_config_error_under_torchrun_is_said_once(capsys, monkeypatch, rank, said):
+    """Every torchrun process reads the same config and meets the same error: only rank 0 prints it (the
+    others exit with the same status, silent), instead of one copy per process."""
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert main(["train", str(SMOKE_CONFIG), "optim.lrr=0.1"]) == 1
+    err = capsys.readouterr().err
+    assert ("optim.lrr" in err) == said and (err == "") != said

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from segdet.engine.perf import tune_malloc
-from segdet.errors import SegdetError
+from segdet.errors import ConfigError, SegdetError
 
 # command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except ConfigError as e:
+        # Under torchrun every process reads the same config and meets the same error: rank 0 says it.
+        return 1 if int(os.environ.get("RANK", "0") or 0) > 0 else _fail(str(e), args.verbose)
     except SegdetError as e:
         return _fail(str(e), args.verbose)
     except BrokenPipeError:  # `segdet data stats ... | head`: the reader has what it wanted
